@@ -1,0 +1,31 @@
+"""Shared test setup: quiet TensorFlow, locate ../shared, tiny fixtures."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+MINILM_DIR = os.path.join(SHARED_DIR, "bert", "minilm_l6_h384_uncased")
+GLUE_DIR = os.path.join(SHARED_DIR, "glue_data")
+
+
+def _require(path):
+  if not os.path.exists(path):
+    pytest.skip("needs %s (the shared data beside the checkout) which is absent"
+                % path)
+  return path
+
+
+@pytest.fixture
+def minilm_dir():
+  """Directory of the real MiniLM checkpoint in Google's layout."""
+  return _require(MINILM_DIR)
+
+
+@pytest.fixture
+def glue_dir():
+  """Directory of the real GLUE MRPC/SST-2/RTE files."""
+  return _require(GLUE_DIR)
