@@ -1,0 +1,245 @@
+"""The one map between model variables and original checkpoint names.
+
+Google's BERT checkpoints are TF1 name-based checkpoints; their variable names
+(`bert/encoder/layer_0/attention/self/query/kernel`, ...) are the interface.
+`checkpoint_name_map` is the single place that defines them, and both
+`load_checkpoint` and `save_checkpoint` go through it, so a model saved here
+loads in the reference toolkit and the other way round.
+"""
+
+import collections
+import os
+import re
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from atomic_io import atomic_write_text
+from errors import UserError
+
+ADAPTER_VARIABLES = ("weights1", "biases1", "weights2", "biases2")
+# Reference-toolkit locations of the two adapters in a layer.
+ADAPTER_SCOPES = {
+    "attention_output": "attention/output/adapters",
+    "ffn_output": "output/adapters",
+}
+HEAD_NAMES = ("output_weights", "output_bias")
+SLOT_SUFFIXES = ("/adam_m", "/adam_v")
+
+
+def _dense(prefix, layer):
+  return [(prefix + "/kernel", layer.kernel), (prefix + "/bias", layer.bias)]
+
+
+def _layer_norm(prefix, layer):
+  return [(prefix + "/gamma", layer.gamma), (prefix + "/beta", layer.beta)]
+
+
+def checkpoint_name_map(model):
+  """Maps every variable of a BertClassifier to its original checkpoint name.
+
+  Args:
+    model: modeling.BertClassifier (or anything with `.bert` BertModel and
+      optionally `.classifier` ClassifierHead).
+
+  Returns:
+    OrderedDict {checkpoint name: variable}, in the original's order.
+  """
+  bert = model.bert
+  emb = bert.embeddings
+  items = [
+      ("bert/embeddings/word_embeddings", emb.word_embeddings),
+      ("bert/embeddings/token_type_embeddings", emb.token_type_embeddings),
+      ("bert/embeddings/position_embeddings", emb.position_embeddings),
+  ]
+  items += _layer_norm("bert/embeddings/LayerNorm", emb.layer_norm)
+  for i, block in enumerate(bert.blocks):
+    p = "bert/encoder/layer_%d/" % i
+    attention = block.attention
+    items += _dense(p + "attention/self/query", attention.query)
+    items += _dense(p + "attention/self/key", attention.key)
+    items += _dense(p + "attention/self/value", attention.value)
+    items += _dense(p + "attention/output/dense", block.attention_output_dense)
+    items += _adapter(p + ADAPTER_SCOPES["attention_output"],
+                      block.adapters.get("attention_output"))
+    items += _layer_norm(p + "attention/output/LayerNorm",
+                         block.attention_layer_norm)
+    items += _dense(p + "intermediate/dense", block.intermediate_dense)
+    items += _dense(p + "output/dense", block.output_dense)
+    items += _adapter(p + ADAPTER_SCOPES["ffn_output"],
+                      block.adapters.get("ffn_output"))
+    items += _layer_norm(p + "output/LayerNorm", block.output_layer_norm)
+  items += _dense("bert/pooler/dense", bert.pooler.dense)
+  head = getattr(model, "classifier", None)
+  if head is not None:
+    items += [("output_weights", head.output_weights),
+              ("output_bias", head.output_bias)]
+  return collections.OrderedDict(items)
+
+
+def _adapter(prefix, layer):
+  if layer is None:
+    return []
+  return [(prefix + "/" + name, getattr(layer, name))
+          for name in ADAPTER_VARIABLES]
+
+
+def is_base_name(name):
+  """True for variables every BERT checkpoint must hold (not adapter/head)."""
+  return name not in HEAD_NAMES and "/adapters/" not in name
+
+
+def resolve_checkpoint_path(path, flag_name="init_checkpoint"):
+  """Accepts a checkpoint prefix or a directory holding checkpoints.
+
+  Returns:
+    The checkpoint prefix (the path without `.index`).
+
+  Raises:
+    UserError: if nothing loadable is there.
+  """
+  if path.endswith(".index"):
+    path = path[:-len(".index")]
+  if os.path.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      candidates = sorted(f[:-len(".index")] for f in os.listdir(path)
+                          if f.endswith(".index"))
+      if len(candidates) == 1:
+        latest = os.path.join(path, candidates[0])
+    if latest is None:
+      raise UserError("--%s=%s: directory holds no checkpoint (*.index)"
+                      % (flag_name, path))
+    return latest
+  if not os.path.exists(path + ".index"):
+    raise UserError("--%s=%s: no checkpoint there (%s.index does not exist)"
+                    % (flag_name, path, path))
+  return path
+
+
+def read_checkpoint(path, flag_name="init_checkpoint"):
+  """Opens a TF1/TF2 name-based checkpoint.
+
+  Returns:
+    (prefix, tf.train.CheckpointReader)
+  """
+  prefix = resolve_checkpoint_path(path, flag_name)
+  try:
+    return prefix, tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError) as e:
+    message = getattr(e, "message", None) or str(e)
+    raise UserError("--%s=%s: cannot read checkpoint: %s"
+                    % (flag_name, prefix, message.splitlines()[0])) from None
+
+
+def load_checkpoint(model, path, flag_name="init_checkpoint",
+                    require_base=True, names=None):
+  """Restores the model's variables from a checkpoint by original name.
+
+  Variables absent from the checkpoint keep their current (fresh) values and
+  are listed in one log line; checkpoint entries the model does not use
+  (optimizer slots, `global_step`, ...) are ignored.
+
+  Args:
+    model: a BertClassifier.
+    path: checkpoint prefix or directory.
+    flag_name: the flag to name in error messages.
+    require_base: every base BERT variable must be present (adapters and the
+      head may be absent).
+    names: optional iterable restricting which checkpoint names to restore.
+
+  Returns:
+    (restored_names, fresh_names): lists of checkpoint names.
+
+  Raises:
+    UserError: on a shape mismatch (naming the variable and both shapes) or a
+      missing base variable. Nothing is assigned in that case.
+  """
+  prefix, reader = read_checkpoint(path, flag_name)
+  shapes = reader.get_variable_to_shape_map()
+  name_map = checkpoint_name_map(model)
+  if names is not None:
+    wanted = set(names)
+    name_map = collections.OrderedDict(
+        (k, v) for k, v in name_map.items() if k in wanted)
+  # Check everything first so that an error never leaves a partial load.
+  to_restore, fresh, missing_base = [], [], []
+  for name, variable in name_map.items():
+    if name not in shapes:
+      (missing_base if require_base and is_base_name(name) else fresh).append(name)
+      continue
+    expected = list(variable.shape)
+    if list(shapes[name]) != expected:
+      raise UserError(
+          "--%s=%s: variable %s has shape %s in the checkpoint but the model "
+          "expects %s (does --bert_config_file describe this checkpoint?)"
+          % (flag_name, prefix, name, list(shapes[name]), expected))
+    to_restore.append((name, variable))
+  if missing_base:
+    raise UserError(
+        "--%s=%s: %d model variable(s) missing from the checkpoint, e.g. %s "
+        "(is it a BERT checkpoint of this architecture?)"
+        % (flag_name, prefix, len(missing_base), ", ".join(missing_base[:3])))
+  for name, variable in to_restore:
+    value = reader.get_tensor(name)
+    variable.assign(value.astype(np.dtype(variable.dtype)))
+  if fresh:
+    logging.info("Not in %s, kept freshly initialised (%d): %s", prefix,
+                 len(fresh), _summarize_names(fresh))
+  logging.info("Restored %d variables from %s", len(to_restore), prefix)
+  return [n for n, _ in to_restore], fresh
+
+
+def _summarize_names(names):
+  """Shortens layer-repeated names: layer_{0..11}/... listed once."""
+  groups = collections.OrderedDict()
+  for name in names:
+    m = re.match(r"^(.*/layer_)(\d+)(/.*)$", name)
+    key = (m.group(1), m.group(3)) if m else (name, "")
+    groups.setdefault(key, []).append(int(m.group(2)) if m else None)
+  parts = []
+  for (head, tail), layers in groups.items():
+    if layers[0] is None:
+      parts.append(head)
+    elif len(layers) == 1:
+      parts.append("%s%d%s" % (head, layers[0], tail))
+    else:
+      parts.append("%s{%d..%d}%s" % (head, min(layers), max(layers), tail))
+  return ", ".join(parts)
+
+
+def save_checkpoint(prefix, tensors):
+  """Writes a TF1-layout name-based checkpoint (`prefix.index`, `.data-*`).
+
+  The tensor bundle writer writes to temporary files and renames them, so a
+  kill never leaves a torn file under `prefix`.
+
+  Args:
+    prefix: output path prefix; its directory is created.
+    tensors: mapping {checkpoint name: tensor, variable or array}.
+  """
+  directory = os.path.dirname(os.path.abspath(prefix))
+  os.makedirs(directory, exist_ok=True)
+  names = sorted(tensors)
+  values = [tf.convert_to_tensor(tensors[n]) for n in names]
+  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                    shape_and_slices=[""] * len(names), tensors=values)
+
+
+def write_checkpoint_state(directory, latest_prefix, all_prefixes):
+  """Writes the `checkpoint` state file (atomically) so that
+  tf.train.latest_checkpoint finds `latest_prefix`."""
+  def rel(p):
+    return os.path.relpath(p, directory) if os.path.isabs(p) else p
+  lines = ['model_checkpoint_path: "%s"' % rel(latest_prefix)]
+  lines += ['all_model_checkpoint_paths: "%s"' % rel(p) for p in all_prefixes]
+  atomic_write_text(os.path.join(directory, "checkpoint"), "\n".join(lines) + "\n")
+
+
+def model_tensors(model, names=None):
+  """{checkpoint name: variable} for the whole model or a subset of names."""
+  name_map = checkpoint_name_map(model)
+  if names is None:
+    return name_map
+  return collections.OrderedDict((n, name_map[n]) for n in names)

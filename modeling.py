@@ -1,0 +1,538 @@
+"""BERT with adapters as Keras 3 layers.
+
+The numbers are those of google-research/bert `modeling.py` with the adapter
+insertions of google-research/adapter-bert: tanh-approximated GELU, additive
+-10000 attention mask, LayerNorm epsilon 1e-12, the encoder working on
+[batch * seq, hidden] matrices, and a classifier head with `output_weights`
+[num_labels, hidden] so logits = pooled · Wᵀ + b.
+
+Variable names follow Keras; their checkpoint names (the interface with
+Google's checkpoints) are defined once, in `checkpoint_io.checkpoint_name_map`.
+"""
+
+import copy
+import json
+import math
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from activations import ACTIVATIONS
+from activations import get_activation
+import adapters as adapters_lib
+from errors import UserError
+
+LAYER_NORM_EPSILON = 1e-12
+MASK_ADDER = -10000.0
+# Dropout on the pooled output before the classifier, as the original
+# run_classifier.py (keep_prob 0.9) whatever the config says.
+CLASSIFIER_DROPOUT = 0.1
+
+
+class BertConfig:
+  """The fields of Google's `bert_config.json`.
+
+  Attributes:
+    vocab_size: size of the WordPiece vocabulary.
+    hidden_size: width H of every layer.
+    num_hidden_layers: number of transformer blocks L.
+    num_attention_heads: heads per attention layer; must divide H.
+    intermediate_size: width of the feed-forward layer.
+    hidden_act: activation of the feed-forward layer ("gelu" = tanh form).
+    hidden_dropout_prob: dropout on embeddings and block outputs.
+    attention_probs_dropout_prob: dropout on attention probabilities.
+    max_position_embeddings: longest sequence the model can take.
+    type_vocab_size: number of segment ids.
+    initializer_range: stddev of the truncated-normal weight init.
+    extra: keys of the JSON file this class does not know, kept verbatim.
+  """
+
+  FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "intermediate_size", "hidden_act",
+            "hidden_dropout_prob", "attention_probs_dropout_prob",
+            "max_position_embeddings", "type_vocab_size", "initializer_range")
+
+  def __init__(self, vocab_size, hidden_size=768, num_hidden_layers=12,
+               num_attention_heads=12, intermediate_size=3072,
+               hidden_act="gelu", hidden_dropout_prob=0.1,
+               attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+               type_vocab_size=16, initializer_range=0.02, extra=None,
+               source="BertConfig"):
+    self.vocab_size = vocab_size
+    self.hidden_size = hidden_size
+    self.num_hidden_layers = num_hidden_layers
+    self.num_attention_heads = num_attention_heads
+    self.intermediate_size = intermediate_size
+    self.hidden_act = hidden_act
+    self.hidden_dropout_prob = hidden_dropout_prob
+    self.attention_probs_dropout_prob = attention_probs_dropout_prob
+    self.max_position_embeddings = max_position_embeddings
+    self.type_vocab_size = type_vocab_size
+    self.initializer_range = initializer_range
+    self.extra = dict(extra or {})
+    self.validate(source)
+
+  def validate(self, source="BertConfig"):
+    """Checks the values; raises UserError naming `source` and the field."""
+    def fail(msg):
+      raise UserError("%s: %s" % (source, msg))
+
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        fail("%s must be a positive integer, got %r" % (name, value))
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not 0.0 <= value < 1.0):
+        fail("%s must be in [0, 1), got %r" % (name, value))
+    if (isinstance(self.initializer_range, bool)
+        or not isinstance(self.initializer_range, (int, float))
+        or not self.initializer_range > 0):
+      fail("initializer_range must be > 0, got %r" % (self.initializer_range,))
+    if self.hidden_size % self.num_attention_heads:
+      fail("hidden_size %d is not a multiple of num_attention_heads %d"
+           % (self.hidden_size, self.num_attention_heads))
+    if str(self.hidden_act).lower() not in ACTIVATIONS:
+      fail("unknown hidden_act %r; expected one of %s"
+           % (self.hidden_act, ", ".join(sorted(ACTIVATIONS))))
+
+  @classmethod
+  def from_dict(cls, json_object, source="BertConfig"):
+    """Builds a config from a dict with every key of Google's format.
+
+    Raises:
+      UserError: on a missing key or a bad value. Unknown keys are kept in
+        `extra` with a warning.
+    """
+    if not isinstance(json_object, dict):
+      raise UserError("%s: expected a JSON object, got %s"
+                      % (source, type(json_object).__name__))
+    missing = [k for k in cls.FIELDS if k not in json_object]
+    if missing:
+      raise UserError("%s: missing key(s) %s" % (source, ", ".join(missing)))
+    extra = {k: v for k, v in json_object.items() if k not in cls.FIELDS}
+    if extra:
+      logging.warning("%s: unknown key(s) kept as-is: %s", source,
+                      ", ".join(sorted(extra)))
+    kwargs = {k: json_object[k] for k in cls.FIELDS}
+    return cls(extra=extra, source=source, **kwargs)
+
+  @classmethod
+  def from_json_file(cls, json_file):
+    """Reads a `bert_config.json`.
+
+    Raises:
+      UserError: if the file is missing, unreadable, not JSON, or invalid.
+    """
+    try:
+      with open(json_file, encoding="utf-8") as reader:
+        text = reader.read()
+    except OSError as e:
+      raise UserError("cannot read BERT config %s: %s"
+                      % (json_file, e.strerror or e)) from None
+    try:
+      json_object = json.loads(text)
+    except ValueError as e:
+      raise UserError("BERT config %s is not valid JSON: %s"
+                      % (json_file, e)) from None
+    return cls.from_dict(json_object, source=str(json_file))
+
+  def to_dict(self):
+    output = {k: getattr(self, k) for k in self.FIELDS}
+    output.update(copy.deepcopy(self.extra))
+    return output
+
+  def to_json_string(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+  def __eq__(self, other):
+    return isinstance(other, BertConfig) and self.to_dict() == other.to_dict()
+
+  def __repr__(self):
+    return "BertConfig(%s)" % ", ".join(
+        "%s=%r" % (k, getattr(self, k)) for k in self.FIELDS)
+
+
+def _initializer(config):
+  return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
+
+
+def _fold_seed(seed, salt):
+  """Derives an independent stateless seed for one dropout site."""
+  if seed is None:
+    return None
+  return tf.random.experimental.stateless_fold_in(seed, salt)
+
+
+def dropout(x, rate, training, seed=None):
+  """Inverted dropout; stateless (reproducible) when `seed` is given.
+
+  Args:
+    x: tensor.
+    rate: drop probability.
+    training: python bool.
+    seed: optional int [2] tensor for a stateless mask.
+
+  Returns:
+    `x` unchanged when not training or rate is 0, else x with dropout.
+  """
+  if not training or not rate:
+    return x
+  if seed is None:
+    return tf.nn.dropout(x, rate=rate)
+  return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
+
+
+def _layer_norm(name):
+  # Statistics always in float32 (mixed precision keeps LayerNorm in float32).
+  return keras.layers.LayerNormalization(
+      axis=-1, epsilon=LAYER_NORM_EPSILON, name=name, dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertEmbeddings(keras.layers.Layer):
+  """Word + token-type + position embeddings, then LayerNorm and dropout."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    c = self.config
+    init = _initializer(c)
+    self.word_embeddings = self.add_weight(
+        name="word_embeddings", shape=(c.vocab_size, c.hidden_size),
+        initializer=init, autocast=False)
+    self.token_type_embeddings = self.add_weight(
+        name="token_type_embeddings", shape=(c.type_vocab_size, c.hidden_size),
+        initializer=init, autocast=False)
+    self.position_embeddings = self.add_weight(
+        name="position_embeddings",
+        shape=(c.max_position_embeddings, c.hidden_size), initializer=init,
+        autocast=False)
+    self.layer_norm = _layer_norm("LayerNorm")
+    self.layer_norm.build((None, None, c.hidden_size))
+
+  def call(self, input_ids, segment_ids, training=False, seed=None):
+    # input_ids, segment_ids: [batch, seq]
+    seq_length = tf.shape(input_ids)[1]
+    output = tf.gather(self.word_embeddings, input_ids)  # [batch, seq, H]
+    output += tf.gather(self.token_type_embeddings, segment_ids)
+    output += self.position_embeddings[tf.newaxis, :seq_length, :]
+    output = self.layer_norm(output)
+    output = dropout(output, self.config.hidden_dropout_prob, training, seed)
+    return tf.cast(output, self.compute_dtype)
+
+  def get_config(self):
+    base = super().get_config()
+    base["config"] = self.config.to_dict()
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertSelfAttention(keras.layers.Layer):
+  """Multi-head self-attention with [H, H] query/key/value kernels.
+
+  Works on [batch * seq, H] matrices as the original; returns the context
+  before the output projection.
+  """
+
+  def __init__(self, config, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    c = self.config
+    self.num_heads = c.num_attention_heads
+    self.head_size = c.hidden_size // c.num_attention_heads
+    init = _initializer(c)
+    self.query = keras.layers.Dense(c.hidden_size, kernel_initializer=init,
+                                    name="query")
+    self.key = keras.layers.Dense(c.hidden_size, kernel_initializer=init,
+                                  name="key")
+    self.value = keras.layers.Dense(c.hidden_size, kernel_initializer=init,
+                                    name="value")
+    for layer in (self.query, self.key, self.value):
+      layer.build((None, c.hidden_size))
+
+  def _split_heads(self, x, batch, seq):
+    # [batch * seq, H] -> [batch, heads, seq, head_size]
+    x = tf.reshape(x, [batch, seq, self.num_heads, self.head_size])
+    return tf.transpose(x, [0, 2, 1, 3])
+
+  def call(self, x, mask_adder, batch, seq, training=False, seed=None):
+    # x: [batch * seq, H]; mask_adder: [batch, 1, 1, seq] float32
+    q = self._split_heads(self.query(x), batch, seq)
+    k = self._split_heads(self.key(x), batch, seq)
+    v = self._split_heads(self.value(x), batch, seq)
+    scores = tf.matmul(q, k, transpose_b=True)  # [batch, heads, seq, seq]
+    scores = tf.multiply(scores, tf.cast(1.0 / math.sqrt(self.head_size),
+                                         scores.dtype))
+    # Softmax in float32, also under mixed precision.
+    scores = tf.cast(scores, tf.float32) + mask_adder
+    probs = tf.nn.softmax(scores)
+    probs = dropout(probs, self.config.attention_probs_dropout_prob, training,
+                    seed)
+    probs = tf.cast(probs, v.dtype)
+    context = tf.matmul(probs, v)  # [batch, heads, seq, head_size]
+    context = tf.transpose(context, [0, 2, 1, 3])
+    return tf.reshape(context, [batch * seq, self.config.hidden_size])
+
+  def get_config(self):
+    base = super().get_config()
+    base["config"] = self.config.to_dict()
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class TransformerBlock(keras.layers.Layer):
+  """One BERT layer with adapter hooks at named locations.
+
+  attention -> output dense -> dropout -> [adapter "attention_output"] ->
+  LayerNorm(+input) -> intermediate dense (act) -> output dense -> dropout ->
+  [adapter "ffn_output"] -> LayerNorm(+attention output).
+
+  The attention part is pluggable through `attention_cls` (any layer with
+  BertSelfAttention's call signature); adapters come from `adapter_config`.
+  """
+
+  def __init__(self, config, adapter_config=None, attention_cls=None, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    if isinstance(adapter_config, dict):
+      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
+    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    c = self.config
+    h = c.hidden_size
+    init = _initializer(c)
+    self.attention = (attention_cls or BertSelfAttention)(c, name="attention")
+    self.attention_output_dense = keras.layers.Dense(
+        h, kernel_initializer=init, name="attention_output_dense")
+    self.attention_layer_norm = _layer_norm("attention_output_LayerNorm")
+    self.intermediate_dense = keras.layers.Dense(
+        c.intermediate_size, kernel_initializer=init, name="intermediate_dense")
+    self.output_dense = keras.layers.Dense(h, kernel_initializer=init,
+                                           name="output_dense")
+    self.output_layer_norm = _layer_norm("output_LayerNorm")
+    self.intermediate_act = get_activation(c.hidden_act)
+    # Adapters by location; absent locations have no layer and no variables.
+    self.adapters = {}
+    if self.adapter_config.enabled:
+      for location in self.adapter_config.locations:
+        layer = adapters_lib.make_adapter(self.adapter_config,
+                                          name="adapter_" + location)
+        layer.build((None, h))
+        self.adapters[location] = layer
+    self.attention_output_dense.build((None, h))
+    self.attention_layer_norm.build((None, h))
+    self.intermediate_dense.build((None, h))
+    self.output_dense.build((None, c.intermediate_size))
+    self.output_layer_norm.build((None, h))
+
+  def adapter_hook(self, location, x):
+    """Applies the adapter at `location` if there is one (identity otherwise)."""
+    layer = self.adapters.get(location)
+    return x if layer is None else layer(x)
+
+  def call(self, x, mask_adder, batch, seq, training=False, seed=None):
+    # x: [batch * seq, H]
+    c = self.config
+    attention = self.attention(x, mask_adder, batch, seq, training=training,
+                               seed=_fold_seed(seed, 0))
+    attention = self.attention_output_dense(attention)
+    attention = dropout(attention, c.hidden_dropout_prob, training,
+                        _fold_seed(seed, 1))
+    attention = self.adapter_hook("attention_output", attention)
+    attention = self.attention_layer_norm(attention + x)
+    attention = tf.cast(attention, self.compute_dtype)
+
+    intermediate = self.intermediate_act(self.intermediate_dense(attention))
+    output = self.output_dense(intermediate)
+    output = dropout(output, c.hidden_dropout_prob, training,
+                     _fold_seed(seed, 2))
+    output = self.adapter_hook("ffn_output", output)
+    output = self.output_layer_norm(output + attention)
+    return tf.cast(output, self.compute_dtype)  # [batch * seq, H]
+
+  def get_config(self):
+    base = super().get_config()
+    base["config"] = self.config.to_dict()
+    base["adapter_config"] = self.adapter_config.to_dict()
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertPooler(keras.layers.Layer):
+  """tanh dense on the first token's hidden state."""
+
+  def __init__(self, config, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    self.dense = keras.layers.Dense(
+        self.config.hidden_size, activation="tanh",
+        kernel_initializer=_initializer(self.config), name="dense")
+    self.dense.build((None, self.config.hidden_size))
+
+  def call(self, sequence_output):
+    # sequence_output: [batch, seq, H] -> [batch, H]
+    return self.dense(sequence_output[:, 0, :])
+
+  def get_config(self):
+    base = super().get_config()
+    base["config"] = self.config.to_dict()
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertModel(keras.layers.Layer):
+  """The BERT encoder with adapters: embeddings, L blocks, pooler.
+
+  Call with input_ids, input_mask, segment_ids ([batch, seq] int); returns
+  (sequence_output [batch, seq, H], pooled_output [batch, H]).
+  """
+
+  def __init__(self, config, adapter_config=None, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    if isinstance(adapter_config, dict):
+      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
+    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    self.embeddings = BertEmbeddings(self.config, name="embeddings")
+    self.blocks = [
+        TransformerBlock(self.config, self.adapter_config, name="layer_%d" % i)
+        for i in range(self.config.num_hidden_layers)
+    ]
+    self.pooler = BertPooler(self.config, name="pooler")
+
+  def call(self, input_ids, input_mask, segment_ids, training=False, seed=None):
+    shape = tf.shape(input_ids)
+    batch, seq = shape[0], shape[1]
+    embedded = self.embeddings(input_ids, segment_ids, training=training,
+                               seed=_fold_seed(seed, 0))
+    # Additive mask: 0 where attended, -10000 where padded. [batch, 1, 1, seq]
+    mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
+    mask_adder = (1.0 - mask) * MASK_ADDER
+    x = tf.reshape(embedded, [batch * seq, self.config.hidden_size])
+    for i, block in enumerate(self.blocks):
+      x = block(x, mask_adder, batch, seq, training=training,
+                seed=_fold_seed(seed, i + 1))
+    sequence_output = tf.reshape(x, [batch, seq, self.config.hidden_size])
+    pooled_output = self.pooler(sequence_output)
+    return sequence_output, pooled_output
+
+  def get_config(self):
+    base = super().get_config()
+    base["config"] = self.config.to_dict()
+    base["adapter_config"] = self.adapter_config.to_dict()
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class ClassifierHead(keras.layers.Layer):
+  """Dropout 0.1 on the pooled output, then logits = pooled · Wᵀ + b.
+
+  `output_weights` is [num_labels, H] and `output_bias` [num_labels], as the
+  original run_classifier.py. Logits are float32.
+  """
+
+  def __init__(self, num_labels, hidden_size, initializer_range=0.02, **kwargs):
+    super().__init__(**kwargs)
+    self.num_labels = num_labels
+    self.hidden_size = hidden_size
+    self.initializer_range = initializer_range
+    self.output_weights = self.add_weight(
+        name="output_weights", shape=(num_labels, hidden_size),
+        initializer=keras.initializers.TruncatedNormal(stddev=initializer_range))
+    self.output_bias = self.add_weight(
+        name="output_bias", shape=(num_labels,), initializer="zeros")
+
+  def call(self, pooled_output, training=False, seed=None):
+    # pooled_output: [batch, H] -> logits [batch, num_labels]
+    x = dropout(pooled_output, CLASSIFIER_DROPOUT, training, seed)
+    x = tf.cast(x, tf.float32)
+    logits = tf.matmul(x, tf.cast(self.output_weights, tf.float32),
+                       transpose_b=True)
+    return logits + tf.cast(self.output_bias, tf.float32)
+
+  def get_config(self):
+    base = super().get_config()
+    base.update(num_labels=self.num_labels, hidden_size=self.hidden_size,
+                initializer_range=self.initializer_range)
+    return base
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertClassifier(keras.Model):
+  """BERT + adapters + classifier head, for GLUE.
+
+  Call with a dict holding `input_ids`, `input_mask`, `segment_ids`
+  ([batch, seq] int32); returns float32 logits [batch, num_labels] (one
+  output for regression). `dropout_seed`, an int [2] tensor, makes dropout
+  masks a pure function of the seed (reproducible runs and resumes).
+  """
+
+  def __init__(self, config, num_labels, adapter_config=None, **kwargs):
+    super().__init__(**kwargs)
+    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    if isinstance(adapter_config, dict):
+      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
+    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    self.num_labels = num_labels
+    self.bert = BertModel(self.config, self.adapter_config, name="bert")
+    self.classifier = ClassifierHead(num_labels, self.config.hidden_size,
+                                     self.config.initializer_range,
+                                     name="classifier")
+    self.built = True
+
+  def encode(self, features, training=False, dropout_seed=None):
+    """Returns (sequence_output, pooled_output) for a feature dict."""
+    return self.bert(features["input_ids"], features["input_mask"],
+                     features["segment_ids"], training=training,
+                     seed=_fold_seed(dropout_seed, 0))
+
+  def call(self, features, training=False, dropout_seed=None):
+    _, pooled = self.encode(features, training=training,
+                            dropout_seed=dropout_seed)
+    return self.classifier(pooled, training=training,
+                           seed=_fold_seed(dropout_seed, 1))
+
+  def get_config(self):
+    base = super().get_config()
+    base.update(config=self.config.to_dict(), num_labels=self.num_labels,
+                adapter_config=self.adapter_config.to_dict())
+    return base
+
+
+TRAIN_MODES = ("adapters", "full", "head")
+
+
+def is_trainable_name(checkpoint_name, train_mode):
+  """Whether a variable is trained in `train_mode`, decided by its name.
+
+  adapters: adapters + every LayerNorm (embeddings' too) + classifier head;
+  full: everything (original BERT fine-tuning); head: the classifier only.
+  """
+  head = checkpoint_name in ("output_weights", "output_bias")
+  if train_mode == "full":
+    return True
+  if train_mode == "head":
+    return head
+  if train_mode == "adapters":
+    return head or "/adapters/" in checkpoint_name or "LayerNorm" in checkpoint_name
+  raise UserError("unknown train_mode %r; expected one of %s"
+                  % (train_mode, ", ".join(TRAIN_MODES)))
+
+
+def set_train_mode(model, train_mode):
+  """Marks each variable of `model` trainable or frozen for `train_mode`.
+
+  Returns:
+    The list of (checkpoint_name, variable) that are trainable.
+  """
+  import checkpoint_io  # Avoids a cycle: checkpoint_io imports modeling.
+  trainable = []
+  for name, variable in checkpoint_io.checkpoint_name_map(model).items():
+    variable.trainable = is_trainable_name(name, train_mode)
+    if variable.trainable:
+      trainable.append((name, variable))
+  return trainable

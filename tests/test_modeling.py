@@ -1,0 +1,362 @@
+"""Model core: numerics against an independent NumPy BERT, counts, freezing."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adapters
+import checkpoint_io
+import modeling
+from errors import UserError
+
+
+def tiny_config(**overrides):
+  values = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                num_attention_heads=4, intermediate_size=24, hidden_act="gelu",
+                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                max_position_embeddings=32, type_vocab_size=2,
+                initializer_range=0.02)
+  values.update(overrides)
+  return modeling.BertConfig(**values)
+
+
+def randomize(model, seed=0, scale=0.3):
+  """Gives every variable (adapters and biases too) non-trivial values."""
+  rng = np.random.default_rng(seed)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    value = rng.normal(0.0, scale, size=v.shape)
+    if name.endswith("gamma"):
+      value += 1.0
+    v.assign(value.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Independent NumPy reference of the original forward pass (float64).
+# ---------------------------------------------------------------------------
+
+
+def np_gelu(x):
+  return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def np_layer_norm(x, gamma, beta):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-12) * gamma + beta
+
+
+def np_adapter(x, w, prefix):
+  if prefix + "/weights1" not in w:
+    return x
+  h = np_gelu(x @ w[prefix + "/weights1"] + w[prefix + "/biases1"])
+  return x + h @ w[prefix + "/weights2"] + w[prefix + "/biases2"]
+
+
+def np_bert(w, cfg, ids, mask, segs):
+  """Returns (sequence_output, pooled, logits) of the reference BERT."""
+  b, s = ids.shape
+  h, n = cfg.hidden_size, cfg.num_attention_heads
+  d = h // n
+  x = (w["bert/embeddings/word_embeddings"][ids]
+       + w["bert/embeddings/token_type_embeddings"][segs]
+       + w["bert/embeddings/position_embeddings"][:s][None])
+  x = np_layer_norm(x, w["bert/embeddings/LayerNorm/gamma"],
+                    w["bert/embeddings/LayerNorm/beta"])
+  adder = (1.0 - mask[:, None, None, :]) * -10000.0
+  for layer in range(cfg.num_hidden_layers):
+    p = "bert/encoder/layer_%d/" % layer
+
+    def dense(t, name, p=p):
+      return t @ w[p + name + "/kernel"] + w[p + name + "/bias"]
+
+    def heads(t):
+      return t.reshape(b, s, n, d).transpose(0, 2, 1, 3)
+
+    q = heads(dense(x, "attention/self/query"))
+    k = heads(dense(x, "attention/self/key"))
+    v = heads(dense(x, "attention/self/value"))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + adder
+    scores = scores - scores.max(-1, keepdims=True)
+    probs = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+    ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)
+    a = dense(ctx, "attention/output/dense")
+    a = np_adapter(a, w, p + "attention/output/adapters")
+    a = np_layer_norm(a + x, w[p + "attention/output/LayerNorm/gamma"],
+                      w[p + "attention/output/LayerNorm/beta"])
+    inter = np_gelu(dense(a, "intermediate/dense"))
+    o = dense(inter, "output/dense")
+    o = np_adapter(o, w, p + "output/adapters")
+    x = np_layer_norm(o + a, w[p + "output/LayerNorm/gamma"],
+                      w[p + "output/LayerNorm/beta"])
+  pooled = np.tanh(x[:, 0] @ w["bert/pooler/dense/kernel"] + w["bert/pooler/dense/bias"])
+  logits = pooled @ w["output_weights"].T + w["output_bias"]
+  return x, pooled, logits
+
+
+def weights_by_name(model):
+  return {n: v.numpy().astype(np.float64)
+          for n, v in checkpoint_io.checkpoint_name_map(model).items()}
+
+
+def mixed_batch(cfg, lengths, seq, seed=1):
+  rng = np.random.default_rng(seed)
+  b = len(lengths)
+  ids = rng.integers(1, cfg.vocab_size, size=(b, seq)).astype(np.int32)
+  mask = np.zeros((b, seq), np.int32)
+  segs = np.zeros((b, seq), np.int32)
+  for i, n in enumerate(lengths):
+    mask[i, :n] = 1
+    ids[i, n:] = 0
+    segs[i, n // 2:n] = 1
+  return ids, mask, segs
+
+
+def features(ids, mask, segs):
+  return {"input_ids": tf.constant(ids), "input_mask": tf.constant(mask),
+          "segment_ids": tf.constant(segs)}
+
+
+def test_forward_matches_numpy_reference_tiny():
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 3, adapters.AdapterConfig(size=8))
+  randomize(model)
+  ids, mask, segs = mixed_batch(cfg, [9, 4, 1, 7], seq=9)
+  seq_out, pooled = model.encode(features(ids, mask, segs))
+  logits = model(features(ids, mask, segs))
+  ref_seq, ref_pooled, ref_logits = np_bert(weights_by_name(model), cfg, ids,
+                                            mask.astype(np.float64), segs)
+  assert np.max(np.abs(seq_out.numpy() - ref_seq)) <= 1e-5
+  assert np.max(np.abs(pooled.numpy() - ref_pooled)) <= 1e-5
+  assert np.max(np.abs(logits.numpy() - ref_logits)) <= 1e-5
+  # The adapters really are in the computation: removing them changes it.
+  w = weights_by_name(model)
+  no_adapters = {k: v for k, v in w.items() if "/adapters/" not in k}
+  _, _, other = np_bert(no_adapters, cfg, ids, mask.astype(np.float64), segs)
+  assert np.max(np.abs(other - ref_logits)) > 1e-3
+
+
+def test_padding_does_not_change_real_positions():
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  randomize(model, seed=3)
+  ids, mask, segs = mixed_batch(cfg, [5], seq=5)
+  short = model(features(ids, mask, segs)).numpy()
+  pad = lambda a: np.pad(a, ((0, 0), (0, 7)))
+  long = model(features(pad(ids), pad(mask), pad(segs))).numpy()
+  np.testing.assert_allclose(short, long, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_exact", "relu", "tanh", "linear"])
+def test_activations(act):
+  x = tf.constant([-3.0, -0.5, 0.0, 0.7, 2.5])
+  got = modeling.get_activation(act)(x).numpy()
+  xs = x.numpy().astype(np.float64)
+  want = {"gelu": np_gelu(xs),
+          "gelu_exact": np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in xs]),
+          "relu": np.maximum(xs, 0), "tanh": np.tanh(xs), "linear": xs}[act]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_gelu_is_tanh_approximation_not_erf():
+  x = tf.constant([1.5])
+  assert abs(float(modeling.get_activation("gelu")(x)[0]) - np_gelu(np.array([1.5]))[0]) < 1e-7
+  assert abs(float(modeling.get_activation("gelu")(x)[0])
+             - float(modeling.get_activation("gelu_exact")(x)[0])) > 1e-5
+
+
+def test_real_checkpoint_matches_numpy_reference(minilm_dir):
+  cfg = modeling.BertConfig.from_json_file(os.path.join(minilm_dir, "bert_config.json"))
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=64, init_scale=0.05))
+  restored, fresh = checkpoint_io.load_checkpoint(
+      model, os.path.join(minilm_dir, "bert_model.ckpt"))
+  assert len(restored) == 103
+  assert all("/adapters/" in n or n in ("output_weights", "output_bias") for n in fresh)
+  assert len(fresh) == 6 * 2 * 4 + 2
+  rng = np.random.default_rng(5)
+  for name in fresh:  # random adapters and head, big enough to matter
+    v = dict(checkpoint_io.checkpoint_name_map(model))[name]
+    v.assign(rng.normal(0, 0.05, size=v.shape).astype(np.float32))
+  ids, mask, segs = mixed_batch(cfg, [64, 17, 3], seq=64, seed=7)
+  logits = model(features(ids, mask, segs)).numpy()
+  _, _, ref = np_bert(weights_by_name(model), cfg, ids, mask.astype(np.float64), segs)
+  assert np.max(np.abs(logits - ref)) <= 1e-4
+
+
+def test_forward_compiles_with_xla():
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  randomize(model, seed=2)
+  ids, mask, segs = mixed_batch(cfg, [6, 3], seq=6)
+  eager = model(features(ids, mask, segs)).numpy()
+  compiled = tf.function(lambda f: model(f), jit_compile=True)
+  xla = compiled(features(ids, mask, segs)).numpy()
+  np.testing.assert_allclose(eager, xla, atol=1e-5)
+  # Training-mode dropout under XLA is reproducible given the seed.
+  train = tf.function(lambda f, s: model(f, training=True, dropout_seed=s),
+                      jit_compile=True)
+  seed = tf.constant([3, 4], tf.int64)
+  a = train(features(ids, mask, segs), seed).numpy()
+  b = train(features(ids, mask, segs), seed).numpy()
+  c = train(features(ids, mask, segs), tf.constant([3, 5], tf.int64)).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert np.max(np.abs(a - c)) > 0
+
+
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072,
+                 hidden_act="gelu", hidden_dropout_prob=0.1,
+                 attention_probs_dropout_prob=0.1,
+                 max_position_embeddings=512, type_vocab_size=2,
+                 initializer_range=0.02)
+
+
+def test_bert_base_trainable_parameter_counts():
+  model = modeling.BertClassifier(modeling.BertConfig(**BERT_BASE), 2,
+                                  adapters.get_preset("houlsby"))
+  trainable = modeling.set_train_mode(model, "adapters")
+  count = lambda pairs: sum(int(np.prod(v.shape)) for _, v in pairs)
+  adapter = [(n, v) for n, v in trainable if "/adapters/" in n]
+  norms = [(n, v) for n, v in trainable if "LayerNorm" in n]
+  head = [(n, v) for n, v in trainable if n in ("output_weights", "output_bias")]
+  assert count(adapter) == 2_379_264
+  assert count(norms) == 38_400
+  assert count(head) == 1_538
+  assert count(trainable) == 2_419_202
+  assert len(trainable) == len(adapter) + len(norms) + len(head)
+  # Keras agrees with the name-based selection.
+  assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 2_419_202
+  # BERT-base is 109,482,240 parameters; plus adapters and head.
+  assert sum(int(np.prod(v.shape)) for v in model.weights) == 111_863_042
+
+
+def test_train_modes():
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  all_names = list(checkpoint_io.checkpoint_name_map(model))
+  full = [n for n, _ in modeling.set_train_mode(model, "full")]
+  assert full == all_names
+  head = [n for n, _ in modeling.set_train_mode(model, "head")]
+  assert head == ["output_weights", "output_bias"]
+  assert len(model.trainable_variables) == 2
+  names = [n for n, _ in modeling.set_train_mode(model, "adapters")]
+  assert "bert/pooler/dense/kernel" not in names
+  assert "bert/embeddings/word_embeddings" not in names
+  assert "bert/embeddings/LayerNorm/gamma" in names
+  assert not any(n.endswith("/kernel") for n in names)
+  with pytest.raises(UserError, match="unknown train_mode 'bogus'"):
+    modeling.set_train_mode(model, "bogus")
+
+
+def test_adapter_size_zero_is_plain_bert():
+  cfg = tiny_config()
+  plain = modeling.BertClassifier(cfg, 2, adapters.get_preset("none"))
+  names = list(checkpoint_io.checkpoint_name_map(plain))
+  assert not any("adapters" in n for n in names)
+  assert not any("adapter" in v.path for v in plain.weights)
+  assert len(plain.weights) == len(names)
+
+
+def test_adapter_layer_init_and_identity_start():
+  layer = adapters.BottleneckAdapter(adapter_size=64, init_scale=1e-3)
+  layer.build((None, 256))
+  w1 = layer.weights1.numpy()
+  assert w1.shape == (256, 64) and layer.biases1.shape == (1, 64)
+  assert layer.weights2.shape == (64, 256) and layer.biases2.shape == (1, 256)
+  assert 0.7e-3 < w1.std() < 1.0e-3  # truncated normal at 2 sigma: ~0.88 sigma
+  assert np.abs(w1).max() <= 2e-3 + 1e-9
+  assert not layer.biases1.numpy().any() and not layer.biases2.numpy().any()
+  x = tf.random.normal([5, 256])
+  assert np.max(np.abs(layer(x).numpy() - x.numpy())) < 1e-3
+  config = layer.get_config()
+  clone = adapters.BottleneckAdapter.from_config(config)
+  assert clone.adapter_size == 64 and clone.init_scale == 1e-3
+
+
+def test_adapter_config_presets_and_json(tmp_path):
+  assert adapters.get_preset("Houlsby").size == 64
+  assert adapters.get_preset("houlsby-8").size == 8
+  cfg = adapters.AdapterConfig(size=16, locations=["ffn_output"])
+  path = tmp_path / "adapter_config.json"
+  path.write_text(cfg.to_json_string())
+  assert adapters.AdapterConfig.from_json_file(str(path)) == cfg
+  with pytest.raises(Exception):
+    cfg.size = 3  # frozen
+  with pytest.raises(UserError, match="unknown adapter preset 'nope'"):
+    adapters.get_preset("nope")
+  with pytest.raises(UserError, match="unknown adapter location"):
+    adapters.AdapterConfig(locations=("pooler",))
+  with pytest.raises(UserError, match="adapter size must be an integer >= 0"):
+    adapters.AdapterConfig(size=-1)
+
+
+def test_adapter_only_at_chosen_location():
+  cfg = tiny_config(num_hidden_layers=1)
+  model = modeling.BertClassifier(
+      cfg, 2, adapters.AdapterConfig(size=4, locations=("ffn_output",)))
+  names = [n for n in checkpoint_io.checkpoint_name_map(model) if "adapters" in n]
+  assert names == ["bert/encoder/layer_0/output/adapters/" + w
+                   for w in ("weights1", "biases1", "weights2", "biases2")]
+
+
+def test_layers_have_config():
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  block = model.bert.blocks[0]
+  clone = modeling.TransformerBlock.from_config(block.get_config())
+  assert clone.config == cfg and clone.adapter_config.size == 4
+  for layer in (model.bert.embeddings, model.bert.pooler, model.bert,
+                block.attention, model.classifier):
+    assert type(layer).from_config(layer.get_config()) is not None
+
+
+# ---------------------------------------------------------------------------
+# BertConfig
+# ---------------------------------------------------------------------------
+
+
+def write_json(tmp_path, obj, name="bert_config.json"):
+  path = tmp_path / name
+  path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+  return str(path)
+
+
+def test_config_round_trip_and_extra_keys(tmp_path, caplog):
+  values = dict(BERT_BASE, directionality="bidi", pooler_fc_size=768)
+  cfg = modeling.BertConfig.from_json_file(write_json(tmp_path, values))
+  assert cfg.extra == {"directionality": "bidi", "pooler_fc_size": 768}
+  assert json.loads(cfg.to_json_string()) == values
+  again = modeling.BertConfig.from_dict(json.loads(cfg.to_json_string()))
+  assert again == cfg
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(num_attention_heads=5), "hidden_size 768 is not a multiple of num_attention_heads 5"),
+    (dict(hidden_size=0), "hidden_size must be a positive integer, got 0"),
+    (dict(num_hidden_layers=-2), "num_hidden_layers must be a positive integer, got -2"),
+    (dict(vocab_size="big"), "vocab_size must be a positive integer, got 'big'"),
+    (dict(hidden_act="swishy"), "unknown hidden_act 'swishy'"),
+    (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob must be in \[0, 1\), got 1.5"),
+    (dict(initializer_range=0), "initializer_range must be > 0"),
+])
+def test_config_validation_errors(tmp_path, change, message):
+  path = write_json(tmp_path, dict(BERT_BASE, **change))
+  with pytest.raises(UserError, match=message) as e:
+    modeling.BertConfig.from_json_file(path)
+  assert path in str(e.value)
+
+
+def test_config_missing_keys_and_bad_files(tmp_path):
+  values = dict(BERT_BASE)
+  del values["intermediate_size"], values["type_vocab_size"]
+  with pytest.raises(UserError, match="missing key.*intermediate_size, type_vocab_size"):
+    modeling.BertConfig.from_json_file(write_json(tmp_path, values))
+  with pytest.raises(UserError, match="is not valid JSON"):
+    modeling.BertConfig.from_json_file(write_json(tmp_path, "{nope", "bad.json"))
+  with pytest.raises(UserError, match="cannot read BERT config .*absent.json"):
+    modeling.BertConfig.from_json_file(str(tmp_path / "absent.json"))
+  with pytest.raises(UserError, match="expected a JSON object"):
+    modeling.BertConfig.from_json_file(write_json(tmp_path, "[1, 2]", "list.json"))
