@@ -1,0 +1,351 @@
+"""Training, evaluation and prediction loops for BertClassifier.
+
+What TPUEstimator did for the original, in TF2: an XLA-compiled train step,
+`iterations_per_loop` steps per host call (a loop inside one tf.function),
+checkpoints in the original TF1 layout (model variables by their checkpoint
+names, Adam slots as `<name>/adam_m|adam_v`, `global_step`), and resume from
+the latest checkpoint when the same command is run again.
+"""
+
+import collections
+import os
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import checkpoint_io
+from errors import UserError
+
+KEEP_CHECKPOINT_MAX = 5
+GLOBAL_STEP = "global_step"
+
+
+class NonFiniteLossError(UserError):
+  """Training produced a NaN or Inf loss."""
+
+
+def per_example_loss(logits, labels, num_labels, is_regression):
+  """Loss per example as the original run_classifier.py.
+
+  Args:
+    logits: float32 [batch, num_labels] (one column for regression).
+    labels: int [batch] class ids, or float [batch] targets for regression.
+    num_labels: number of classes.
+    is_regression: mean squared error instead of cross-entropy.
+
+  Returns:
+    float32 [batch].
+  """
+  logits = tf.cast(logits, tf.float32)
+  if is_regression:
+    return tf.square(logits[:, 0] - tf.cast(labels, tf.float32))
+  log_probs = tf.nn.log_softmax(logits, axis=-1)
+  one_hot = tf.one_hot(tf.cast(labels, tf.int32), depth=num_labels,
+                       dtype=tf.float32)
+  return -tf.reduce_sum(one_hot * log_probs, axis=-1)
+
+
+class Trainer:
+  """Owns the step counter, the compiled steps and checkpoints.
+
+  Create it (and the model and optimizer) inside `strategy.scope()`.
+  """
+
+  def __init__(self, model, optimizer, trainable, strategy, output_dir,
+               num_labels, is_regression, global_batch_size, seed=0,
+               jit_compile=True, loss_scale=None):
+    """Args:
+      model: modeling.BertClassifier, variables created, base loaded.
+      optimizer: optimization.AdamWeightDecay (not yet built).
+      trainable: list of (checkpoint_name, variable) to train.
+      strategy: the tf.distribute.Strategy the model was built under.
+      output_dir: where checkpoints and summaries go.
+      num_labels, is_regression: the task's head.
+      global_batch_size: training examples per step over all replicas.
+      seed: base seed of the dropout masks (mask = f(seed, step, replica)).
+      jit_compile: compile the step with XLA.
+      loss_scale: None, or an initial dynamic loss scale (float16 training).
+    """
+    self.model = model
+    self.optimizer = optimizer
+    self.trainable = list(trainable)
+    self.strategy = strategy
+    self.output_dir = output_dir
+    self.num_labels = num_labels
+    self.is_regression = is_regression
+    self.global_batch_size = global_batch_size
+    self.seed = int(seed)
+    self.jit_compile = jit_compile
+    self.global_step = tf.Variable(
+        0, dtype=tf.int64, trainable=False, name=GLOBAL_STEP,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self.loss_scale = None
+    if loss_scale:
+      self.loss_scale = tf.Variable(
+          float(loss_scale), trainable=False, name="loss_scale",
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.good_steps = tf.Variable(
+          0, dtype=tf.int64, trainable=False, name="good_steps",
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    optimizer.build(self.trainable)
+    self._train_vars = [v for _, v in self.trainable]
+    self._train_loop = None
+    self._eval_step = None
+
+  # -------------------------------------------------------------- training
+
+  def _dropout_seed(self, step):
+    seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+    if self.strategy.num_replicas_in_sync > 1:
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      seed = tf.random.experimental.stateless_fold_in(seed, replica)
+    return seed
+
+  def _loss_and_grads(self, features, step):
+    with tf.GradientTape() as tape:
+      logits = self.model(features, training=True,
+                          dropout_seed=self._dropout_seed(step))
+      losses = per_example_loss(logits, features["label_ids"],
+                                self.num_labels, self.is_regression)
+      # Divided by the global batch: summing over replicas gives the mean.
+      loss = tf.reduce_sum(losses) / self.global_batch_size
+      scaled = loss * self.loss_scale if self.loss_scale is not None else loss
+    grads = tape.gradient(scaled, self._train_vars)
+    if self.loss_scale is not None:
+      grads = [g / self.loss_scale if g is not None else None for g in grads]
+    return loss, grads
+
+  def _replica_step(self, features):
+    step = self.global_step.read_value()
+    # The forward and backward pass is one XLA cluster; the optimizer update
+    # (which may reduce across replicas) runs after it.
+    compute = (self._compiled_loss_and_grads if self.jit_compile
+               else self._loss_and_grads)
+    loss, grads = compute(features, step)
+    if self.loss_scale is not None:
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                              for g in grads if g is not None])
+      grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
+               for g in grads]
+      self._update_loss_scale(finite)
+    learning_rate = self.optimizer.apply_gradients(grads, step)
+    self.global_step.assign_add(1)
+    return loss, learning_rate
+
+  def _update_loss_scale(self, finite):
+    # Dynamic loss scaling: halve on overflow, double after 2000 good steps.
+    good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
+    grow = good >= 2000
+    self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+    scale = tf.where(finite, tf.where(grow, self.loss_scale * 2.0,
+                                      self.loss_scale),
+                     tf.maximum(self.loss_scale / 2.0, 1.0))
+    self.loss_scale.assign(scale)
+
+  def _build_train_loop(self):
+    self._compiled_loss_and_grads = tf.function(
+        self._loss_and_grads, jit_compile=True, reduce_retracing=True)
+    strategy = self.strategy
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+      learning_rate = tf.constant(0.0)
+      for i in tf.range(num_steps):
+        loss, learning_rate = strategy.run(self._replica_step,
+                                           args=(next(iterator),))
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        learning_rate = strategy.experimental_local_results(learning_rate)[0]
+        losses = losses.write(i, loss)
+        if not tf.math.is_finite(loss):
+          break
+      return losses.stack(), learning_rate
+
+    self._train_loop = train_loop
+
+  def train(self, make_dataset, num_train_steps, iterations_per_loop=1000,
+            save_checkpoints_steps=1000, log_steps=None, summary_writer=None,
+            on_progress=None):
+    """Trains from the current global step up to `num_train_steps`.
+
+    Args:
+      make_dataset: callable(start_step) -> tf.data.Dataset of global batches
+        whose first element is batch `start_step` of the whole run.
+      num_train_steps: total steps of the run.
+      iterations_per_loop: steps per host call.
+      save_checkpoints_steps: checkpoint every this many steps (and at the end).
+      log_steps: on CPU/GPU, at most this many steps between progress lines.
+      summary_writer: optional tf.summary writer for loss/lr/examples/s.
+      on_progress: optional callable(dict) after every host loop.
+
+    Returns:
+      dict with `loss` (mean of the last host loop) and `global_step`.
+
+    Raises:
+      NonFiniteLossError: on a NaN/Inf loss; the last good checkpoint is kept.
+    """
+    if self._train_loop is None:
+      self._build_train_loop()
+    start = int(self.global_step.numpy())
+    if start >= num_train_steps:
+      logging.info("Training already complete at step %d.", start)
+      return {"loss": float("nan"), "global_step": start}
+    dataset = self.strategy.experimental_distribute_dataset(make_dataset(start))
+    iterator = iter(dataset)
+    is_tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
+    step = start
+    last_loss = float("nan")
+    t_start = time.time()
+    while step < num_train_steps:
+      n = min(iterations_per_loop, num_train_steps - step,
+              save_checkpoints_steps - step % save_checkpoints_steps)
+      if log_steps and not is_tpu:
+        n = min(n, log_steps)
+      t0 = time.time()
+      losses, learning_rate = self._train_loop(iterator, tf.constant(n))
+      losses = losses.numpy()
+      elapsed = time.time() - t0
+      bad = np.flatnonzero(~np.isfinite(losses))
+      if bad.size:
+        bad_step = step + int(bad[0]) + 1
+        raise NonFiniteLossError(
+            "training stopped: the loss became %s at step %d (learning rate "
+            "%.3g); the last good checkpoint %s is kept"
+            % (losses[bad[0]], bad_step, float(learning_rate),
+               tf.train.latest_checkpoint(self.output_dir) or "(none yet)"))
+      step += n
+      last_loss = float(np.mean(losses))
+      examples_per_sec = n * self.global_batch_size / max(elapsed, 1e-9)
+      done = step - start
+      eta = (time.time() - t_start) / done * (num_train_steps - step)
+      info = dict(step=step, num_train_steps=num_train_steps, loss=last_loss,
+                  learning_rate=float(learning_rate),
+                  examples_per_second=examples_per_sec, eta_seconds=eta)
+      logging.info("step %d/%d loss %.4f lr %.3g %.1f examples/s, %s left",
+                   step, num_train_steps, last_loss, float(learning_rate),
+                   examples_per_sec, _format_duration(eta))
+      if summary_writer is not None:
+        with summary_writer.as_default(step=step):
+          tf.summary.scalar("loss", last_loss)
+          tf.summary.scalar("learning_rate", float(learning_rate))
+          tf.summary.scalar("examples_per_second", examples_per_sec)
+      if on_progress is not None:
+        on_progress(info)
+      if step % save_checkpoints_steps == 0 or step == num_train_steps:
+        self.save()
+    return {"loss": last_loss, "global_step": step}
+
+  # ----------------------------------------------------------- checkpoints
+
+  def checkpoint_tensors(self):
+    """{name: variable}: model, Adam slots and global_step (original layout)."""
+    tensors = collections.OrderedDict(checkpoint_io.checkpoint_name_map(self.model))
+    tensors.update(self.optimizer.slot_variables())
+    tensors[GLOBAL_STEP] = self.global_step
+    if self.loss_scale is not None:
+      tensors["loss_scale"] = self.loss_scale
+      tensors["loss_scale_good_steps"] = self.good_steps
+    return tensors
+
+  def save(self):
+    """Writes `model.ckpt-<step>` and updates the `checkpoint` state file."""
+    step = int(self.global_step.numpy())
+    prefix = os.path.join(self.output_dir, "model.ckpt-%d" % step)
+    tensors = {n: tf.convert_to_tensor(v) for n, v in self.checkpoint_tensors().items()}
+    checkpoint_io.save_checkpoint(prefix, tensors)
+    state = tf.train.get_checkpoint_state(self.output_dir)
+    previous = list(state.all_model_checkpoint_paths) if state else []
+    previous = [p if os.path.isabs(p) else os.path.join(self.output_dir, p)
+                for p in previous]
+    kept = [p for p in previous if p != prefix][-(KEEP_CHECKPOINT_MAX - 1):] + [prefix]
+    checkpoint_io.write_checkpoint_state(self.output_dir, prefix, kept)
+    for old in previous:
+      if old not in kept:
+        for path in tf.io.gfile.glob(old + ".*"):
+          tf.io.gfile.remove(path)
+    logging.info("Saved checkpoint %s", prefix)
+    return prefix
+
+  def restore_latest(self):
+    """Resumes from the latest checkpoint in output_dir, if there is one.
+
+    Returns:
+      The restored prefix, or None.
+    """
+    prefix = tf.train.latest_checkpoint(self.output_dir)
+    if prefix is None:
+      return None
+    checkpoint_io.load_checkpoint(self.model, prefix, flag_name="output_dir",
+                                  require_base=True)
+    reader = tf.train.load_checkpoint(prefix)
+    available = reader.get_variable_to_shape_map()
+    for name, variable in self.checkpoint_tensors().items():
+      if name in checkpoint_io.checkpoint_name_map(self.model):
+        continue
+      if name not in available:
+        raise UserError("--output_dir=%s: checkpoint %s lacks %s; it was not "
+                        "written by this configuration" % (
+                            self.output_dir, prefix, name))
+      variable.assign(reader.get_tensor(name))
+    logging.info("Resumed from %s at step %d", prefix,
+                 int(self.global_step.numpy()))
+    return prefix
+
+  # ------------------------------------------------------ eval and predict
+
+  def _build_eval_step(self):
+    model = self.model
+
+    def forward(features):
+      logits = model(features, training=False)
+      losses = per_example_loss(logits, features["label_ids"],
+                                self.num_labels, self.is_regression)
+      return logits, losses
+
+    forward = tf.function(forward, jit_compile=self.jit_compile,
+                          reduce_retracing=True)
+    strategy = self.strategy
+
+    @tf.function
+    def eval_step(features):
+      return strategy.run(forward, args=(features,))
+
+    self._eval_step = eval_step
+
+  def predict(self, dataset):
+    """Runs the model over a dataset of global batches.
+
+    Returns:
+      dict of numpy arrays concatenated over batches (padding included):
+      logits, per_example_loss, batch_mean_loss (one per batch), and every
+      feature except the model inputs (label_ids, is_real_example, ...).
+    """
+    if self._eval_step is None:
+      self._build_eval_step()
+    outputs = collections.defaultdict(list)
+    for features in self.strategy.experimental_distribute_dataset(dataset):
+      logits, losses = self._eval_step(features)
+      logits = _gather(self.strategy, logits)
+      losses = _gather(self.strategy, losses)
+      outputs["logits"].append(logits)
+      outputs["per_example_loss"].append(losses)
+      outputs["batch_mean_loss"].append(np.array([losses.mean()]))
+      for key, value in features.items():
+        if key in ("input_ids", "input_mask", "segment_ids"):
+          continue
+        outputs[key].append(_gather(self.strategy, value))
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def _gather(strategy, value):
+  parts = strategy.experimental_local_results(value)
+  return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _format_duration(seconds):
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return "%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s)
