@@ -87,12 +87,13 @@ def truncated_lengths(len_a, len_b, max_seq_length):
   Args:
     len_a: int64 Tensor [batch], wordpieces of text a.
     len_b: int64 Tensor [batch], wordpieces of text b (0: no text b).
-    max_seq_length: Python int, at least 3.
+    max_seq_length: int or int64 scalar Tensor, at least 3.
 
   Returns:
     (keep_a, keep_b), int64 Tensors [batch].
   """
-  budget = tf.constant(max_seq_length - 3, tf.int64)
+  max_seq_length = tf.cast(max_seq_length, tf.int64)
+  budget = max_seq_length - 3
   half_up = (budget + 1) // 2
   has_b = len_b > 0
   pair_a = tf.minimum(len_a, tf.maximum(budget - len_b, half_up))
@@ -107,7 +108,7 @@ def _ragged_fill(value, lengths, dtype):
   """Ragged [batch, (lengths)] filled with `value`."""
   total = tf.reduce_sum(lengths)
   return tf.RaggedTensor.from_row_lengths(
-      tf.fill([total], tf.constant(value, dtype)), lengths)
+      tf.fill([total], tf.cast(value, dtype)), lengths)
 
 
 def pack_pairs(ids_a, ids_b, max_seq_length, cls_id, sep_id):
@@ -159,9 +160,22 @@ def label_ids_of(examples, label_list, is_regression):
   return ids
 
 
+@tf.function(reduce_retracing=True)
+def _pack_batch(ids_a, ids_b, max_seq_length, cls_id, sep_id):
+  """`pack_pairs` as one graph, traced once per process (scalars as Tensors)."""
+  return pack_pairs(ids_a, ids_b, max_seq_length, cls_id, sep_id)
+
+
 def convert_examples(examples, max_seq_length, tokenizer,
                      batch_size=_CONVERT_BATCH_SIZE):
-  """Tokenizes and packs examples with the in-graph tokenizer.
+  """Tokenizes and packs examples in graph, one batch of raw texts at a time.
+
+  A `tf.data` pipeline batches the raw texts; each batch goes through the
+  in-graph tokenizer (`tokenizer.tokenize`, a tf.function) and the in-graph
+  truncation and packing (`pack_pairs`, a tf.function). Both graphs are
+  traced once and reused for every batch and every later call: a `map` over
+  the dataset would instead rebuild the tokenizer's kernels (compiling its
+  large regular expressions) for each new dataset.
 
   Args:
     examples: list of InputExample.
@@ -170,23 +184,28 @@ def convert_examples(examples, max_seq_length, tokenizer,
     batch_size: texts per tokenizer call.
 
   Returns:
-    A tf.data.Dataset of (input_ids, segment_ids) int32 RaggedTensors
+    An iterator of (input_ids, segment_ids), int32 RaggedTensors
     [batch, (length)], the examples in order, without padding.
+
+  Raises:
+    UserError: if max_seq_length is below 3.
   """
   if max_seq_length < 3:
     raise UserError("--max_seq_length=%d is too small (at least 3: [CLS] a "
                     "[SEP] b [SEP] needs room)" % max_seq_length)
   texts_a = [e.text_a for e in examples]
   texts_b = [e.text_b if e.text_b is not None else "" for e in examples]
-  cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-
-  def convert(text_a, text_b):
-    return pack_pairs(tokenizer.tokenize(text_a), tokenizer.tokenize(text_b),
-                      max_seq_length, cls_id, sep_id)
-
-  dataset = tf.data.Dataset.from_tensor_slices(
+  constants = [tf.constant(v, tf.int32) for v in (
+      max_seq_length, tokenizer.cls_id, tokenizer.sep_id)]
+  texts = tf.data.Dataset.from_tensor_slices(
       (tf.constant(texts_a, tf.string), tf.constant(texts_b, tf.string)))
-  return dataset.batch(batch_size).map(convert)
+
+  def generate():
+    for text_a, text_b in texts.batch(batch_size).prefetch(1):
+      yield _pack_batch(tokenizer.tokenize(text_a),
+                        tokenizer.tokenize(text_b), *constants)
+
+  return generate()
 
 
 def _int64_feature(values):
