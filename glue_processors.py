@@ -139,7 +139,7 @@ class DataProcessor(object):
     Args:
       split: "train", "dev" or "test".
       data_dir: the task folder of glue_data (e.g. glue_data/MRPC), or the
-        glue_data folder itself; None loads the split with
+        glue_data folder itself; None (or "") loads the split with
         tensorflow-datasets instead.
       tfds_data_dir: where tensorflow-datasets keeps its data (None: its
         default, ~/tensorflow_datasets).
@@ -152,7 +152,7 @@ class DataProcessor(object):
         malformed row, or (tfds) a dataset that cannot be loaded.
     """
     self._check_split(split)
-    if data_dir is None:
+    if not data_dir:
       return self._tfds_examples(split, tfds_data_dir)
     path = self.data_file(split, data_dir)
     return self._read_examples(split, path)

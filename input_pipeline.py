@@ -8,8 +8,9 @@ from the longer sequence, from `b` on a tie), a single sentence is cut to
 `max_seq_length - 2`, segment ids are 0 up to and including the first `[SEP]`
 and 1 after it, and the model sees zero-padded `input_ids`, `input_mask` and
 `segment_ids` of length `max_seq_length`. Here tokenization, truncation and
-packing run inside the TensorFlow graph (`tokenization.InGraphTokenizer` in a
-`tf.data` pipeline over batches of raw text).
+packing run as TensorFlow graphs (`tokenization.InGraphTokenizer` and
+`pack_pairs`) on batches of raw text drawn from a `tf.data` pipeline; the
+tests check the result against the original algorithm in plain Python.
 
 The converted features are cached as a TFRecord file of `tf.train.Example`s,
 without the padding (`input_ids` and `segment_ids` int64 lists, `label_ids`
@@ -628,7 +629,7 @@ class GlueData(object):
   def cache_key(self, split):
     """The feature cache key of `split`."""
     if split not in self._keys:
-      if self.data_dir is not None:
+      if self.data_dir:
         source = data_file_fingerprint(
             self.processor.data_file(split, self.data_dir))
       else:
