@@ -354,7 +354,7 @@ def _tfds_rows(name, split, tfds_data_dir, task_name):
   return rows, label_names
 
 
-# --- The tasks. ---------------------------------------------------------------
+# --- The tasks. --------------------------------------------------------------
 
 _BINARY = ("0", "1")
 _MNLI_LABELS = ("contradiction", "entailment", "neutral")

@@ -71,7 +71,7 @@ class FeatureFile:
   key: str
 
 
-# --- Feature conversion (in graph). --------------------------------------------
+# --- Feature conversion (in graph). ------------------------------------------
 
 
 def truncated_lengths(len_a, len_b, max_seq_length):
@@ -262,7 +262,7 @@ def write_feature_file(examples, label_list, is_regression, max_seq_length,
   return count
 
 
-# --- The cache. ----------------------------------------------------------------
+# --- The cache. --------------------------------------------------------------
 
 
 def file_sha256(path):
@@ -383,7 +383,7 @@ def build_cache(examples, label_list, is_regression, max_seq_length, tokenizer,
                      is_regression=is_regression, key=key)
 
 
-# --- Reading features back. ------------------------------------------------------
+# --- Reading features back. --------------------------------------------------
 
 
 def default_bucket_boundaries(max_seq_length):
@@ -570,7 +570,7 @@ def num_train_steps(num_examples, batch_size, num_epochs):
   return int(num_examples / batch_size * num_epochs)
 
 
-# --- One task's data. ---------------------------------------------------------
+# --- One task's data. --------------------------------------------------------
 
 
 class GlueData(object):

@@ -62,7 +62,8 @@ def test_submission_from_probabilities_and_custom_indices(tmp_path):
       "index\tprediction\n17\tentailment\n42\tcontradiction\n")
   # Rewriting replaces the file.
   glue_outputs.write_submission(str(tmp_path), "MNLI", [5], [2])
-  assert open(path, encoding="utf-8").read() == "index\tprediction\n5\tneutral\n"
+  assert open(path, encoding="utf-8").read() == (
+      "index\tprediction\n5\tneutral\n")
   path = glue_outputs.write_submission(str(tmp_path), "stsb", [3],
                                        np.array([[4.25]]))
   assert open(path, encoding="utf-8").read() == "index\tprediction\n3\t4.250\n"

@@ -23,7 +23,7 @@ def read(task, split, data_dir):
   return glue_processors.get_processor(task).get_examples(split, str(data_dir))
 
 
-# --- One test per task, in the layout the GLUE download script writes. --------
+# --- One test per task, in the layout the GLUE download script writes. -------
 
 
 def test_cola(tmp_path):
@@ -339,7 +339,7 @@ def test_ax(tmp_path):
       p.get_examples(split, str(tmp_path))
 
 
-# --- Names, folders, errors. ---------------------------------------------------
+# --- Names, folders, errors. -------------------------------------------------
 
 
 def test_task_names_and_unknown_task():
@@ -446,7 +446,7 @@ def test_quotes_and_other_characters_kept_verbatim(tmp_path):
     read("rte", "dev", d)
 
 
-# --- The real GLUE files. -------------------------------------------------------
+# --- The real GLUE files. ----------------------------------------------------
 
 
 @pytest.mark.parametrize("task,counts", [
@@ -466,7 +466,7 @@ def test_real_data_row_counts(glue_dir, task, counts):
       assert {e.label for e in examples} == set(p.get_labels())
 
 
-# --- tensorflow-datasets. -------------------------------------------------------
+# --- tensorflow-datasets. ----------------------------------------------------
 
 
 def _tfds_rows_dataset(rows, text_features, float_label=False):

@@ -101,7 +101,7 @@ def fixture_examples(seed, count, pairs=True, max_words=14):
   return examples
 
 
-# --- Truncation and packing. ----------------------------------------------------
+# --- Truncation and packing. -------------------------------------------------
 
 
 def test_truncated_lengths_equal_the_popping_loop():
@@ -198,7 +198,7 @@ def test_real_mrpc_dev_matches_the_reference(tmp_path, glue_dir, minilm_dir):
                                     err_msg="%s %s" % (example.guid, key))
 
 
-# --- Eval / predict batches. ------------------------------------------------------
+# --- Eval / predict batches. -------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def test_eval_static_shapes_without_bucketing(eval_file_408):
   assert spec["input_ids"].shape.as_list() == [32, None]
 
 
-# --- Training stream. --------------------------------------------------------------
+# --- Training stream. --------------------------------------------------------
 
 
 def first_batches(dataset, count):
@@ -330,7 +330,7 @@ def test_num_train_steps():
   assert input_pipeline.num_train_steps(10, 4, 1) == 2
 
 
-# --- The cache. -------------------------------------------------------------------
+# --- The cache. --------------------------------------------------------------
 
 
 RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
