@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import checkpoint_io
+import summaries
 from errors import UserError
 
 KEEP_CHECKPOINT_MAX = 5
@@ -227,10 +228,9 @@ class Trainer:
                    step, num_train_steps, last_loss, float(learning_rate),
                    examples_per_sec, _format_duration(eta))
       if summary_writer is not None:
-        with summary_writer.as_default(step=step):
-          tf.summary.scalar("loss", last_loss)
-          tf.summary.scalar("learning_rate", float(learning_rate))
-          tf.summary.scalar("examples_per_second", examples_per_sec)
+        summaries.write_scalars(summary_writer, step, {
+            "loss": last_loss, "learning_rate": float(learning_rate),
+            "examples_per_second": examples_per_sec})
       if on_progress is not None:
         on_progress(info)
       if step % save_checkpoints_steps == 0 or step == num_train_steps:

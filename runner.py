@@ -1,0 +1,307 @@
+"""One run_classifier job as library calls: check, build, train, eval, predict.
+
+Everything the user gave is checked before anything is written to
+`output_dir`; outputs are written atomically.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adapters
+import checkpoint_io
+import distribution
+import glue_metrics
+import glue_outputs
+import glue_processors
+import input_pipeline
+import modeling
+import optimization
+import summaries
+import tokenization
+import training
+from atomic_io import atomic_write_text
+from errors import UserError
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def check_inputs(cfg, bert_config):
+  """Cross-checks flags, config, vocabulary and checkpoint casing."""
+  if cfg.max_seq_length > bert_config.max_position_embeddings:
+    raise UserError(
+        "--max_seq_length=%d exceeds max_position_embeddings=%d of "
+        "--bert_config_file=%s" % (cfg.max_seq_length,
+                                   bert_config.max_position_embeddings,
+                                   cfg.bert_config_file))
+  vocab = tokenization.load_vocab(cfg.vocab_file)
+  if len(vocab) != bert_config.vocab_size:
+    raise UserError(
+        "--vocab_file=%s has %d tokens but --bert_config_file=%s says "
+        "vocab_size=%d" % (cfg.vocab_file, len(vocab), cfg.bert_config_file,
+                           bert_config.vocab_size))
+  tokenization.validate_case_matches_checkpoint(cfg.do_lower_case,
+                                                cfg.init_checkpoint)
+  if cfg.init_checkpoint:
+    checkpoint_io.resolve_checkpoint_path(cfg.init_checkpoint)
+
+
+def prepare_output_dir(cfg, bert_config):
+  """Creates output_dir, checks it is writable and fits this configuration.
+
+  Raises:
+    UserError: if it cannot be written, or holds checkpoints of another
+      configuration (task, model, adapter size, ...).
+  """
+  out = cfg.output_dir
+  try:
+    os.makedirs(out, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise UserError("--output_dir=%s cannot be written: %s"
+                    % (out, e.strerror or e)) from None
+  previous_path = os.path.join(out, RUN_CONFIG_FILE)
+  has_checkpoint = tf.train.latest_checkpoint(out) is not None
+  if has_checkpoint and os.path.exists(previous_path):
+    with open(previous_path, encoding="utf-8") as f:
+      previous = json.load(f)
+    mine = run_identity(cfg, bert_config)
+    for key, value in mine.items():
+      if previous.get("identity", {}).get(key) != value:
+        raise UserError(
+            "--output_dir=%s holds checkpoints of a different configuration "
+            "(%s was %r, now %r); use a new --output_dir"
+            % (out, key, previous.get("identity", {}).get(key), value))
+
+
+def run_identity(cfg, bert_config):
+  identity = cfg.identity()
+  identity["task_name"] = glue_processors.get_processor(cfg.task_name).name
+  identity["bert_config"] = bert_config.to_dict()
+  return identity
+
+
+def write_run_files(cfg, bert_config, adapter_config):
+  """The configs used, for the record and for resume checks."""
+  out = cfg.output_dir
+  atomic_write_text(os.path.join(out, "bert_config.json"),
+                    bert_config.to_json_string())
+  atomic_write_text(os.path.join(out, "adapter_config.json"),
+                    adapter_config.to_json_string())
+  record = {"flags": json.loads(cfg.to_json_string()),
+            "identity": run_identity(cfg, bert_config)}
+  atomic_write_text(os.path.join(out, RUN_CONFIG_FILE),
+                    json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def set_precision(mixed_precision):
+  policy = {"none": "float32", "bfloat16": "mixed_bfloat16",
+            "float16": "mixed_float16"}[mixed_precision]
+  keras.mixed_precision.set_dtype_policy(policy)
+
+
+def run(cfg):
+  """Runs the job described by a validated RunConfig.
+
+  Returns:
+    dict with the eval results (if --do_eval) and the train result.
+  """
+  processor = glue_processors.get_processor(cfg.task_name)
+  bert_config = modeling.BertConfig.from_json_file(cfg.bert_config_file)
+  check_inputs(cfg, bert_config)
+  prepare_output_dir(cfg, bert_config)
+
+  strategy = distribution.resolve_strategy(
+      cfg.distribution, use_tpu=cfg.use_tpu, tpu_name=cfg.tpu_name,
+      tpu_zone=cfg.tpu_zone, gcp_project=cfg.gcp_project, master=cfg.master,
+      num_tpu_cores=cfg.num_tpu_cores)
+  replicas = strategy.num_replicas_in_sync
+  for flag in ("train_batch_size", "eval_batch_size", "predict_batch_size"):
+    distribution.per_replica_batch_size(getattr(cfg, flag), replicas, flag)
+  is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+  bucket = cfg.bucket_by_length and not is_tpu
+
+  keras.utils.set_random_seed(cfg.seed)
+  if cfg.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  set_precision(cfg.mixed_precision)
+
+  label_list = processor.get_labels()
+  is_regression = processor.is_regression
+  num_labels = 1 if is_regression else len(label_list)
+  adapter_config = adapters.AdapterConfig(size=cfg.adapter_size,
+                                          init_scale=cfg.adapter_init_scale)
+
+  data = input_pipeline.GlueData(
+      processor=processor, data_dir=cfg.data_dir, vocab_file=cfg.vocab_file,
+      do_lower_case=cfg.do_lower_case, max_seq_length=cfg.max_seq_length,
+      cache_dir=os.path.join(cfg.output_dir, "features"),
+      tfds_data_dir=cfg.tfds_data_dir)
+  # Read (and check) every split needed before anything else is written.
+  num_train_steps = num_warmup_steps = 0
+  if cfg.do_train:
+    num_train_examples = data.num_examples("train")
+    num_train_steps = int(num_train_examples / cfg.train_batch_size
+                          * cfg.num_train_epochs)
+    if num_train_steps < 1:
+      raise UserError("--num_train_epochs=%g with %d training examples and "
+                      "--train_batch_size=%d gives no training step"
+                      % (cfg.num_train_epochs, num_train_examples,
+                         cfg.train_batch_size))
+    num_warmup_steps = int(num_train_steps * cfg.warmup_proportion)
+  if cfg.do_eval:
+    data.num_examples("dev")
+  if cfg.do_predict:
+    data.num_examples("test")
+
+  with strategy.scope():
+    model = modeling.BertClassifier(bert_config, num_labels, adapter_config)
+    if cfg.init_checkpoint:
+      checkpoint_io.load_checkpoint(model, cfg.init_checkpoint)
+    if cfg.adapter_checkpoint:
+      import adapter_io  # Only needed for this flag.
+      adapter_io.load_adapter(model, cfg.adapter_checkpoint,
+                              init_checkpoint=cfg.init_checkpoint)
+    trainable = modeling.set_train_mode(model, cfg.train_mode)
+    optimizer = optimization.create_optimizer(
+        cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
+        weight_decay_rate=cfg.weight_decay_rate,
+        adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
+    trainer = training.Trainer(
+        model, optimizer, trainable, strategy, cfg.output_dir,
+        num_labels=num_labels, is_regression=is_regression,
+        global_batch_size=cfg.train_batch_size, seed=cfg.seed,
+        jit_compile=cfg.jit_compile,
+        loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None)
+    trainer.restore_latest()
+
+  n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
+  n_total = sum(int(np.prod(v.shape)) for v in model.weights)
+  logging.info("Training %s of %s parameters (%.2f%%), mode %s",
+               f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
+               cfg.train_mode)
+  write_run_files(cfg, bert_config, adapter_config)
+  results = {}
+
+  if cfg.do_train:
+    writer = tf.summary.create_file_writer(cfg.output_dir)
+    logging.info("***** Running training: %d examples, batch %d, %d steps "
+                 "*****", data.num_examples("train"), cfg.train_batch_size,
+                 num_train_steps)
+
+    def make_dataset(start_step):
+      return data.train_dataset(
+          batch_size=cfg.train_batch_size, seed=cfg.seed,
+          start_step=start_step, bucket=bucket)
+
+    t0 = time.time()
+    train_result = trainer.train(
+        make_dataset, num_train_steps,
+        iterations_per_loop=cfg.iterations_per_loop,
+        save_checkpoints_steps=cfg.save_checkpoints_steps,
+        log_steps=cfg.log_steps, summary_writer=writer)
+    train_result["train_seconds"] = time.time() - t0
+    results["train"] = train_result
+    if cfg.train_mode == "adapters" or cfg.adapter_size:
+      try:
+        import adapter_io
+      except ImportError:
+        adapter_io = None
+      if adapter_io is not None:
+        adapter_io.save_adapter(model, trainable, os.path.join(cfg.output_dir, "adapter"),
+                                adapter_config=adapter_config, run_config=cfg,
+                                bert_config=bert_config, processor=processor,
+                                init_checkpoint=cfg.init_checkpoint)
+
+  if cfg.do_eval:
+    results["eval"] = evaluate(cfg, data, trainer, processor)
+
+  if cfg.do_predict:
+    predict(cfg, data, trainer, processor)
+  return results
+
+
+def evaluate(cfg, data, trainer, processor):
+  """Evaluates on the dev set; writes and prints eval_results.txt."""
+  dataset = data.eval_dataset("dev", batch_size=cfg.eval_batch_size,
+                              bucket=cfg.bucket_by_length and not isinstance(
+                                  trainer.strategy, tf.distribute.TPUStrategy))
+  out = trainer.predict(dataset)
+  out = _in_example_order(out)
+  real = out["is_real_example"].astype(bool)
+  logits = out["logits"]
+  if processor.is_regression:
+    predictions = logits[:, 0]
+  else:
+    predictions = np.argmax(logits, axis=-1)
+  metrics = glue_metrics.compute_metrics(
+      processor.name, predictions, out["label_ids"], out["is_real_example"])
+  result = {}
+  if not processor.is_regression:
+    result["eval_accuracy"] = float(np.mean(predictions[real] == out["label_ids"][real]))
+  result["eval_loss"] = float(np.mean(out["per_example_loss"][real]))
+  # Estimator's `loss`: the mean over eval batches of each batch's mean loss.
+  result["loss"] = float(np.mean(out["batch_mean_loss"]))
+  result["global_step"] = int(trainer.global_step.numpy())
+  for key, value in metrics.items():
+    result.setdefault("eval_" + key if not key.startswith("eval_") else key,
+                      float(value))
+  lines = ["%s = %s" % (key, result[key]) for key in sorted(result)]
+  atomic_write_text(os.path.join(cfg.output_dir, "eval_results.txt"),
+                    "\n".join(lines) + "\n")
+  print("***** Eval results *****")
+  for line in lines:
+    print("  " + line)
+  sys_flush()
+  writer = tf.summary.create_file_writer(os.path.join(cfg.output_dir, "eval"))
+  summaries.write_scalars(writer, result["global_step"], {
+      k: v for k, v in result.items() if k != "global_step"})
+  return result
+
+
+def predict(cfg, data, trainer, processor):
+  """Predicts the test set; writes test_results.tsv and the GLUE file."""
+  dataset = data.eval_dataset("test", batch_size=cfg.predict_batch_size,
+                              bucket=cfg.bucket_by_length and not isinstance(
+                                  trainer.strategy, tf.distribute.TPUStrategy))
+  out = _in_example_order(trainer.predict(dataset))
+  real = out["is_real_example"].astype(bool)
+  logits = out["logits"][real]
+  if processor.is_regression:
+    outputs = logits[:, 0]
+    predictions = outputs
+  else:
+    outputs = tf.nn.softmax(logits, axis=-1).numpy()
+    predictions = np.argmax(outputs, axis=-1)
+  glue_outputs.write_test_results(
+      os.path.join(cfg.output_dir, "test_results.tsv"), outputs)
+  examples = data.examples("test")
+  indices = [ex.index if getattr(ex, "index", None) is not None else i
+             for i, ex in enumerate(examples)]
+  path = glue_outputs.write_submission(cfg.output_dir, processor.name,
+                                       indices, predictions)
+  logging.info("Wrote %d predictions to test_results.tsv and %s",
+               len(predictions), path)
+
+
+def _in_example_order(out):
+  """Reorders prediction outputs by example_index when bucketing shuffled them."""
+  if "example_index" not in out:
+    return out
+  order = np.argsort(out["example_index"], kind="stable")
+  real = out["is_real_example"][order].astype(bool)
+  # Real examples first in their original order, then the padding.
+  order = np.concatenate([order[real], order[~real]])
+  return {k: (v[order] if k != "batch_mean_loss" else v) for k, v in out.items()}
+
+
+def sys_flush():
+  import sys
+  sys.stdout.flush()
