@@ -171,6 +171,10 @@ def _fold_seed(seed, salt):
 def dropout(x, rate, training, seed=None):
   """Inverted dropout; stateless (reproducible) when `seed` is given.
 
+  The mask is a pure function of the seed for a given kernel; XLA-compiled
+  and regular kernels draw different masks for the same seed (measured), so a
+  run and its resume must use the same --jit_compile.
+
   Args:
     x: tensor.
     rate: drop probability.
@@ -435,8 +439,10 @@ class ClassifierHead(keras.layers.Layer):
   original run_classifier.py. Logits are float32.
   """
 
-  def __init__(self, num_labels, hidden_size, initializer_range=0.02, **kwargs):
+  def __init__(self, num_labels, hidden_size, initializer_range=0.02,
+               dropout_rate=CLASSIFIER_DROPOUT, **kwargs):
     super().__init__(**kwargs)
+    self.dropout_rate = dropout_rate
     self.num_labels = num_labels
     self.hidden_size = hidden_size
     self.initializer_range = initializer_range
@@ -448,7 +454,7 @@ class ClassifierHead(keras.layers.Layer):
 
   def call(self, pooled_output, training=False, seed=None):
     # pooled_output: [batch, H] -> logits [batch, num_labels]
-    x = dropout(pooled_output, CLASSIFIER_DROPOUT, training, seed)
+    x = dropout(pooled_output, self.dropout_rate, training, seed)
     x = tf.cast(x, tf.float32)
     logits = tf.matmul(x, tf.cast(self.output_weights, tf.float32),
                        transpose_b=True)
@@ -457,7 +463,8 @@ class ClassifierHead(keras.layers.Layer):
   def get_config(self):
     base = super().get_config()
     base.update(num_labels=self.num_labels, hidden_size=self.hidden_size,
-                initializer_range=self.initializer_range)
+                initializer_range=self.initializer_range,
+                dropout_rate=self.dropout_rate)
     return base
 
 
@@ -471,16 +478,19 @@ class BertClassifier(keras.Model):
   masks a pure function of the seed (reproducible runs and resumes).
   """
 
-  def __init__(self, config, num_labels, adapter_config=None, **kwargs):
+  def __init__(self, config, num_labels, adapter_config=None,
+               classifier_dropout=CLASSIFIER_DROPOUT, **kwargs):
     super().__init__(**kwargs)
     self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
     if isinstance(adapter_config, dict):
       adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
     self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
     self.num_labels = num_labels
+    self.classifier_dropout = classifier_dropout
     self.bert = BertModel(self.config, self.adapter_config, name="bert")
     self.classifier = ClassifierHead(num_labels, self.config.hidden_size,
                                      self.config.initializer_range,
+                                     dropout_rate=classifier_dropout,
                                      name="classifier")
     self.built = True
 
@@ -499,7 +509,8 @@ class BertClassifier(keras.Model):
   def get_config(self):
     base = super().get_config()
     base.update(config=self.config.to_dict(), num_labels=self.num_labels,
-                adapter_config=self.adapter_config.to_dict())
+                adapter_config=self.adapter_config.to_dict(),
+                classifier_dropout=self.classifier_dropout)
     return base
 
 

@@ -1,0 +1,189 @@
+"""run_classifier.py end to end, training invariants, and distribution."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adapters
+import checkpoint_io
+import modeling
+import optimization
+import tiny_fixtures as fx
+import training
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAST = {"jit_compile": False, "bucket_by_length": False}
+
+
+def test_cli_train_eval_predict_end_to_end(tmp_path):
+  flags = fx.make_job(tmp_path)
+  flags.update(FAST, do_train=True, do_eval=True, do_predict=True)
+  result = fx.run_cli(flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = flags["output_dir"]
+  # The original's eval output, printed and written.
+  for key in ("eval_accuracy", "eval_loss", "global_step", "loss", "eval_f1"):
+    assert "  %s = " % key in result.stdout
+  results = fx.read_eval_results(out)
+  assert results["global_step"] == 16  # int(64 / 8 * 2)
+  assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_loss"] > 0
+  # Progress lines: step, loss, learning rate, examples/s, time left.
+  assert "step 16/16 loss" in result.stderr and "examples/s" in result.stderr
+  assert " left" in result.stderr
+  # One probability line per test example, and the GLUE submission file.
+  lines = open(os.path.join(out, "test_results.tsv")).read().splitlines()
+  assert len(lines) == 12
+  for line in lines:
+    probs = [float(x) for x in line.split("\t")]
+    assert len(probs) == 2 and abs(sum(probs) - 1.0) < 1e-5
+  submission = open(os.path.join(out, "MRPC.tsv")).read().splitlines()
+  assert submission[0] == "index\tprediction"
+  assert [row.split("\t")[0] for row in submission[1:]] == [str(i) for i in range(12)]
+  assert all(row.split("\t")[1] in ("0", "1") for row in submission[1:])
+  predicted = [int(np.argmax([float(x) for x in l.split("\t")])) for l in lines]
+  assert predicted == [int(row.split("\t")[1]) for row in submission[1:]]
+  # Configs, checkpoints (with Adam slots and step), summaries.
+  for name in ("bert_config.json", "adapter_config.json", "run_config.json"):
+    assert os.path.exists(os.path.join(out, name))
+  assert json.load(open(os.path.join(out, "run_config.json")))["flags"]["task_name"] == "MRPC"
+  latest = tf.train.latest_checkpoint(out)
+  assert latest.endswith("model.ckpt-16")
+  names = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+  assert "global_step" in names
+  assert "bert/encoder/layer_0/output/adapters/weights1/adam_m" in names
+  assert "bert/encoder/layer_0/output/dense/kernel/adam_m" not in names
+  assert tf.train.load_checkpoint(latest).get_tensor("global_step") == 16
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+  assert os.listdir(os.path.join(out, "eval"))
+
+  # Rerunning the finished command does not train again; eval agrees.
+  again = fx.run_cli(dict(flags, do_predict=False))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Training already complete at step 16" in again.stderr
+  assert fx.read_eval_results(out) == results
+
+
+def test_use_tpu_without_a_tpu_is_a_clear_error(tmp_path):
+  flags = fx.make_job(tmp_path)
+  flags.update(do_train=True, use_tpu=True, tpu_name="no-such-tpu",
+               tpu_zone="us-central1-b", gcp_project="no-project")
+  result = fx.run_cli(flags, timeout=400)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  error = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(error) == 1 and "no-such-tpu" in error[0]
+
+
+def tiny_trainer(jit_compile, train_mode="adapters", seed=0, dropout=0.1):
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
+      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
+                                  classifier_dropout=dropout)
+  rng = np.random.default_rng(seed)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    v.assign((rng.normal(0, 0.2, size=v.shape)
+              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+  trainable = modeling.set_train_mode(model, train_mode)
+  optimizer = optimization.create_optimizer(5e-2, 6, 1)
+  trainer = training.Trainer(
+      model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
+      num_labels=2, is_regression=False, global_batch_size=8, seed=3,
+      jit_compile=jit_compile)
+  data = {"input_ids": rng.integers(1, 40, (32, 10)).astype(np.int32),
+          "input_mask": np.ones((32, 10), np.int32),
+          "segment_ids": np.zeros((32, 10), np.int32),
+          "label_ids": rng.integers(0, 2, 32).astype(np.int32)}
+  make = lambda start: tf.data.Dataset.from_tensor_slices(data).repeat().batch(
+      8, drop_remainder=True).skip(start)
+  return model, trainer, make
+
+
+def test_only_trainable_variables_change(tmp_path):
+  model, trainer, make = tiny_trainer(jit_compile=True)
+  trainer.output_dir = str(tmp_path)
+  trainable = {n for n, _ in trainer.trainable}
+  before = {n: v.numpy().copy() for n, v in checkpoint_io.checkpoint_name_map(model).items()}
+  trainer.train(make, 6, iterations_per_loop=3, save_checkpoints_steps=100)
+  after = {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(model).items()}
+  frozen = [n for n in before if n not in trainable]
+  assert "bert/pooler/dense/kernel" in frozen and "bert/embeddings/word_embeddings" in frozen
+  for name in frozen:
+    assert np.array_equal(before[name], after[name]), name  # bit for bit
+  changed = [n for n in trainable if not np.array_equal(before[n], after[n])]
+  assert sorted(changed) == sorted(trainable)
+  # Adam slots exist only for the trainable variables.
+  slots = trainer.optimizer.slot_variables()
+  assert {s.rsplit("/", 1)[0] for s in slots} == trainable
+
+
+def test_xla_and_plain_steps_agree(tmp_path):
+  # Without dropout: XLA and the regular kernels draw different stateless
+  # random numbers for the same seed (each is reproducible on its own).
+  results = []
+  for jit in (True, False):
+    model, trainer, make = tiny_trainer(jit_compile=jit, dropout=0.0)
+    trainer.output_dir = str(tmp_path / str(jit))
+    trainer.train(make, 6, iterations_per_loop=6, save_checkpoints_steps=100)
+    results.append({n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(model).items()})
+  for name in results[0]:
+    np.testing.assert_allclose(results[0][name], results[1][name], atol=1e-5,
+                               err_msg=name)
+
+
+def _worker(strategy, out, env=None):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(HERE, "distributed_worker.py"),
+       "--strategy=" + strategy, "--out=" + out],
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {})),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _load(path):
+  return dict(np.load(path))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_mirrored_and_multi_worker_match_one_device(tmp_path):
+  one = str(tmp_path / "one.npz")
+  mirrored = str(tmp_path / "mirrored.npz")
+  procs = [_worker("one", one), _worker("mirrored", mirrored)]
+  for p in procs:
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output[-3000:]
+  reference = _load(one)
+  got = _load(mirrored)
+  moved = max(np.max(np.abs(reference[k] - got[k])) for k in reference)
+  assert moved <= 1e-5
+
+  # Two workers on 127.0.0.1, one process each, MultiWorkerMirroredStrategy.
+  ports = [_free_port(), _free_port()]
+  cluster = {"worker": ["127.0.0.1:%d" % p for p in ports]}
+  outs = [str(tmp_path / ("worker%d.npz" % i)) for i in range(2)]
+  workers = [
+      _worker("multi_worker", outs[i], env={"TF_CONFIG": json.dumps(
+          {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+      for i in range(2)]
+  for p in workers:
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output[-3000:]
+  for path in outs:
+    got = _load(path)
+    for name in reference:
+      np.testing.assert_allclose(got[name], reference[name], atol=1e-5,
+                                 err_msg=name)
+  # And training did move the adapters (the comparison is not vacuous).
+  initial_adapter = "bert__encoder__layer_0__output__adapters__weights1"
+  assert initial_adapter in reference
