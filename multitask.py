@@ -1,0 +1,498 @@
+"""Several tasks on one frozen base model.
+
+Adapter tuning leaves the base BERT untouched: every task trained from the
+same `--init_checkpoint` shares the embedding tables, all dense kernels and
+biases of the encoder, and the pooler. A task owns only its adapters, its
+LayerNorms and its classifier head. `MultiTaskModel` holds the shared base
+once and one `TaskBranch` per task, so that
+
+  - `add_task(adapter_dir)` loads a task without touching the base (the
+    adapter's base fingerprint is checked against the shared weights);
+  - `predict(task, features)` runs any one task;
+  - `predict_all(features)` runs every task on the same batch in one call:
+    the embedding lookup is done once, then the task-stacked batch
+    [tasks * batch * seq, H] goes through each shared dense layer in one
+    matmul, and each task's adapters and LayerNorms work on its slice.
+
+The forward pass is that of `modeling.BertModel` / `TransformerBlock` step by
+step, with modeling's own layers (attention, dense, LayerNorm, adapters,
+classifier head), so each task's outputs equal those of a
+`modeling.BertClassifier` holding the same weights.
+"""
+
+import collections
+import os
+import re
+import types
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+import adapter_io
+import adapters as adapters_lib
+import checkpoint_io
+import modeling
+from errors import UserError
+
+
+def task_key(name):
+  """A signature-friendly key for a task name: "SST-2" -> "sst_2"."""
+  key = re.sub(r"[^0-9a-z]+", "_", str(name).lower()).strip("_")
+  return key or "task"
+
+
+def outputs_from_logits(logits, is_regression):
+  """What run_classifier's test_results.tsv holds: probabilities or score.
+
+  Args:
+    logits: float32 [batch, num_labels].
+    is_regression: STS-B style single-output task.
+
+  Returns:
+    float32 [batch, num_labels] softmax probabilities, or [batch] scores.
+  """
+  if is_regression:
+    return logits[:, 0]
+  return tf.nn.softmax(logits, axis=-1)
+
+
+class TaskBranch(tf.Module):
+  """One task's own weights: LayerNorms, adapters and classifier head.
+
+  Attributes:
+    task_name: the task's name (unique within a MultiTaskModel).
+    metadata: the adapter directory's metadata (or an equivalent dict).
+    config: the BertConfig of the base.
+    adapter_config: this task's AdapterConfig.
+    num_labels: outputs of the head.
+    label_list: label strings (None for regression).
+    is_regression: whether the head outputs a score.
+  """
+
+  def __init__(self, task_name, config, adapter_config, num_labels,
+               metadata=None):
+    super().__init__(name=task_key(task_name))
+    self.task_name = task_name
+    # Plain Python values, kept out of TensorFlow's object tracking.
+    _untracked(self, "metadata", dict(metadata or {}))
+    self.config = config
+    self.adapter_config = adapter_config
+    self.num_labels = int(num_labels)
+    _untracked(self, "label_list", self.metadata.get("label_list"))
+    self.is_regression = bool(self.metadata.get("is_regression", False))
+    h = config.hidden_size
+    self.embeddings_layer_norm = modeling._layer_norm("LayerNorm")  # pylint: disable=protected-access
+    self.embeddings_layer_norm.build((None, None, h))
+    self.attention_layer_norms = []
+    self.output_layer_norms = []
+    self.block_adapters = []
+    for i in range(config.num_hidden_layers):
+      attention_ln = modeling._layer_norm("layer_%d_attention_output_LayerNorm" % i)  # pylint: disable=protected-access
+      output_ln = modeling._layer_norm("layer_%d_output_LayerNorm" % i)  # pylint: disable=protected-access
+      attention_ln.build((None, h))
+      output_ln.build((None, h))
+      self.attention_layer_norms.append(attention_ln)
+      self.output_layer_norms.append(output_ln)
+      block = {}
+      if adapter_config.enabled:
+        for location in adapter_config.locations:
+          layer = adapters_lib.make_adapter(
+              adapter_config, name="layer_%d_adapter_%s" % (i, location))
+          layer.build((None, h))
+          block[location] = layer
+      self.block_adapters.append(block)
+    self.classifier = modeling.ClassifierHead(
+        self.num_labels, h, config.initializer_range, name="classifier")
+
+  def adapter_hook(self, layer_index, location, x):
+    """The task's adapter at (layer, location), or the identity."""
+    layer = self.block_adapters[layer_index].get(location)
+    return x if layer is None else layer(x)
+
+
+class MultiTaskModel(tf.Module):
+  """One frozen BERT base shared by several adapter-tuned tasks.
+
+  Build it with the base's BertConfig, load the base with `load_base`, then
+  add tasks with `add_task(adapter_dir)`. Features are dicts of int32
+  `input_ids`, `input_mask`, `segment_ids` [batch, seq] as in
+  `input_pipeline`.
+  """
+
+  def __init__(self, bert_config, jit_compile=False, stack_tasks=True,
+               name="multitask"):
+    """Constructs the shared base (no adapters) with fresh weights.
+
+    Args:
+      bert_config: modeling.BertConfig of the base.
+      jit_compile: compile the forward passes with XLA.
+      stack_tasks: how `predict_all` runs the tasks: True, the shared dense
+        layers once on the task-stacked batch [tasks * batch * seq, H];
+        False, each task's blocks side by side in the same graph.
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.config = bert_config
+    self.jit_compile = bool(jit_compile)
+    self.stack_tasks = bool(stack_tasks)
+    # The shared base: a BertModel without adapters. Its LayerNorms are the
+    # base's own values, copied into each new task before its adapter loads.
+    self.bert = modeling.BertModel(bert_config, None, name="bert")
+    self.branches = []
+    self.base_checkpoint = None
+    _untracked(self, "_functions", {})
+
+  # -------------------------------------------------------------- loading
+
+  @property
+  def task_names(self):
+    return [b.task_name for b in self.branches]
+
+  def branch(self, task_name):
+    """The TaskBranch named `task_name`.
+
+    Raises:
+      UserError: for an unknown task, listing the loaded ones.
+    """
+    for b in self.branches:
+      if b.task_name == task_name:
+        return b
+    for b in self.branches:  # Case-insensitive, "sst-2" or "sst_2".
+      if task_key(b.task_name) == task_key(task_name):
+        return b
+    raise UserError("unknown task %r; loaded tasks: %s"
+                    % (task_name, ", ".join(self.task_names) or "(none)"))
+
+  def load_base(self, init_checkpoint, flag_name="init_checkpoint"):
+    """Restores the shared base from a BERT checkpoint (original names).
+
+    Must be called before any task is added.
+    """
+    if self.branches:
+      raise ValueError("load_base must come before add_task")
+    checkpoint_io.load_checkpoint(types.SimpleNamespace(bert=self.bert),
+                                  init_checkpoint, flag_name=flag_name)
+    self.base_checkpoint = init_checkpoint
+
+  def task_view(self, branch):
+    """An object that looks like a BertClassifier to checkpoint_io/adapter_io.
+
+    Its variables are the shared base's, except the branch's LayerNorms,
+    adapters and head, so `checkpoint_io.checkpoint_name_map(view)` is the
+    full name map of this task's model.
+    """
+    base = self.bert
+    emb = base.embeddings
+    embeddings = types.SimpleNamespace(
+        word_embeddings=emb.word_embeddings,
+        token_type_embeddings=emb.token_type_embeddings,
+        position_embeddings=emb.position_embeddings,
+        layer_norm=branch.embeddings_layer_norm)
+    blocks = []
+    for i, shared in enumerate(base.blocks):
+      blocks.append(types.SimpleNamespace(
+          attention=shared.attention,
+          attention_output_dense=shared.attention_output_dense,
+          adapters=dict(branch.block_adapters[i]),
+          attention_layer_norm=branch.attention_layer_norms[i],
+          intermediate_dense=shared.intermediate_dense,
+          output_dense=shared.output_dense,
+          output_layer_norm=branch.output_layer_norms[i]))
+    bert = types.SimpleNamespace(embeddings=embeddings, blocks=blocks,
+                                 pooler=base.pooler)
+    return types.SimpleNamespace(
+        bert=bert, classifier=branch.classifier, config=self.config,
+        adapter_config=branch.adapter_config, num_labels=branch.num_labels)
+
+  def _shared_names(self):
+    """Checkpoint names of the shared (base) variables but the LayerNorms."""
+    names = checkpoint_io.checkpoint_name_map(
+        types.SimpleNamespace(bert=self.bert))
+    return {n for n in names if "LayerNorm" not in n}
+
+  def _new_branch(self, task_name, adapter_config, num_labels, metadata):
+    if any(task_key(b.task_name) == task_key(task_name) for b in self.branches):
+      raise UserError("task %r is loaded twice; give each adapter its own "
+                      "name (NAME=DIR)" % task_name)
+    branch = TaskBranch(task_name, self.config, adapter_config, num_labels,
+                        metadata)
+    # LayerNorms a task did not train are the base's.
+    base = self.bert
+    pairs = [(branch.embeddings_layer_norm, base.embeddings.layer_norm)]
+    for i, shared in enumerate(base.blocks):
+      pairs.append((branch.attention_layer_norms[i], shared.attention_layer_norm))
+      pairs.append((branch.output_layer_norms[i], shared.output_layer_norm))
+    for mine, theirs in pairs:
+      mine.gamma.assign(theirs.gamma)
+      mine.beta.assign(theirs.beta)
+    return branch
+
+  def add_task(self, adapter_dir, task_name=None, flag_name="adapter_dir"):
+    """Loads an adapter directory as a new task on the shared base.
+
+    Args:
+      adapter_dir: a directory written by `adapter_io.save_adapter`.
+      task_name: name to use (default: the task name in its metadata).
+      flag_name: the flag to name in errors.
+
+    Returns:
+      The new TaskBranch.
+
+    Raises:
+      UserError: if the directory is malformed, was trained on another base
+        (fingerprint), changes shared weights (train_mode=full), or the name
+        is taken.
+    """
+    metadata, adapter_config, _ = adapter_io.read_metadata(adapter_dir,
+                                                           flag_name)
+    shared = sorted(self._shared_names() & set(metadata["variables"]))
+    if shared:
+      raise UserError(
+          "--%s=%s changes base weights shared by every task (e.g. %s; "
+          "train_mode=%s); it cannot share a base"
+          % (flag_name, adapter_dir, shared[0], metadata.get("train_mode")))
+    name = task_name or metadata.get("task_name") or os.path.basename(
+        os.path.normpath(adapter_dir))
+    branch = self._new_branch(name, adapter_config, metadata["num_labels"],
+                              metadata)
+    adapter_io.load_adapter(self.task_view(branch), adapter_dir,
+                            init_checkpoint=self.base_checkpoint,
+                            flag_name=flag_name)
+    self.branches.append(branch)
+    self._functions.clear()
+    return branch
+
+  def add_task_from_checkpoint(self, checkpoint, task_name, adapter_config,
+                               num_labels, metadata=None,
+                               flag_name="checkpoint"):
+    """Adds a task from a full model checkpoint (this or the reference layout).
+
+    The task's LayerNorms, adapters and head are read from `checkpoint`; its
+    shared weights must equal the loaded base (load the base from the same
+    checkpoint for a single-task model).
+
+    Returns:
+      The new TaskBranch.
+    """
+    metadata = dict(metadata or {})
+    branch = self._new_branch(task_name, adapter_config, num_labels, metadata)
+    view = self.task_view(branch)
+    prefix, reader = checkpoint_io.read_checkpoint(checkpoint, flag_name)
+    shared = self._shared_names()
+    mine, _ = adapter_io.base_fingerprint(
+        view, exclude=set(checkpoint_io.checkpoint_name_map(view)) - shared)
+    theirs = _checkpoint_fingerprint(reader, view, shared)
+    if mine != theirs:
+      raise UserError("--%s=%s: its base weights differ from the shared base "
+                      "(fingerprint %s, shared %s)"
+                      % (flag_name, prefix, theirs[:16], mine[:16]))
+    names = [n for n in checkpoint_io.checkpoint_name_map(view)
+             if n not in shared]
+    checkpoint_io.load_checkpoint(view, prefix, flag_name=flag_name,
+                                  require_base=True, names=names)
+    self.branches.append(branch)
+    self._functions.clear()
+    return branch
+
+  # -------------------------------------------------------------- forward
+
+  def _encode(self, branches, features, stack_tasks):
+    """Pooled outputs of each branch on the same batch.
+
+    Args:
+      branches: the TaskBranches to run.
+      features: dict of int32 [batch, seq] model inputs.
+      stack_tasks: run the shared dense layers once on the task-stacked
+        batch; else each task's blocks separately (in the same graph).
+
+    Returns:
+      list of [batch, H] pooled outputs, one per branch.
+    """
+    input_ids = features["input_ids"]  # [batch, seq]
+    input_mask = features["input_mask"]  # [batch, seq]
+    segment_ids = features["segment_ids"]  # [batch, seq]
+    shape = tf.shape(input_ids)
+    batch, seq = shape[0], shape[1]
+
+    # Embeddings as BertEmbeddings.call up to its LayerNorm: the lookups are
+    # done once for every task.
+    emb = self.bert.embeddings
+    summed = tf.gather(emb.word_embeddings, input_ids)  # [batch, seq, H]
+    summed += tf.gather(emb.token_type_embeddings, segment_ids)
+    summed += emb.position_embeddings[tf.newaxis, :seq, :]
+    # Additive mask as BertModel.call.
+    mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
+    mask_adder = (1.0 - mask) * modeling.MASK_ADDER  # [batch, 1, 1, seq]
+
+    groups = [branches] if stack_tasks else [[b] for b in branches]
+    pooled = []
+    for group in groups:
+      pooled += self._encode_group(group, summed, mask_adder, batch, seq)
+    return pooled
+
+  def _encode_group(self, branches, summed, mask_adder, batch, seq):
+    """The encoder and pooler for tasks stacked along the batch axis."""
+    base = self.bert
+    num_tasks = len(branches)
+    hidden = self.config.hidden_size
+    rows = batch * num_tasks  # The task-stacked batch: task-major.
+    dtype = base.compute_dtype
+    x = _stack([tf.cast(b.embeddings_layer_norm(summed), dtype)
+                for b in branches])  # [tasks * batch, seq, H]
+    x = tf.reshape(x, [rows * seq, hidden])  # [tasks * batch * seq, H]
+    if num_tasks > 1:
+      mask_adder = tf.tile(mask_adder, [num_tasks, 1, 1, 1])
+    for i, shared in enumerate(base.blocks):
+      x = self._block(i, shared, branches, x, mask_adder, rows, seq)
+    sequence_output = tf.reshape(x, [rows, seq, hidden])
+    pooled = base.pooler(sequence_output)  # [tasks * batch, H]
+    return _unstack(pooled, num_tasks)
+
+  def _block(self, index, shared, branches, x, mask_adder, rows, seq):
+    """TransformerBlock.call with shared dense layers, per-task the rest."""
+    # x: [tasks * batch * seq, H]
+    dtype = shared.compute_dtype
+    n = len(branches)
+    attention = shared.attention(x, mask_adder, rows, seq)
+    attention = shared.attention_output_dense(attention)
+    parts = zip(branches, _unstack(attention, n), _unstack(x, n))
+    attention = _stack([
+        tf.cast(b.attention_layer_norms[index](
+            b.adapter_hook(index, "attention_output", a) + r), dtype)
+        for b, a, r in parts])
+
+    intermediate = shared.intermediate_act(shared.intermediate_dense(attention))
+    output = shared.output_dense(intermediate)
+    parts = zip(branches, _unstack(output, n), _unstack(attention, n))
+    return _stack([
+        tf.cast(b.output_layer_norms[index](
+            b.adapter_hook(index, "ffn_output", o) + r), dtype)
+        for b, o, r in parts])
+
+  def _logits(self, branches, features, stack_tasks=None):
+    if stack_tasks is None:
+      stack_tasks = self.stack_tasks
+    pooled = self._encode(branches, features, stack_tasks)
+    return [b.classifier(p) for b, p in zip(branches, pooled)]
+
+  def _function(self, task_names, stack_tasks=None):
+    """A tf.function computing the logits of `task_names` (cached)."""
+    if stack_tasks is None:
+      stack_tasks = self.stack_tasks
+    key = (tuple(task_names), bool(stack_tasks))
+    if key not in self._functions:
+      branches = [self.branch(t) for t in task_names]
+
+      def forward(features):
+        logits = self._logits(branches, features, stack_tasks)
+        return {b.task_name: l for b, l in zip(branches, logits)}
+
+      spec = {k: tf.TensorSpec([None, None], tf.int32, name=k)
+              for k in _INPUT_NAMES}
+      self._functions[key] = tf.function(
+          forward, input_signature=[spec], jit_compile=self.jit_compile,
+          autograph=False)
+    return self._functions[key]
+
+  def logits(self, task_name, features):
+    """float32 [batch, num_labels] logits of one task."""
+    branch = self.branch(task_name)
+    return self._function([branch.task_name])(_model_inputs(features))[
+        branch.task_name]
+
+  def logits_all(self, features, task_names=None, stack_tasks=None):
+    """{task: float32 [batch, num_labels] logits} of every task, one call.
+
+    Args:
+      features: dict of int [batch, seq] input_ids, input_mask, segment_ids.
+      task_names: the tasks to run (default: all, in the order added).
+      stack_tasks: override the model's `stack_tasks` for this call.
+    """
+    names = ([self.branch(t).task_name for t in task_names]
+             if task_names is not None else self.task_names)
+    if not names:
+      raise UserError("no task loaded")
+    return dict(self._function(names, stack_tasks)(_model_inputs(features)))
+
+  def predict(self, task_name, features):
+    """One task's probabilities [batch, labels] (score [batch] if regression)."""
+    branch = self.branch(task_name)
+    return outputs_from_logits(self.logits(task_name, features),
+                               branch.is_regression)
+
+  def predict_all(self, features, task_names=None, stack_tasks=None):
+    """{task: probabilities (or scores)} of every task on the same batch."""
+    logits = self.logits_all(features, task_names, stack_tasks)
+    return collections.OrderedDict(
+        (name, outputs_from_logits(value, self.branch(name).is_regression))
+        for name, value in logits.items())
+
+  def call_graph(self, task_names, features, stack_tasks=None):
+    """Logits of `task_names` for use inside another tf.function.
+
+    Returns:
+      list of float32 [batch, num_labels], in the order of `task_names`.
+    """
+    return self._logits([self.branch(t) for t in task_names], features,
+                        stack_tasks)
+
+
+def _untracked(obj, name, value):
+  """Sets an attribute that tf.Module / SavedModel tracking ignores."""
+  object.__setattr__(obj, name, value)
+
+
+_INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+
+
+def _model_inputs(features):
+  return {k: tf.cast(features[k], tf.int32) for k in _INPUT_NAMES}
+
+
+def _stack(parts):
+  """Concatenates per-task tensors along the first axis (task-major)."""
+  return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+
+def _unstack(value, num_tasks):
+  """Splits a task-stacked tensor into its per-task slices."""
+  return [value] if num_tasks == 1 else tf.split(value, num_tasks, axis=0)
+
+
+def _checkpoint_fingerprint(reader, view, names):
+  """adapter_io.base_fingerprint of the `names` entries of a checkpoint."""
+  name_map = checkpoint_io.checkpoint_name_map(view)
+  available = reader.get_variable_to_shape_map()
+  missing = sorted(n for n in names if n not in available)
+  if missing:
+    raise UserError("checkpoint lacks %d base variable(s), e.g. %s"
+                    % (len(missing), ", ".join(missing[:3])))
+  return adapter_io.fingerprint_values(
+      (n, lambda n=n: reader.get_tensor(n).astype(np.dtype(name_map[n].dtype)))
+      for n in names)[0]
+
+
+def build_from_adapter_dirs(bert_config, init_checkpoint, adapter_dirs,
+                            jit_compile=False, stack_tasks=True):
+  """A MultiTaskModel with the base from `init_checkpoint` and N tasks.
+
+  Args:
+    bert_config: modeling.BertConfig of the base.
+    init_checkpoint: the base checkpoint the adapters were trained on.
+    adapter_dirs: list of adapter directories, or of (name, directory).
+    jit_compile: compile the forward passes with XLA.
+    stack_tasks: see MultiTaskModel.
+
+  Returns:
+    The MultiTaskModel.
+  """
+  model = MultiTaskModel(bert_config, jit_compile=jit_compile,
+                         stack_tasks=stack_tasks)
+  model.load_base(init_checkpoint)
+  for item in adapter_dirs:
+    name, directory = item if isinstance(item, (tuple, list)) else (None, item)
+    model.add_task(directory, task_name=name)
+  logging.info("Multi-task model: %d task(s) on %s: %s", len(model.branches),
+               init_checkpoint, ", ".join(model.task_names))
+  return model

@@ -1,0 +1,370 @@
+"""Exports adapter-tuned BERT task(s) as a SavedModel that takes raw text.
+
+The SavedModel tokenizes in the graph (tensorflow-text, through
+`tokenization.InGraphTokenizer`), packs `[CLS] a [SEP] b [SEP]` exactly as
+`input_pipeline.pack_pairs` does for training and prediction (longest-first
+truncation to `max_seq_length`; an empty `text_b` means a single sentence,
+`[CLS] a [SEP]`), and runs the model.
+
+Signatures (TF Serving conventions; every input is a tf.string [batch]):
+
+  inputs:  text_a  the sentence, or the first sentence of a pair;
+           text_b  the second sentence, "" for single-sentence tasks.
+  outputs of a classification task: probabilities float32 [batch, labels],
+           logits float32 [batch, labels], label tf.string [batch] (the
+           predicted label as the task's data files spell it);
+  outputs of a regression task (STS-B): score float32 [batch].
+
+One task (one --adapter_dir, or --checkpoint): `serving_default` and a
+signature named after the task (e.g. `mrpc`) both return that task. Several
+--adapter_dir on one base: one signature per task, and `serving_default`
+returns all tasks in one pass, with outputs `<task>_probabilities`,
+`<task>_logits`, `<task>_label` (or `<task>_score`). The vocabulary is
+exported as an asset (`assets/vocab.txt`). Loading the SavedModel needs the
+tensorflow-text ops (`import tensorflow_text` in Python; a TF Serving build
+with TensorFlow Text ops).
+
+Usage:
+
+  python scripts/export_saved_model.py \
+    --bert_config_file=$BERT_DIR/bert_config.json \
+    --vocab_file=$BERT_DIR/vocab.txt --init_checkpoint=$BERT_DIR/bert_model.ckpt \
+    --adapter_dir=/tmp/mrpc/adapter --adapter_dir=/tmp/sst2/adapter \
+    --export_dir=/tmp/serving/glue/1
+
+  python scripts/export_saved_model.py --bert_config_file=... \
+    --vocab_file=... --checkpoint=/tmp/mrpc --export_dir=/tmp/serving/mrpc/1
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+
+import adapter_io  # noqa: E402
+import adapters  # noqa: E402
+import checkpoint_io  # noqa: E402
+import glue_processors  # noqa: E402
+import input_pipeline  # noqa: E402
+import modeling  # noqa: E402
+import multitask  # noqa: E402
+import tokenization  # noqa: E402
+from errors import UserError  # noqa: E402
+
+flags.DEFINE_string("bert_config_file", None,
+                    "The base model's bert_config.json (default: the one "
+                    "recorded in the adapter / output directory).")
+flags.DEFINE_string("vocab_file", None, "The base model's vocab.txt.")
+flags.DEFINE_bool("do_lower_case", None,
+                  "Lower-case the input (default: as the task was trained).")
+flags.DEFINE_string("init_checkpoint", None,
+                    "The base checkpoint the adapters were trained on.")
+flags.DEFINE_multi_string(
+    "adapter_dir", [],
+    "An adapter directory (output_dir/adapter); repeat for a multi-task "
+    "export. NAME=DIR names the task (default: its task name).")
+flags.DEFINE_string("checkpoint", None,
+                    "Instead of --adapter_dir: a full model checkpoint (prefix "
+                    "or run_classifier output_dir), this toolkit's or the "
+                    "reference adapter-bert's.")
+flags.DEFINE_string("task_name", None,
+                    "With --checkpoint, when its directory has no "
+                    "run_config.json: the GLUE task.")
+flags.DEFINE_integer("max_seq_length", None,
+                     "Truncation length (default: as the task was trained).")
+flags.DEFINE_string("export_dir", None,
+                    "Where the SavedModel goes (for TF Serving, a version "
+                    "directory such as models/glue/1).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir.")
+
+FLAGS = flags.FLAGS
+
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
+class ServingModule(tf.Module):
+  """Raw text -> features -> a MultiTaskModel's task outputs.
+
+  Attributes:
+    model: the multitask.MultiTaskModel (base and tasks).
+    tokenizer: the tokenization.InGraphTokenizer.
+    vocab_file: the vocabulary, a SavedModel asset.
+    max_seq_length, do_lower_case: how text is turned into features.
+  """
+
+  def __init__(self, model, vocab_file, do_lower_case, max_seq_length):
+    super().__init__(name="serving")
+    self.model = model
+    self.tokenizer = tokenization.InGraphTokenizer(vocab_file, do_lower_case)
+    self.vocab_file = tf.saved_model.Asset(vocab_file)
+    self.max_seq_length = int(max_seq_length)
+    self.do_lower_case = bool(do_lower_case)
+
+  def features(self, text_a, text_b):
+    """Packs raw texts as input_pipeline does; dense int32 [batch, seq]."""
+    tf.debugging.assert_equal(
+        tf.size(text_a), tf.size(text_b),
+        message="text_a and text_b must have the same batch size")
+    input_ids, segment_ids = input_pipeline.pack_pairs(
+        self.tokenizer.tokenize(text_a), self.tokenizer.tokenize(text_b),
+        self.max_seq_length, self.tokenizer.cls_id, self.tokenizer.sep_id)
+    return {
+        "input_ids": input_ids.to_tensor(0),  # [batch, seq]
+        "input_mask": tf.ones_like(input_ids).to_tensor(0),  # [batch, seq]
+        "segment_ids": segment_ids.to_tensor(0),  # [batch, seq]
+    }
+
+  def task_outputs(self, branch, logits, prefix=""):
+    """Named outputs of one task from its logits [batch, labels]."""
+    if branch.is_regression:
+      return {prefix + "score": logits[:, 0]}
+    outputs = {prefix + "probabilities": tf.nn.softmax(logits, axis=-1),
+               prefix + "logits": logits}
+    labels = branch.label_list or [str(i) for i in range(branch.num_labels)]
+    outputs[prefix + "label"] = tf.gather(
+        tf.constant(labels, tf.string), tf.argmax(logits, axis=-1))
+    return outputs
+
+  def serve(self, task_names, text_a, text_b, prefixed):
+    features = self.features(text_a, text_b)
+    logits = self.model.call_graph(task_names, features)
+    outputs = {}
+    for name, value in zip(task_names, logits):
+      branch = self.model.branch(name)
+      prefix = multitask.task_key(name) + "_" if prefixed else ""
+      outputs.update(self.task_outputs(branch, value, prefix))
+    return outputs
+
+  def signatures(self):
+    """{signature name: concrete function} for tf.saved_model.save."""
+    spec = (tf.TensorSpec([None], tf.string, name="text_a"),
+            tf.TensorSpec([None], tf.string, name="text_b"))
+    names = self.model.task_names
+    result = {}
+
+    def make(task_names, prefixed):
+      # No Python control flow depends on tensors: no AutoGraph needed.
+      @tf.function(input_signature=spec, autograph=False)
+      def serve(text_a, text_b):
+        return self.serve(task_names, text_a, text_b, prefixed)
+      return serve
+
+    for name in names:
+      result[multitask.task_key(name)] = make([name], False)
+    if len(names) == 1:
+      result["serving_default"] = result[multitask.task_key(names[0])]
+    else:
+      result["serving_default"] = make(list(names), True)
+    return {k: f.get_concrete_function() for k, f in result.items()}
+
+
+
+def _parse_adapter_dir(value):
+  """NAME=DIR or DIR -> (name or None, DIR)."""
+  if not os.path.isdir(value) and "=" in value:
+    name, directory = value.split("=", 1)
+    return name or None, directory
+  return None, value
+
+
+def _single_value(values, what, flag):
+  """The one value all tasks agree on, or raises naming the flag."""
+  distinct = sorted({json.dumps(v) for v in values if v is not None})
+  if len(distinct) > 1:
+    raise UserError("the tasks were trained with different %s (%s); give "
+                    "--%s" % (what, ", ".join(distinct), flag))
+  return json.loads(distinct[0]) if distinct else None
+
+
+def _load_bert_config(bert_config_file, recorded):
+  if bert_config_file:
+    return modeling.BertConfig.from_json_file(bert_config_file)
+  if recorded is None:
+    raise UserError("--bert_config_file is required")
+  return modeling.BertConfig.from_dict(recorded, source="recorded bert_config")
+
+
+def _run_files(checkpoint):
+  """(run_config.json dict or None, its directory) beside a checkpoint."""
+  directory = (checkpoint if os.path.isdir(checkpoint)
+               else os.path.dirname(os.path.abspath(checkpoint)))
+  path = os.path.join(directory, "run_config.json")
+  if not os.path.isfile(path):
+    return None, directory
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f), directory
+  except (OSError, ValueError) as e:
+    raise UserError("cannot read %s: %s" % (path, e)) from None
+
+
+def build_model_from_adapters(bert_config_file, init_checkpoint, adapter_dirs):
+  """MultiTaskModel + (do_lower_case, max_seq_length) recorded by the tasks."""
+  if not init_checkpoint:
+    raise UserError("--init_checkpoint is required with --adapter_dir (the "
+                    "base the adapters were trained on)")
+  parsed = [_parse_adapter_dir(v) for v in adapter_dirs]
+  metadata = [adapter_io.read_metadata(d, "adapter_dir")[0] for _, d in parsed]
+  bert_config = _load_bert_config(bert_config_file, metadata[0]["bert_config"])
+  model = multitask.MultiTaskModel(bert_config)
+  model.load_base(init_checkpoint)
+  for name, directory in parsed:
+    model.add_task(directory, task_name=name, flag_name="adapter_dir")
+  casing = _single_value([m.get("do_lower_case") for m in metadata],
+                         "do_lower_case", "do_lower_case")
+  length = _single_value([m.get("max_seq_length") for m in metadata],
+                         "max_seq_length", "max_seq_length")
+  return model, casing, length
+
+
+def build_model_from_checkpoint(bert_config_file, checkpoint, task_name=None):
+  """A one-task MultiTaskModel from a full checkpoint (base and task)."""
+  prefix = checkpoint_io.resolve_checkpoint_path(checkpoint, "checkpoint")
+  record, directory = _run_files(checkpoint)
+  run_flags = (record or {}).get("flags", {})
+  task = task_name or run_flags.get("task_name")
+  if not task:
+    raise UserError("--checkpoint=%s has no run_config.json beside it; give "
+                    "--task_name" % checkpoint)
+  processor = glue_processors.get_processor(task)
+  recorded_config = None
+  if os.path.isfile(os.path.join(directory, "bert_config.json")):
+    with open(os.path.join(directory, "bert_config.json"), encoding="utf-8") as f:
+      recorded_config = json.load(f)
+  bert_config = _load_bert_config(bert_config_file, recorded_config)
+  inferred, num_labels = adapter_io.infer_adapter_config(prefix)
+  config_path = os.path.join(directory, "adapter_config.json")
+  if os.path.isfile(config_path):
+    adapter_config = adapters.AdapterConfig.from_json_file(config_path)
+    if adapter_config.enabled != inferred.enabled or (
+        inferred.enabled and adapter_config.size != inferred.size):
+      raise UserError("--checkpoint=%s: adapter size %d in its checkpoint but "
+                      "%d in %s" % (checkpoint, inferred.size,
+                                    adapter_config.size, config_path))
+  else:
+    adapter_config = inferred
+  if num_labels is None:
+    raise UserError("--checkpoint=%s has no classifier head (output_bias); "
+                    "is it a fine-tuned model?" % checkpoint)
+  if num_labels != processor.num_labels:
+    raise UserError("--checkpoint=%s has %d outputs but task %s has %d; check "
+                    "--task_name" % (checkpoint, num_labels, processor.name,
+                                     processor.num_labels))
+  metadata = {"task_name": processor.name,
+              "label_list": processor.get_labels(),
+              "is_regression": processor.is_regression,
+              "max_seq_length": run_flags.get("max_seq_length"),
+              "do_lower_case": run_flags.get("do_lower_case")}
+  model = multitask.MultiTaskModel(bert_config)
+  model.load_base(prefix, flag_name="checkpoint")
+  model.add_task_from_checkpoint(prefix, processor.name, adapter_config,
+                                 num_labels, metadata)
+  return model, metadata["do_lower_case"], metadata["max_seq_length"]
+
+
+def export_saved_model(model, vocab_file, do_lower_case, max_seq_length,
+                       export_dir, overwrite=False):
+  """Writes the SavedModel of `model` (a MultiTaskModel) to `export_dir`.
+
+  The SavedModel is written beside `export_dir` under a temporary name and
+  renamed into place when complete.
+
+  Returns:
+    The list of signature names.
+  """
+  vocab = tokenization.load_vocab(vocab_file)
+  if max(vocab.values()) + 1 != model.config.vocab_size:
+    raise UserError("--vocab_file=%s has %d tokens but the model's "
+                    "vocab_size is %d" % (vocab_file, max(vocab.values()) + 1,
+                                          model.config.vocab_size))
+  if max_seq_length > model.config.max_position_embeddings:
+    raise UserError("--max_seq_length=%d exceeds max_position_embeddings=%d"
+                    % (max_seq_length, model.config.max_position_embeddings))
+  if max_seq_length < 3:
+    raise UserError("--max_seq_length=%d is too small (at least 3)"
+                    % max_seq_length)
+  export_dir = os.path.abspath(export_dir)
+  if os.path.exists(export_dir) and os.listdir(export_dir) and not overwrite:
+    raise UserError("--export_dir=%s already exists and is not empty; use "
+                    "--overwrite or a new version directory" % export_dir)
+  module = ServingModule(model, vocab_file, do_lower_case,
+                                   max_seq_length)
+  signatures = module.signatures()
+  parent = os.path.dirname(export_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(export_dir) + ".tmp-",
+                         dir=parent)
+  try:
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    adapter_io.make_readable(tmp)
+    if os.path.exists(export_dir):
+      shutil.rmtree(export_dir)
+    os.rename(tmp, export_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Exported %s (tasks %s, max_seq_length %d, do_lower_case %s) "
+               "with signatures %s", export_dir, ", ".join(model.task_names),
+               max_seq_length, do_lower_case, ", ".join(sorted(signatures)))
+  return sorted(signatures)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError("unexpected positional arguments: %s" % " ".join(argv[1:]))
+  if not FLAGS.export_dir:
+    raise UserError("--export_dir is required")
+  if not FLAGS.vocab_file:
+    raise UserError("--vocab_file is required")
+  if bool(FLAGS.adapter_dir) == bool(FLAGS.checkpoint):
+    raise UserError("give either --adapter_dir (one or more) or --checkpoint")
+  if FLAGS.checkpoint:
+    model, casing, length = build_model_from_checkpoint(
+        FLAGS.bert_config_file, FLAGS.checkpoint, FLAGS.task_name)
+  else:
+    model, casing, length = build_model_from_adapters(
+        FLAGS.bert_config_file, FLAGS.init_checkpoint, FLAGS.adapter_dir)
+  do_lower_case = FLAGS.do_lower_case
+  if do_lower_case is None:
+    do_lower_case = True if casing is None else bool(casing)
+  elif casing is not None and bool(casing) != do_lower_case:
+    raise UserError("--do_lower_case=%s but the task was trained with "
+                    "do_lower_case=%s" % (do_lower_case, casing))
+  max_seq_length = FLAGS.max_seq_length or length or DEFAULT_MAX_SEQ_LENGTH
+  if FLAGS.max_seq_length and length and FLAGS.max_seq_length != length:
+    logging.warning("--max_seq_length=%d differs from the %d the task was "
+                    "trained with", FLAGS.max_seq_length, length)
+  names = export_saved_model(model, FLAGS.vocab_file, do_lower_case,
+                             max_seq_length, FLAGS.export_dir, FLAGS.overwrite)
+  print("Exported %s with signatures: %s" % (FLAGS.export_dir,
+                                             ", ".join(names)))
+
+
+def _parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    raise UserError(str(e).splitlines()[0]) from None
+
+
+def run_main():
+  """Runs main; a UserError becomes one line on stderr and exit status 1."""
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except UserError as e:
+    sys.stderr.write("error: %s\n" % e)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  run_main()
