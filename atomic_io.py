@@ -2,11 +2,36 @@
 
 Writes go to a temporary file in the same directory, are flushed and fsynced,
 then renamed over the destination (rename is atomic on POSIX filesystems).
+The new file gets the permissions a plain `open(path, "w")` would give it
+(those of the file it replaces, else 0666 less the umask), not the 0600 of a
+temporary file.
 """
 
 import contextlib
 import os
+import stat
 import tempfile
+
+
+def _umask():
+  """The process umask, read without changing it where possible."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)  # Not thread-safe; only where /proc is missing.
+  os.umask(mask)
+  return mask
+
+
+def _mode_for(path):
+  try:
+    return stat.S_IMODE(os.stat(path).st_mode)
+  except OSError:
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -20,7 +45,9 @@ def atomic_open(path, mode="w", encoding="utf-8"):
 
   Yields:
     A writable file object. If the block raises, `path` is left untouched and
-    the temporary file is removed.
+    the temporary file is removed. (A process killed with SIGKILL cannot
+    remove it: a hidden `.<name>.*.tmp` file may then remain beside `path`,
+    which is itself intact.)
   """
   if mode not in ("w", "wb"):
     raise ValueError("atomic_open supports only 'w' and 'wb', got %r" % mode)
@@ -30,6 +57,7 @@ def atomic_open(path, mode="w", encoding="utf-8"):
   try:
     kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
     with os.fdopen(fd, mode, **kwargs) as f:
+      os.fchmod(f.fileno(), _mode_for(path))
       yield f
       f.flush()
       os.fsync(f.fileno())
@@ -38,6 +66,21 @@ def atomic_open(path, mode="w", encoding="utf-8"):
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp_path)
     raise
+  _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+  """Makes the rename durable (best effort; not all systems allow it)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
 
 
 def atomic_write_text(path, text):

@@ -10,6 +10,8 @@ loads in the reference toolkit and the other way round.
 import collections
 import os
 import re
+import shutil
+import uuid
 
 from absl import logging
 import numpy as np
@@ -26,6 +28,8 @@ ADAPTER_SCOPES = {
 }
 HEAD_NAMES = ("output_weights", "output_bias")
 SLOT_SUFFIXES = ("/adam_m", "/adam_v")
+# Hidden folders that save_checkpoint writes in: ".ckpt-tmp-<pid>-<random>".
+TMP_DIR_PREFIX = "ckpt-tmp-"
 
 
 def _dense(prefix, layer):
@@ -212,19 +216,73 @@ def _summarize_names(names):
 def save_checkpoint(prefix, tensors):
   """Writes a TF1-layout name-based checkpoint (`prefix.index`, `.data-*`).
 
-  The tensor bundle writer writes to temporary files and renames them, so a
-  kill never leaves a torn file under `prefix`.
+  The bundle is written under a temporary prefix in a hidden folder beside
+  `prefix`, then moved into place: an existing `prefix.index` is removed
+  first, the data file renamed next and the index last. A kill at any moment
+  therefore leaves under `prefix` either the complete old checkpoint, no
+  checkpoint (no index), or the complete new one, never an index that
+  describes other data. (TensorFlow's own temporary files would otherwise be
+  left beside the checkpoint by a kill, and overwriting a prefix in place
+  could pair a new data file with the old index.)
 
   Args:
     prefix: output path prefix; its directory is created.
     tensors: mapping {checkpoint name: tensor, variable or array}.
   """
-  directory = os.path.dirname(os.path.abspath(prefix))
-  os.makedirs(directory, exist_ok=True)
+  directory = os.path.dirname(prefix) or "."
+  tf.io.gfile.makedirs(directory)
   names = sorted(tensors)
   values = [tf.convert_to_tensor(tensors[n]) for n in names]
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
-                    shape_and_slices=[""] * len(names), tensors=values)
+  tmp_dir = os.path.join(directory, ".%s%d-%s" % (
+      TMP_DIR_PREFIX, os.getpid(), uuid.uuid4().hex[:12]))
+  tf.io.gfile.makedirs(tmp_dir)
+  try:
+    tmp_prefix = os.path.join(tmp_dir, "ckpt")
+    tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=values)
+    index = prefix + ".index"
+    if tf.io.gfile.exists(index):
+      tf.io.gfile.remove(index)
+    for name in tf.io.gfile.listdir(tmp_dir):
+      if name.startswith("ckpt.data-"):
+        tf.io.gfile.rename(os.path.join(tmp_dir, name),
+                           prefix + name[len("ckpt"):], overwrite=True)
+    tf.io.gfile.rename(tmp_prefix + ".index", index, overwrite=True)
+  finally:
+    try:
+      tf.io.gfile.rmtree(tmp_dir)
+    except tf.errors.OpError:
+      pass
+
+
+def remove_stale_temporaries(directory):
+  """Removes what killed `save_checkpoint` calls left in `directory`.
+
+  Only local folders of processes that no longer run are removed (the
+  writer's pid is in the folder name).
+  """
+  if "://" in directory or not os.path.isdir(directory):
+    return
+  pattern = re.compile(r"^\.%s(\d+)-[0-9a-f]+$" % re.escape(TMP_DIR_PREFIX))
+  for name in os.listdir(directory):
+    m = pattern.match(name)
+    if not m or _process_alive(int(m.group(1))):
+      continue
+    path = os.path.join(directory, name)
+    logging.info("Removing %s, left by an interrupted checkpoint save", path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid):
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True  # Exists, owned by someone else.
+  return True
 
 
 def write_checkpoint_state(directory, latest_prefix, all_prefixes):

@@ -250,19 +250,44 @@ class Trainer:
     return tensors
 
   def save(self):
-    """Writes `model.ckpt-<step>` and updates the `checkpoint` state file."""
+    """Writes `model.ckpt-<step>` and updates the `checkpoint` state file.
+
+    The checkpoint files are complete before the state file (written
+    atomically) names them, and older checkpoints are deleted only after
+    that: a kill at any moment leaves the state file naming a complete
+    checkpoint.
+
+    Raises:
+      NonFiniteLossError: if a trained weight is NaN or Inf (nothing is
+        written; the last good checkpoint stays the latest).
+    """
     step = int(self.global_step.numpy())
+    bad = [name for name, variable in self.trainable
+           if not bool(tf.reduce_all(tf.math.is_finite(
+               tf.cast(variable, tf.float32))))]
+    if bad:
+      raise NonFiniteLossError(
+          "training stopped: %d trained weight(s) became NaN or Inf at step "
+          "%d, e.g. %s (try a lower --learning_rate); the last good "
+          "checkpoint %s is kept" % (
+              len(bad), step, bad[0],
+              tf.train.latest_checkpoint(self.output_dir) or "(none yet)"))
     prefix = os.path.join(self.output_dir, "model.ckpt-%d" % step)
     tensors = {n: tf.convert_to_tensor(v) for n, v in self.checkpoint_tensors().items()}
+    checkpoint_io.remove_stale_temporaries(self.output_dir)
     checkpoint_io.save_checkpoint(prefix, tensors)
     state = tf.train.get_checkpoint_state(self.output_dir)
     previous = list(state.all_model_checkpoint_paths) if state else []
-    previous = [p if os.path.isabs(p) else os.path.join(self.output_dir, p)
-                for p in previous]
+    previous = [p if os.path.isabs(p) or "://" in p
+                else os.path.join(self.output_dir, p) for p in previous]
     kept = [p for p in previous if p != prefix][-(KEEP_CHECKPOINT_MAX - 1):] + [prefix]
     checkpoint_io.write_checkpoint_state(self.output_dir, prefix, kept)
     for old in previous:
       if old not in kept:
+        for suffix in (".index", ".data-00000-of-00001"):
+          # The index first: without it the rest is no checkpoint.
+          if tf.io.gfile.exists(old + suffix):
+            tf.io.gfile.remove(old + suffix)
         for path in tf.io.gfile.glob(old + ".*"):
           tf.io.gfile.remove(path)
     logging.info("Saved checkpoint %s", prefix)
