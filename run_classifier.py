@@ -144,8 +144,11 @@ def main(argv):
   for name in ("task_name", "output_dir", "bert_config_file", "vocab_file"):
     if not FLAGS[name].value:
       raise UserError("--%s is required" % name)
-  import runner  # Imports TensorFlow; flags are parsed by now.
-  runner.run(config_from_flags().validate())
+  cfg = config_from_flags().validate()
+  import glue_processors  # pylint: disable=g-import-not-at-top
+  glue_processors.get_processor(cfg.task_name)  # An unknown task fails fast.
+  import runner  # Imports TensorFlow; flags are checked by now.
+  runner.run(cfg)
 
 
 def _parse_flags(argv):
@@ -155,12 +158,20 @@ def _parse_flags(argv):
     raise UserError(str(e).splitlines()[0]) from None
 
 
+def _verbose():
+  """--verbose, also when the flags could not be parsed."""
+  if FLAGS.is_parsed():
+    return FLAGS.verbose
+  return any(arg in ("--verbose", "--verbose=true", "--verbose=True",
+                     "--verbose=1") for arg in sys.argv[1:])
+
+
 def run_main():
   """Runs main; a UserError becomes one line on stderr and exit status 1."""
   try:
     app.run(main, flags_parser=_parse_flags)
   except UserError as e:
-    if "--verbose" in sys.argv or "--verbose=true" in sys.argv:
+    if _verbose():
       raise
     sys.stderr.write("error: %s\n" % e)
     sys.exit(1)

@@ -103,16 +103,29 @@ class RunConfig:
     if self.distribution not in DISTRIBUTIONS:
       raise UserError("--distribution=%s is not one of %s"
                       % (self.distribution, ", ".join(DISTRIBUTIONS)))
+    # Local paths are checked here, before TensorFlow is imported; remote
+    # ones (gs://...) when they are read.
     for name in ("bert_config_file", "vocab_file"):
       path = getattr(self, name)
       if not path:
         raise UserError("--%s is required" % name)
+      if _is_remote(path):
+        continue
+      if os.path.isdir(path):
+        raise UserError("--%s=%s is a directory, expected a file"
+                        % (name, path))
       if not os.path.isfile(path):
         raise UserError("--%s=%s: file not found" % (name, path))
       if not os.access(path, os.R_OK):
         raise UserError("--%s=%s: file is not readable" % (name, path))
-    if self.data_dir and not os.path.isdir(self.data_dir):
-      raise UserError("--data_dir=%s: directory not found" % self.data_dir)
+    if self.data_dir and not _is_remote(self.data_dir):
+      if not os.path.exists(self.data_dir):
+        raise UserError("--data_dir=%s: directory not found" % self.data_dir)
+      if not os.path.isdir(self.data_dir):
+        raise UserError("--data_dir=%s is not a directory" % self.data_dir)
+      if not os.access(self.data_dir, os.R_OK | os.X_OK):
+        raise UserError("--data_dir=%s: directory is not readable"
+                        % self.data_dir)
     if not self.output_dir:
       raise UserError("--output_dir is required")
     if self.do_train and not self.init_checkpoint and self.train_mode != "full":
@@ -135,3 +148,8 @@ class RunConfig:
 
   def identity(self):
     return {k: getattr(self, k) for k in self.IDENTITY_FIELDS}
+
+
+def _is_remote(path):
+  """True for a URL-like path (gs://, hdfs://...) read through tf.io.gfile."""
+  return "://" in str(path)

@@ -32,8 +32,26 @@ from errors import UserError
 RUN_CONFIG_FILE = "run_config.json"
 
 
+def read_bert_config(path):
+  """Reads --bert_config_file; every failure is a UserError naming it."""
+  try:
+    return modeling.BertConfig.from_json_file(path)
+  except UnicodeDecodeError as e:
+    raise UserError("--bert_config_file=%s is not UTF-8 text (%s at byte %d)"
+                    % (path, e.reason, e.start)) from None
+  except IsADirectoryError:
+    raise UserError("--bert_config_file=%s is a directory, expected a JSON "
+                    "file" % path) from None
+
+
 def check_inputs(cfg, bert_config):
-  """Cross-checks flags, config, vocabulary and checkpoint casing."""
+  """Cross-checks flags, config, vocabulary, checkpoints and casing.
+
+  Reads files only; writes nothing.
+
+  Raises:
+    UserError: naming the flag (and file) at fault.
+  """
   if cfg.max_seq_length > bert_config.max_position_embeddings:
     raise UserError(
         "--max_seq_length=%d exceeds max_position_embeddings=%d of "
@@ -49,36 +67,91 @@ def check_inputs(cfg, bert_config):
   tokenization.validate_case_matches_checkpoint(cfg.do_lower_case,
                                                 cfg.init_checkpoint)
   if cfg.init_checkpoint:
-    checkpoint_io.resolve_checkpoint_path(cfg.init_checkpoint)
+    # Opens the checkpoint so that a missing or corrupt one fails here;
+    # shapes are checked against the model when it is loaded.
+    checkpoint_io.read_checkpoint(cfg.init_checkpoint)
+  if cfg.adapter_checkpoint:
+    import adapter_io  # pylint: disable=g-import-not-at-top
+    adapter_io.read_metadata(cfg.adapter_checkpoint)
 
 
-def prepare_output_dir(cfg, bert_config):
-  """Creates output_dir, checks it is writable and fits this configuration.
+def _is_remote(path):
+  return "://" in str(path)
+
+
+def check_output_dir(cfg, bert_config):
+  """Checks that output_dir can be written and fits this configuration.
+
+  Writes nothing (a probe file is created and removed at once): the
+  directory is created by `create_output_dir` once every input is checked.
 
   Raises:
-    UserError: if it cannot be written, or holds checkpoints of another
-      configuration (task, model, adapter size, ...).
+    UserError: if it cannot be created or written, or holds checkpoints of
+      another configuration (task, model, adapter size, ...).
   """
   out = cfg.output_dir
-  try:
-    os.makedirs(out, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out, prefix=".write_test"):
-      pass
-  except OSError as e:
-    raise UserError("--output_dir=%s cannot be written: %s"
-                    % (out, e.strerror or e)) from None
+  if not _is_remote(out):
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+      probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+      if probe == os.path.abspath(out):
+        raise UserError("--output_dir=%s exists and is not a directory" % out)
+      raise UserError("--output_dir=%s cannot be created: %s is not a "
+                      "directory" % (out, probe))
+    try:
+      with tempfile.NamedTemporaryFile(dir=probe, prefix=".write_test"):
+        pass
+    except OSError as e:
+      raise UserError("--output_dir=%s cannot be written: %s"
+                      % (out, e.strerror or e)) from None
+  if not tf.io.gfile.isdir(out):
+    return
+  latest = tf.train.latest_checkpoint(out)
+  if latest is None:
+    return
   previous_path = os.path.join(out, RUN_CONFIG_FILE)
-  has_checkpoint = tf.train.latest_checkpoint(out) is not None
-  if has_checkpoint and os.path.exists(previous_path):
-    with open(previous_path, encoding="utf-8") as f:
+  if not tf.io.gfile.exists(previous_path):
+    raise UserError(
+        "--output_dir=%s holds checkpoints (%s) but no %s, so they cannot be "
+        "checked against this configuration; use a new --output_dir"
+        % (out, os.path.basename(latest), RUN_CONFIG_FILE))
+  try:
+    with tf.io.gfile.GFile(previous_path, "r") as f:
       previous = json.load(f)
-    mine = run_identity(cfg, bert_config)
-    for key, value in mine.items():
-      if previous.get("identity", {}).get(key) != value:
-        raise UserError(
-            "--output_dir=%s holds checkpoints of a different configuration "
-            "(%s was %r, now %r); use a new --output_dir"
-            % (out, key, previous.get("identity", {}).get(key), value))
+    recorded = previous["identity"]
+    if not isinstance(recorded, dict):
+      raise TypeError("identity is not an object")
+  except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError("--output_dir=%s: cannot read %s: %s"
+                    % (out, previous_path, e)) from None
+  differences = _differences(recorded, run_identity(cfg, bert_config))
+  if differences:
+    raise UserError(
+        "--output_dir=%s holds checkpoints (%s) of a different configuration "
+        "(%s); use a new --output_dir" % (out, os.path.basename(latest),
+                                          "; ".join(differences)))
+
+
+def _differences(recorded, mine, where=""):
+  """'key was X, now Y' for each value of `mine` that `recorded` lacks."""
+  out = []
+  for key, value in mine.items():
+    theirs = recorded.get(key) if isinstance(recorded, dict) else None
+    if isinstance(value, dict) and isinstance(theirs, dict):
+      out += _differences(theirs, value, where + key + ".")
+    elif theirs != value:
+      out.append("%s%s was %r, now %r" % (where, key, theirs, value))
+  return out
+
+
+def create_output_dir(cfg):
+  """Creates output_dir (after every check passed)."""
+  try:
+    tf.io.gfile.makedirs(cfg.output_dir)
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError("--output_dir=%s cannot be created: %s"
+                    % (cfg.output_dir, getattr(e, "message", None) or e)) from None
 
 
 def run_identity(cfg, bert_config):
@@ -113,10 +186,13 @@ def run(cfg):
   Returns:
     dict with the eval results (if --do_eval) and the train result.
   """
+  # Everything the user gave is read and checked first; nothing is written
+  # to output_dir before the model, its checkpoints and the data are known
+  # to be right.
   processor = glue_processors.get_processor(cfg.task_name)
-  bert_config = modeling.BertConfig.from_json_file(cfg.bert_config_file)
+  bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
-  prepare_output_dir(cfg, bert_config)
+  check_output_dir(cfg, bert_config)
 
   strategy = distribution.resolve_strategy(
       cfg.distribution, use_tpu=cfg.use_tpu, tpu_name=cfg.tpu_name,
@@ -124,7 +200,8 @@ def run(cfg):
       num_tpu_cores=cfg.num_tpu_cores)
   replicas = strategy.num_replicas_in_sync
   for flag in ("train_batch_size", "eval_batch_size", "predict_batch_size"):
-    distribution.per_replica_batch_size(getattr(cfg, flag), replicas, flag)
+    distribution.per_replica_batch_size(getattr(cfg, flag), replicas,
+                                        "--" + flag)
   is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
   bucket = cfg.bucket_by_length and not is_tpu
 
@@ -144,7 +221,8 @@ def run(cfg):
       do_lower_case=cfg.do_lower_case, max_seq_length=cfg.max_seq_length,
       cache_dir=os.path.join(cfg.output_dir, "features"),
       tfds_data_dir=cfg.tfds_data_dir)
-  # Read (and check) every split needed before anything else is written.
+  # Read (and check) every split needed; features are converted (and cached
+  # under output_dir) only later, when a dataset is first built.
   num_train_steps = num_warmup_steps = 0
   if cfg.do_train:
     num_train_examples = data.num_examples("train")
@@ -168,7 +246,8 @@ def run(cfg):
     if cfg.adapter_checkpoint:
       import adapter_io  # Only needed for this flag.
       adapter_io.load_adapter(model, cfg.adapter_checkpoint,
-                              init_checkpoint=cfg.init_checkpoint)
+                              init_checkpoint=cfg.init_checkpoint,
+                              label_list=label_list)
     trainable = modeling.set_train_mode(model, cfg.train_mode)
     optimizer = optimization.create_optimizer(
         cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
@@ -182,6 +261,7 @@ def run(cfg):
         loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None)
     trainer.restore_latest()
 
+  create_output_dir(cfg)
   n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
   n_total = sum(int(np.prod(v.shape)) for v in model.weights)
   logging.info("Training %s of %s parameters (%.2f%%), mode %s",
