@@ -9,10 +9,17 @@ once and one `TaskBranch` per task, so that
   - `add_task(adapter_dir)` loads a task without touching the base (the
     adapter's base fingerprint is checked against the shared weights);
   - `predict(task, features)` runs any one task;
-  - `predict_all(features)` runs every task on the same batch in one call:
-    the embedding lookup is done once, then the task-stacked batch
+  - `predict_all(features)` runs every task on the same batch in one call
+    (one graph): the embedding lookup is done once; then, with
+    `stack_tasks=True` (the default), the task-stacked batch
     [tasks * batch * seq, H] goes through each shared dense layer in one
-    matmul, and each task's adapters and LayerNorms work on its slice.
+    matmul and each task's adapters and LayerNorms work on its slice, or,
+    with `stack_tasks=False`, each task's blocks run side by side.
+
+Every task's hidden states differ from its first LayerNorm on, so the
+arithmetic of the encoder is the same for one call as for N calls; what one
+call saves is the repeated lookups, per-call overhead and (stacked) small
+matmuls. `scripts/benchmark_multitask.py` measures both ways.
 
 The forward pass is that of `modeling.BertModel` / `TransformerBlock` step by
 step, with modeling's own layers (attention, dense, LayerNorm, adapters,

@@ -209,7 +209,11 @@ def _run_files(checkpoint):
 
 
 def build_model_from_adapters(bert_config_file, init_checkpoint, adapter_dirs):
-  """MultiTaskModel + (do_lower_case, max_seq_length) recorded by the tasks."""
+  """A MultiTaskModel: the base and one task per adapter directory.
+
+  Returns:
+    (model, list of the tasks' metadata dicts).
+  """
   if not init_checkpoint:
     raise UserError("--init_checkpoint is required with --adapter_dir (the "
                     "base the adapters were trained on)")
@@ -220,15 +224,15 @@ def build_model_from_adapters(bert_config_file, init_checkpoint, adapter_dirs):
   model.load_base(init_checkpoint)
   for name, directory in parsed:
     model.add_task(directory, task_name=name, flag_name="adapter_dir")
-  casing = _single_value([m.get("do_lower_case") for m in metadata],
-                         "do_lower_case", "do_lower_case")
-  length = _single_value([m.get("max_seq_length") for m in metadata],
-                         "max_seq_length", "max_seq_length")
-  return model, casing, length
+  return model, metadata
 
 
 def build_model_from_checkpoint(bert_config_file, checkpoint, task_name=None):
-  """A one-task MultiTaskModel from a full checkpoint (base and task)."""
+  """A one-task MultiTaskModel from a full checkpoint (base and task).
+
+  Returns:
+    (model, [the task's metadata dict]).
+  """
   prefix = checkpoint_io.resolve_checkpoint_path(checkpoint, "checkpoint")
   record, directory = _run_files(checkpoint)
   run_flags = (record or {}).get("flags", {})
@@ -269,7 +273,7 @@ def build_model_from_checkpoint(bert_config_file, checkpoint, task_name=None):
   model.load_base(prefix, flag_name="checkpoint")
   model.add_task_from_checkpoint(prefix, processor.name, adapter_config,
                                  num_labels, metadata)
-  return model, metadata["do_lower_case"], metadata["max_seq_length"]
+  return model, [metadata]
 
 
 def export_saved_model(model, vocab_file, do_lower_case, max_seq_length,
@@ -319,6 +323,41 @@ def export_saved_model(model, vocab_file, do_lower_case, max_seq_length,
   return sorted(signatures)
 
 
+def resolve_text_settings(metadata, do_lower_case=None, max_seq_length=None):
+  """do_lower_case and max_seq_length from the flags or the tasks' records.
+
+  Args:
+    metadata: the tasks' metadata dicts.
+    do_lower_case: the flag value, None when not given.
+    max_seq_length: the flag value, None when not given.
+
+  Returns:
+    (do_lower_case, max_seq_length).
+
+  Raises:
+    UserError: when the flag contradicts the casing the tasks were trained
+      with, or the tasks disagree and no flag decides.
+  """
+  casings = [m.get("do_lower_case") for m in metadata]
+  if do_lower_case is None:
+    casing = _single_value(casings, "do_lower_case", "do_lower_case")
+    do_lower_case = True if casing is None else bool(casing)
+  for casing in casings:
+    if casing is not None and bool(casing) != bool(do_lower_case):
+      raise UserError("--do_lower_case=%s but the task was trained with "
+                      "do_lower_case=%s" % (do_lower_case, casing))
+  lengths = [m.get("max_seq_length") for m in metadata]
+  if max_seq_length is None:
+    max_seq_length = (_single_value(lengths, "max_seq_length",
+                                    "max_seq_length")
+                      or DEFAULT_MAX_SEQ_LENGTH)
+  elif any(n is not None and n != max_seq_length for n in lengths):
+    logging.warning("--max_seq_length=%d differs from the %s the tasks were "
+                    "trained with", max_seq_length,
+                    sorted({n for n in lengths if n is not None}))
+  return bool(do_lower_case), int(max_seq_length)
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError("unexpected positional arguments: %s" % " ".join(argv[1:]))
@@ -329,21 +368,13 @@ def main(argv):
   if bool(FLAGS.adapter_dir) == bool(FLAGS.checkpoint):
     raise UserError("give either --adapter_dir (one or more) or --checkpoint")
   if FLAGS.checkpoint:
-    model, casing, length = build_model_from_checkpoint(
+    model, metadata = build_model_from_checkpoint(
         FLAGS.bert_config_file, FLAGS.checkpoint, FLAGS.task_name)
   else:
-    model, casing, length = build_model_from_adapters(
+    model, metadata = build_model_from_adapters(
         FLAGS.bert_config_file, FLAGS.init_checkpoint, FLAGS.adapter_dir)
-  do_lower_case = FLAGS.do_lower_case
-  if do_lower_case is None:
-    do_lower_case = True if casing is None else bool(casing)
-  elif casing is not None and bool(casing) != do_lower_case:
-    raise UserError("--do_lower_case=%s but the task was trained with "
-                    "do_lower_case=%s" % (do_lower_case, casing))
-  max_seq_length = FLAGS.max_seq_length or length or DEFAULT_MAX_SEQ_LENGTH
-  if FLAGS.max_seq_length and length and FLAGS.max_seq_length != length:
-    logging.warning("--max_seq_length=%d differs from the %d the task was "
-                    "trained with", FLAGS.max_seq_length, length)
+  do_lower_case, max_seq_length = resolve_text_settings(
+      metadata, FLAGS.do_lower_case, FLAGS.max_seq_length)
   names = export_saved_model(model, FLAGS.vocab_file, do_lower_case,
                              max_seq_length, FLAGS.export_dir, FLAGS.overwrite)
   print("Exported %s with signatures: %s" % (FLAGS.export_dir,

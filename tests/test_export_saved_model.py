@@ -308,3 +308,19 @@ def test_errors_are_one_line(setup, script, tmp_path, flags, message):
     script.main(["export_saved_model.py"])
   assert message.format(**values) in str(e.value)
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_text_settings_come_from_the_tasks_unless_given(script):
+  mrpc = {"do_lower_case": True, "max_seq_length": 128}
+  rte = {"do_lower_case": True, "max_seq_length": 64}
+  assert script.resolve_text_settings([mrpc]) == (True, 128)
+  assert script.resolve_text_settings([{}]) == (True, 128)
+  assert script.resolve_text_settings([mrpc, rte], None, 96) == (True, 96)
+  with pytest.raises(UserError, match="different max_seq_length .*give "
+                     "--max_seq_length"):
+    script.resolve_text_settings([mrpc, rte])
+  with pytest.raises(UserError, match="--do_lower_case=False but"):
+    script.resolve_text_settings([mrpc], False)
+  cased = {"do_lower_case": False, "max_seq_length": 128}
+  with pytest.raises(UserError, match="different do_lower_case"):
+    script.resolve_text_settings([mrpc, cased])
