@@ -50,7 +50,7 @@ GLOBAL_STEP = "global_step"
 _STRUCTURAL_ADAPTER_FIELDS = ("size", "activation", "locations", "kind")
 
 
-# --- Fingerprint of the frozen base. -------------------------------------------
+# --- Fingerprint of the frozen base. ------------------------------------------
 
 
 def _array_bytes(value):
@@ -104,7 +104,7 @@ def _short(fingerprint):
   return fingerprint[:16]
 
 
-# --- Saving. -------------------------------------------------------------------
+# --- Saving. ------------------------------------------------------------------
 
 
 def adapter_names(model, trainable):
@@ -259,7 +259,7 @@ def directory_bytes(directory):
              if os.path.isfile(os.path.join(directory, f)))
 
 
-# --- Loading. ------------------------------------------------------------------
+# --- Loading. -----------------------------------------------------------------
 
 
 def read_metadata(directory, flag_name="adapter_checkpoint"):
@@ -282,7 +282,8 @@ def read_metadata(directory, flag_name="adapter_checkpoint"):
     with open(path, encoding="utf-8") as f:
       metadata = json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError("%s: cannot read %s: %s" % (where, METADATA_FILE, e)) from None
+    raise UserError("%s: cannot read %s: %s"
+                    % (where, METADATA_FILE, e)) from None
   if not isinstance(metadata, dict):
     raise UserError("%s: %s is not a JSON object" % (where, METADATA_FILE))
   version = metadata.get("format_version")
@@ -376,7 +377,8 @@ def load_adapter(model, directory, init_checkpoint=None,
   if fingerprint != expected:
     hint = ""
     if metadata.get("init_checkpoint"):
-      hint = "; it was trained from --init_checkpoint=%s" % metadata["init_checkpoint"]
+      hint = ("; it was trained from --init_checkpoint=%s"
+              % metadata["init_checkpoint"])
     if init_checkpoint:
       hint += " and this base is --init_checkpoint=%s" % init_checkpoint
     raise UserError("%s was trained on another base model (fingerprint %s, "
@@ -392,7 +394,7 @@ def load_adapter(model, directory, init_checkpoint=None,
   return metadata
 
 
-# --- The reference toolkit's checkpoint layout. ----------------------------------
+# --- The reference toolkit's checkpoint layout. -------------------------------
 
 
 def reference_slot_names(name):
@@ -464,7 +466,8 @@ def import_reference_checkpoint(model, path, flag_name="init_checkpoint"):
     raise UserError("--%s=%s lacks %d model variable(s), e.g. %s (were the "
                     "adapter size and task the same?)"
                     % (flag_name, prefix, len(missing), ", ".join(missing[:3])))
-  restored, _ = checkpoint_io.load_checkpoint(model, prefix, flag_name=flag_name)
+  restored, _ = checkpoint_io.load_checkpoint(model, prefix,
+                                              flag_name=flag_name)
   slots = [n for n in shapes if n.endswith(checkpoint_io.SLOT_SUFFIXES)]
   ignored = sorted(n for n in shapes if n not in name_map and n not in slots
                    and n != GLOBAL_STEP)
@@ -495,7 +498,9 @@ def infer_adapter_config(path, flag_name="checkpoint", activation="gelu"):
     if name in shapes:
       locations.append(location)
       size = int(shapes[name][-1])
-  num_labels = int(shapes["output_bias"][0]) if "output_bias" in shapes else None
+  num_labels = None
+  if "output_bias" in shapes:
+    num_labels = int(shapes["output_bias"][0])
   if not locations:
     return adapters_lib.AdapterConfig(size=0), num_labels
   return (adapters_lib.AdapterConfig(size=size, activation=activation,

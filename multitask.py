@@ -89,14 +89,16 @@ class TaskBranch(tf.Module):
     _untracked(self, "label_list", self.metadata.get("label_list"))
     self.is_regression = bool(self.metadata.get("is_regression", False))
     h = config.hidden_size
-    self.embeddings_layer_norm = modeling._layer_norm("LayerNorm")  # pylint: disable=protected-access
+    # modeling's own LayerNorm settings (epsilon, float32 statistics).
+    layer_norm = modeling._layer_norm  # pylint: disable=protected-access
+    self.embeddings_layer_norm = layer_norm("LayerNorm")
     self.embeddings_layer_norm.build((None, None, h))
     self.attention_layer_norms = []
     self.output_layer_norms = []
     self.block_adapters = []
     for i in range(config.num_hidden_layers):
-      attention_ln = modeling._layer_norm("layer_%d_attention_output_LayerNorm" % i)  # pylint: disable=protected-access
-      output_ln = modeling._layer_norm("layer_%d_output_LayerNorm" % i)  # pylint: disable=protected-access
+      attention_ln = layer_norm("layer_%d_attention_output_LayerNorm" % i)
+      output_ln = layer_norm("layer_%d_output_LayerNorm" % i)
       attention_ln.build((None, h))
       output_ln.build((None, h))
       self.attention_layer_norms.append(attention_ln)
@@ -228,7 +230,8 @@ class MultiTaskModel(tf.Module):
     base = self.bert
     pairs = [(branch.embeddings_layer_norm, base.embeddings.layer_norm)]
     for i, shared in enumerate(base.blocks):
-      pairs.append((branch.attention_layer_norms[i], shared.attention_layer_norm))
+      pairs.append((branch.attention_layer_norms[i],
+                    shared.attention_layer_norm))
       pairs.append((branch.output_layer_norms[i], shared.output_layer_norm))
     for mine, theirs in pairs:
       mine.gamma.assign(theirs.gamma)
@@ -423,7 +426,7 @@ class MultiTaskModel(tf.Module):
     return dict(self._function(names, stack_tasks)(_model_inputs(features)))
 
   def predict(self, task_name, features):
-    """One task's probabilities [batch, labels] (score [batch] if regression)."""
+    """One task's probabilities [batch, labels] (regression: [batch])."""
     branch = self.branch(task_name)
     return outputs_from_logits(self.logits(task_name, features),
                                branch.is_regression)

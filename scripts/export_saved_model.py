@@ -28,7 +28,8 @@ Usage:
 
   python scripts/export_saved_model.py \
     --bert_config_file=$BERT_DIR/bert_config.json \
-    --vocab_file=$BERT_DIR/vocab.txt --init_checkpoint=$BERT_DIR/bert_model.ckpt \
+    --vocab_file=$BERT_DIR/vocab.txt \
+    --init_checkpoint=$BERT_DIR/bert_model.ckpt \
     --adapter_dir=/tmp/mrpc/adapter --adapter_dir=/tmp/sst2/adapter \
     --export_dir=/tmp/serving/glue/1
 
@@ -242,8 +243,9 @@ def build_model_from_checkpoint(bert_config_file, checkpoint, task_name=None):
                     "--task_name" % checkpoint)
   processor = glue_processors.get_processor(task)
   recorded_config = None
-  if os.path.isfile(os.path.join(directory, "bert_config.json")):
-    with open(os.path.join(directory, "bert_config.json"), encoding="utf-8") as f:
+  config_path = os.path.join(directory, "bert_config.json")
+  if os.path.isfile(config_path):
+    with open(config_path, encoding="utf-8") as f:
       recorded_config = json.load(f)
   bert_config = _load_bert_config(bert_config_file, recorded_config)
   inferred, num_labels = adapter_io.infer_adapter_config(prefix)

@@ -1,4 +1,4 @@
-"""Adapter directories, base fingerprints and the reference checkpoint layout."""
+"""Adapter directories, base fingerprints, the reference checkpoint layout."""
 
 import json
 import logging
@@ -39,7 +39,8 @@ def save_base(model, prefix):
   """Writes only the base BERT variables (a pre-trained checkpoint)."""
   name_map = checkpoint_io.checkpoint_name_map(model)
   checkpoint_io.save_checkpoint(
-      prefix, {n: v for n, v in name_map.items() if checkpoint_io.is_base_name(n)})
+      prefix, {n: v for n, v in name_map.items()
+               if checkpoint_io.is_base_name(n)})
   return prefix
 
 
@@ -48,7 +49,8 @@ def random_features(batch=4, seq=10, vocab=50, seed=0):
   lengths = rng.integers(3, seq + 1, batch)
   mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
   return {
-      "input_ids": (rng.integers(1, vocab, (batch, seq)) * mask).astype(np.int32),
+      "input_ids": (rng.integers(1, vocab, (batch, seq))
+                    * mask).astype(np.int32),
       "input_mask": mask,
       "segment_ids": ((np.arange(seq)[None, :] >= lengths[:, None] // 2)
                       * mask).astype(np.int32),
@@ -56,7 +58,8 @@ def random_features(batch=4, seq=10, vocab=50, seed=0):
 
 
 def values(model):
-  return {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(model).items()}
+  return {n: v.numpy()
+          for n, v in checkpoint_io.checkpoint_name_map(model).items()}
 
 
 def checkpoint_names(prefix):
@@ -111,7 +114,8 @@ def test_adapter_directory_holds_only_the_trained_variables(trained):
       "adapter.ckpt.data-00000-of-00001", "adapter.ckpt.index",
       "adapter_config.json", "adapter_metadata.json"])
   trained_names = {n for n, _ in trained["trainable"]}
-  assert checkpoint_names(os.path.join(directory, "adapter.ckpt")) == trained_names
+  assert (checkpoint_names(os.path.join(directory, "adapter.ckpt"))
+          == trained_names)
   for name in trained_names:
     assert ("/adapters/" in name or "LayerNorm" in name
             or name in ("output_weights", "output_bias"))
@@ -132,9 +136,11 @@ def test_adapter_directory_holds_only_the_trained_variables(trained):
   assert metadata["bert_config"] == trained["config"].to_dict()
   assert metadata["base_fingerprint"] == adapter_io.base_fingerprint(
       trained["model"], exclude=trained_names)[0]
-  assert metadata["base_fingerprint_variables"] == len(after) - len(trained_names)
+  assert (metadata["base_fingerprint_variables"]
+          == len(after) - len(trained_names))
   assert adapters.AdapterConfig.from_json_file(
-      os.path.join(directory, "adapter_config.json")) == adapters.AdapterConfig(size=4)
+      os.path.join(directory, "adapter_config.json")
+  ) == adapters.AdapterConfig(size=4)
   # As readable as a plain mkdir/open would make them (not mkdtemp's 0700).
   umask = os.umask(0)
   os.umask(umask)
@@ -151,7 +157,8 @@ def test_base_plus_adapter_equals_the_full_training_checkpoint(trained):
   features = random_features(seed=9)
   full = make_model(config=trained["config"])
   checkpoint_io.load_checkpoint(full, trained["output_dir"])  # model.ckpt-3
-  assert tf.train.latest_checkpoint(trained["output_dir"]).endswith("model.ckpt-3")
+  latest = tf.train.latest_checkpoint(trained["output_dir"])
+  assert latest.endswith("model.ckpt-3")
 
   small = make_model(config=trained["config"])
   checkpoint_io.load_checkpoint(small, trained["base"])
@@ -159,7 +166,8 @@ def test_base_plus_adapter_equals_the_full_training_checkpoint(trained):
                                      init_checkpoint=trained["base"])
   assert metadata["task_name"] == "MRPC"
   full_values, small_values = values(full), values(small)
-  assert all(np.array_equal(full_values[n], small_values[n]) for n in full_values)
+  assert all(np.array_equal(full_values[n], small_values[n])
+             for n in full_values)
   np.testing.assert_array_equal(small(features).numpy(), full(features).numpy())
   np.testing.assert_array_equal(small(features).numpy(),
                                 trained["model"](features).numpy())
@@ -175,7 +183,8 @@ def test_a_second_save_replaces_the_directory(trained, tmp_path):
   head.assign(head + 1.0)
   adapter_io.save_adapter(model, trainable, directory, model.adapter_config,
                           make_run_config(), trained["config"],
-                          glue_processors.get_processor("mrpc"), trained["base"])
+                          glue_processors.get_processor("mrpc"),
+                          trained["base"])
   reader = tf.train.load_checkpoint(os.path.join(directory, "adapter.ckpt"))
   np.testing.assert_array_equal(reader.get_tensor("output_bias"), head.numpy())
   assert os.listdir(tmp_path) == ["adapter"]
@@ -213,7 +222,8 @@ def test_incompatible_models_and_broken_directories(trained, tmp_path):
   with pytest.raises(UserError, match="another BERT config.*hidden_size"):
     adapter_io.load_adapter(make_model(config=tiny_config(hidden_size=32)),
                             directory)
-  with pytest.raises(UserError, match="adapters of another configuration.*size"):
+  with pytest.raises(UserError,
+                     match="adapters of another configuration.*size"):
     adapter_io.load_adapter(make_model(adapter_size=8,
                                        config=trained["config"]), directory)
   with pytest.raises(UserError, match="head with 2 outputs"):
@@ -271,7 +281,7 @@ def test_bert_base_adapter_is_under_2_5_percent_of_the_base(tmp_path):
   assert adapter_bytes <= 0.025 * base_bytes, (adapter_bytes, base_bytes)
 
 
-# --- The reference toolkit's layout. -------------------------------------------
+# --- The reference toolkit's layout. ------------------------------------------
 
 
 def write_with_tf1_saver(model, prefix, global_step, train_mode="adapters"):
@@ -340,7 +350,8 @@ def test_reference_checkpoint_loads_silently_and_predicts_the_same(tmp_path):
   assert fresh == []
   assert len(restored) == len(checkpoint_io.checkpoint_name_map(model))
   messages = [r.getMessage() for r in handler.records]
-  assert not [r for r in handler.records if r.levelno >= logging.WARNING], messages
+  warnings = [r for r in handler.records if r.levelno >= logging.WARNING]
+  assert not warnings, messages
   assert not [m for m in messages if "Not in" in m or "fresh" in m], messages
   features = random_features(seed=2)
   np.testing.assert_array_equal(model(features).numpy(),
@@ -386,7 +397,8 @@ def test_export_to_the_reference_layout_is_lossless(tmp_path):
   back = make_model(num_labels=2)
   info = adapter_io.import_reference_checkpoint(back, str(tmp_path / "export"))
   assert info["global_step"] == 12
-  assert all(np.array_equal(v, values(source)[n]) for n, v in values(back).items())
+  expected = values(source)
+  assert all(np.array_equal(v, expected[n]) for n, v in values(back).items())
 
   # A TF1 graph-mode Saver (the reference toolkit) restores it too.
   graph = tf.Graph()

@@ -122,8 +122,8 @@ def test_the_base_is_held_once(setup):
     assert all(view[n] is views[0][n] for n in shared)
   for view in views:
     own = [n for n in view if n not in shared]
-    assert all(not any(view[n] is other[n] for other in views if other is not view)
-               for n in own)
+    others = [other for other in views if other is not view]
+    assert all(not any(view[n] is other[n] for other in others) for n in own)
   # Per task: its adapters, LayerNorms and head, much smaller than the base.
   def size(name_map, names):
     return sum(int(np.prod(name_map[n].shape)) for n in names)
