@@ -256,21 +256,30 @@ def save_checkpoint(prefix, tensors):
 
 
 def remove_stale_temporaries(directory):
-  """Removes what killed `save_checkpoint` calls left in `directory`.
+  """Removes what killed checkpoint writers left in `directory`.
 
-  Only local folders of processes that no longer run are removed (the
-  writer's pid is in the folder name).
+  These are the hidden folders of `save_checkpoint` calls whose process no
+  longer runs (the writer's pid is in the folder name), and temporary
+  `checkpoint` state files (`.checkpoint.*.tmp`): call this only where one
+  process writes the state file, as a training job does in its output_dir.
+  Local folders only.
   """
   if "://" in directory or not os.path.isdir(directory):
     return
-  pattern = re.compile(r"^\.%s(\d+)-[0-9a-f]+$" % re.escape(TMP_DIR_PREFIX))
+  folder = re.compile(r"^\.%s(\d+)-[0-9a-f]+$" % re.escape(TMP_DIR_PREFIX))
+  state_file = re.compile(r"^\.checkpoint\.[^/]+\.tmp$")
   for name in os.listdir(directory):
-    m = pattern.match(name)
-    if not m or _process_alive(int(m.group(1))):
-      continue
     path = os.path.join(directory, name)
-    logging.info("Removing %s, left by an interrupted checkpoint save", path)
-    shutil.rmtree(path, ignore_errors=True)
+    m = folder.match(name)
+    if m and not _process_alive(int(m.group(1))):
+      logging.info("Removing %s, left by an interrupted checkpoint save", path)
+      shutil.rmtree(path, ignore_errors=True)
+    elif state_file.match(name):
+      logging.info("Removing %s, left by an interrupted checkpoint save", path)
+      try:
+        os.remove(path)
+      except OSError:
+        pass
 
 
 def _process_alive(pid):

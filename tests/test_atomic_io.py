@@ -279,15 +279,17 @@ def test_sigkilled_checkpoint_saves_leave_a_loadable_latest(tmp_path):
     step = new_step
   assert step >= 1
   # TensorFlow's temporary files never lie beside the checkpoints: they are
-  # in hidden folders, which the next save removes once their writer is dead.
+  # in hidden folders, which the next save removes once their writer is
+  # dead, as it removes a killed state-file write's temporary file.
   names = os.listdir(output_dir)
   assert not [n for n in names if "tempstate" in n]
   assert all(n == "checkpoint" or n.startswith("model.ckpt-")
              or n.startswith("." + checkpoint_io.TMP_DIR_PREFIX)
+             or (n.startswith(".checkpoint.") and n.endswith(".tmp"))
              for n in names), names
   checkpoint_io.remove_stale_temporaries(output_dir)
-  assert not [n for n in os.listdir(output_dir)
-              if n.startswith("." + checkpoint_io.TMP_DIR_PREFIX)]
+  assert all(n == "checkpoint" or n.startswith("model.ckpt-")
+             for n in os.listdir(output_dir)), os.listdir(output_dir)
   assert _check_checkpoints(output_dir) == step
 
 
@@ -316,3 +318,23 @@ def test_overwriting_a_prefix_never_pairs_new_data_with_old_index(tmp_path):
   assert tf.train.load_checkpoint(prefix).get_tensor("w").tolist() == [2.0] * 3
   assert sorted(os.listdir(str(tmp_path))) == [
       "model.ckpt-4.data-00000-of-00001", "model.ckpt-4.index"]
+
+
+def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
+  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  prefix = "." + checkpoint_io.TMP_DIR_PREFIX
+  names = {"dead": prefix + dead + "-0123abcd",
+           "mine": prefix + str(os.getpid()) + "-0123abcd",
+           "state": ".checkpoint.abc123.tmp",
+           "other": ".eval_results.txt.abc123.tmp"}
+  for key, name in names.items():
+    if key in ("dead", "mine"):
+      os.makedirs(str(tmp_path / name / "sub"))
+    else:
+      (tmp_path / name).write_text("x")
+  (tmp_path / "model.ckpt-3.index").write_text("x")
+  checkpoint_io.remove_stale_temporaries(str(tmp_path))
+  assert sorted(os.listdir(str(tmp_path))) == sorted(
+      [names["mine"], names["other"], "model.ckpt-3.index"])
