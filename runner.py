@@ -36,12 +36,9 @@ def read_bert_config(path):
   """Reads --bert_config_file; every failure is a UserError naming it."""
   try:
     return modeling.BertConfig.from_json_file(path)
-  except UnicodeDecodeError as e:
+  except UnicodeDecodeError as e:  # Not caught by from_json_file.
     raise UserError("--bert_config_file=%s is not UTF-8 text (%s at byte %d)"
                     % (path, e.reason, e.start)) from None
-  except IsADirectoryError:
-    raise UserError("--bert_config_file=%s is a directory, expected a JSON "
-                    "file" % path) from None
 
 
 def check_inputs(cfg, bert_config):
