@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import adapter_io
 import adapters
 import checkpoint_io
 import distribution
@@ -68,7 +69,6 @@ def check_inputs(cfg, bert_config):
     # shapes are checked against the model when it is loaded.
     checkpoint_io.read_checkpoint(cfg.init_checkpoint)
   if cfg.adapter_checkpoint:
-    import adapter_io  # pylint: disable=g-import-not-at-top
     adapter_io.read_metadata(cfg.adapter_checkpoint)
 
 
@@ -241,7 +241,6 @@ def run(cfg):
     if cfg.init_checkpoint:
       checkpoint_io.load_checkpoint(model, cfg.init_checkpoint)
     if cfg.adapter_checkpoint:
-      import adapter_io  # Only needed for this flag.
       adapter_io.load_adapter(model, cfg.adapter_checkpoint,
                               init_checkpoint=cfg.init_checkpoint,
                               label_list=label_list)
@@ -286,16 +285,12 @@ def run(cfg):
         log_steps=cfg.log_steps, summary_writer=writer)
     train_result["train_seconds"] = time.time() - t0
     results["train"] = train_result
-    if cfg.train_mode == "adapters" or cfg.adapter_size:
-      try:
-        import adapter_io
-      except ImportError:
-        adapter_io = None
-      if adapter_io is not None:
-        adapter_io.save_adapter(model, trainable, os.path.join(cfg.output_dir, "adapter"),
-                                adapter_config=adapter_config, run_config=cfg,
-                                bert_config=bert_config, processor=processor,
-                                init_checkpoint=cfg.init_checkpoint)
+    # Only the trained variables, on their own; nothing in full mode.
+    adapter_io.save_adapter(model, trainable,
+                            os.path.join(cfg.output_dir, "adapter"),
+                            adapter_config=adapter_config, run_config=cfg,
+                            bert_config=bert_config, processor=processor,
+                            init_checkpoint=cfg.init_checkpoint)
 
   if cfg.do_eval:
     results["eval"] = evaluate(cfg, data, trainer, processor)
