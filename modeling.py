@@ -157,6 +157,20 @@ class BertConfig:
         "%s=%r" % (k, getattr(self, k)) for k in self.FIELDS)
 
 
+def _as_bert_config(config):
+  """A BertConfig from a BertConfig or its dict (as in get_config)."""
+  return config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+
+
+def _as_adapter_config(adapter_config):
+  """An AdapterConfig from None (no adapters), a dict or an AdapterConfig."""
+  if adapter_config is None:
+    return adapters_lib.AdapterConfig(size=0)
+  if isinstance(adapter_config, dict):
+    return adapters_lib.AdapterConfig.from_dict(adapter_config)
+  return adapter_config
+
+
 def _initializer(config):
   return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
 
@@ -203,7 +217,7 @@ class BertEmbeddings(keras.layers.Layer):
 
   def __init__(self, config, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    self.config = _as_bert_config(config)
     c = self.config
     init = _initializer(c)
     self.word_embeddings = self.add_weight(
@@ -245,7 +259,7 @@ class BertSelfAttention(keras.layers.Layer):
 
   def __init__(self, config, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    self.config = _as_bert_config(config)
     c = self.config
     self.num_heads = c.num_attention_heads
     self.head_size = c.hidden_size // c.num_attention_heads
@@ -302,10 +316,8 @@ class TransformerBlock(keras.layers.Layer):
 
   def __init__(self, config, adapter_config=None, attention_cls=None, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
-    if isinstance(adapter_config, dict):
-      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
-    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    self.config = _as_bert_config(config)
+    self.adapter_config = _as_adapter_config(adapter_config)
     c = self.config
     h = c.hidden_size
     init = _initializer(c)
@@ -371,7 +383,7 @@ class BertPooler(keras.layers.Layer):
 
   def __init__(self, config, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
+    self.config = _as_bert_config(config)
     self.dense = keras.layers.Dense(
         self.config.hidden_size, activation="tanh",
         kernel_initializer=_initializer(self.config), name="dense")
@@ -397,10 +409,8 @@ class BertModel(keras.layers.Layer):
 
   def __init__(self, config, adapter_config=None, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
-    if isinstance(adapter_config, dict):
-      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
-    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    self.config = _as_bert_config(config)
+    self.adapter_config = _as_adapter_config(adapter_config)
     self.embeddings = BertEmbeddings(self.config, name="embeddings")
     self.blocks = [
         TransformerBlock(self.config, self.adapter_config, name="layer_%d" % i)
@@ -481,10 +491,8 @@ class BertClassifier(keras.Model):
   def __init__(self, config, num_labels, adapter_config=None,
                classifier_dropout=CLASSIFIER_DROPOUT, **kwargs):
     super().__init__(**kwargs)
-    self.config = config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
-    if isinstance(adapter_config, dict):
-      adapter_config = adapters_lib.AdapterConfig.from_dict(adapter_config)
-    self.adapter_config = adapter_config or adapters_lib.AdapterConfig(size=0)
+    self.config = _as_bert_config(config)
+    self.adapter_config = _as_adapter_config(adapter_config)
     self.num_labels = num_labels
     self.classifier_dropout = classifier_dropout
     self.bert = BertModel(self.config, self.adapter_config, name="bert")
