@@ -622,8 +622,10 @@ class GlueData(object):
       self._examples[split] = self.processor.get_examples(
           split, self.data_dir, self.tfds_data_dir)
       if not self._examples[split]:
-        raise UserError("the %s %s set is empty" % (self.processor.name,
-                                                     split))
+        where = (self.processor.data_file(split, self.data_dir)
+                 if self.data_dir else "tensorflow-datasets")
+        raise UserError("the %s %s set is empty (%s)"
+                        % (self.processor.name, split, where))
     return self._examples[split]
 
   def cache_key(self, split):

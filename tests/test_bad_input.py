@@ -344,7 +344,7 @@ def _cases(p):
       ("tsv_bad_label", {"data_dir": p["data_label"], "do_eval": True},
        [os.path.join(p["data_label"], "dev.tsv"), "line 3", "'7'"], {}),
       ("empty_dev_split", {"data_dir": p["data_empty_dev"], "do_eval": True},
-       ["dev", "empty"], {}),
+       ["dev set is empty", "dev.tsv"], {}),
       ("missing_test_file", {"data_dir": p["data_no_test"],
                              "do_predict": True},
        [os.path.join(p["data_no_test"], "test.tsv"), "not found"], {}),
