@@ -16,11 +16,61 @@ import numpy as np
 import tensorflow as tf
 
 import checkpoint_io
+import modeling
 import summaries
 from errors import UserError
 
 KEEP_CHECKPOINT_MAX = 5
 GLOBAL_STEP = "global_step"
+
+# `jit_compile` values: True (XLA where it measurably helps, the default),
+# False (no XLA at all) or JIT_ALWAYS (the whole step compiled on any device).
+JIT_ALWAYS = "always"
+
+
+def compiles_whole_step(jit_compile, strategy):
+  """Whether the train and eval steps are compiled whole with XLA.
+
+  With jit_compile=True that is the case on GPUs and TPUs but not on a host
+  with CPUs only. There the step runs TensorFlow's own kernels and only the
+  element-wise chains between the matrix products are XLA-compiled (the fused
+  kernels of modeling.py), because on CPU (measured on a 2-core AVX-512
+  Xeon, TF 2.21, MiniLM config, batch 32 x 128; see scripts/benchmark.py):
+    * XLA:CPU's matrix products ran at 0.5-0.8x the speed of TensorFlow's
+      oneDNN kernels (e.g. a 4096^2 GEMM at 30 vs 64 GFLOP/s), and no XLA CPU
+      flag of this build changed that (thunk runtime off, multi-threaded
+      Eigen, oneDNN/XNNPACK/YNNPACK fusion types);
+    * XLA:CPU's stateless random numbers (dropout masks) were ~80x slower
+      than TensorFlow's kernel;
+    * the adapters train step took 6.1 s whole-step XLA against 4.15 s
+      without XLA before the fused kernels, and less since.
+
+  Args:
+    jit_compile: True, False or JIT_ALWAYS.
+    strategy: the tf.distribute.Strategy the step runs under.
+
+  Returns:
+    bool.
+  """
+  if jit_compile == JIT_ALWAYS:
+    return True
+  if not jit_compile:
+    return False
+  return not _cpu_only(strategy)
+
+
+def _cpu_only(strategy):
+  """Whether the strategy's replicas all run on CPUs."""
+  if isinstance(strategy, (tf.distribute.TPUStrategy,
+                           tf.distribute.experimental.TPUStrategy)):
+    return False
+  try:
+    devices = strategy.extended.worker_devices
+  except (RuntimeError, NotImplementedError):
+    # The default strategy: ops go to the first GPU when there is one.
+    return not tf.config.list_logical_devices("GPU")
+  return all(tf.DeviceSpec.from_string(d).device_type == "CPU"
+             for d in devices)
 
 
 class NonFiniteLossError(UserError):
@@ -66,7 +116,9 @@ class Trainer:
       num_labels, is_regression: the task's head.
       global_batch_size: training examples per step over all replicas.
       seed: base seed of the dropout masks (mask = f(seed, step, replica)).
-      jit_compile: compile the step with XLA.
+      jit_compile: True: XLA where it helps (the whole step on GPU/TPU, the
+        element-wise kernels only on CPU, see `compiles_whole_step`);
+        JIT_ALWAYS: the whole step on any device; False: no XLA.
       loss_scale: None, or an initial dynamic loss scale (float16 training).
     """
     self.model = model
@@ -120,11 +172,12 @@ class Trainer:
 
   def _replica_step(self, features):
     step = self.global_step.read_value()
-    # The forward and backward pass is one XLA cluster; the optimizer update
-    # (which may reduce across replicas) runs after it.
-    compute = (self._compiled_loss_and_grads if self.jit_compile
+    # Compiled whole, the forward and backward pass is one XLA cluster; the
+    # optimizer update (which may reduce across replicas) runs after it.
+    compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    loss, grads = compute(features, step)
+    with modeling.fused_kernels(bool(self.jit_compile)):
+      loss, grads = compute(features, step)
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
                               for g in grads if g is not None])
@@ -146,6 +199,7 @@ class Trainer:
     self.loss_scale.assign(scale)
 
   def _build_train_loop(self):
+    self._whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
     self._compiled_loss_and_grads = tf.function(
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
     strategy = self.strategy
@@ -324,13 +378,16 @@ class Trainer:
     model = self.model
 
     def forward(features):
-      logits = model(features, training=False)
+      with modeling.fused_kernels(bool(self.jit_compile)):
+        logits = model(features, training=False)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       return logits, losses
 
-    forward = tf.function(forward, jit_compile=self.jit_compile,
-                          reduce_retracing=True)
+    forward = tf.function(
+        forward, jit_compile=compiles_whole_step(self.jit_compile,
+                                                 self.strategy),
+        reduce_retracing=True)
     strategy = self.strategy
 
     @tf.function

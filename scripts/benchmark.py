@@ -1,0 +1,586 @@
+# coding=utf-8
+"""Measures training and inference against this machine's matrix-product peak.
+
+One command, progress on stderr, a JSON file and a Markdown table out:
+
+  1. peak: the fp32 matmul peak of this machine (median of several large
+     square products, measured in this process and again in every worker);
+  2. train: train-step throughput (examples/s) of the MiniLM and BERT-base
+     configs (random weights), batch 32 x 128, modes `adapters` and `full`,
+     after warm-up, median of several steps;
+  3. the model FLOP/s of those steps and their ratio to the peak, counting
+     forward = per layer and token 2 * (4H^2 + 2HI) + 4SH (S the padded
+     sequence length; embeddings, adapters and head not counted), an
+     `adapters` step = 2 x forward, a `full` step = 3 x forward;
+  4. eval: forward throughput and its FLOP ratio;
+  5. memory: the peak resident memory (VmHWM) of each training run (every
+     run is its own process), and the resident memory after each of several
+     epochs of a training + eval loop (growth from epoch to epoch);
+  6. mrpc: MRPC training steps on the real data with fixed padding to 128
+     and with length-bucketed batches (the same examples in the same order):
+     wall time, examples/s and the time of one epoch;
+  7. tokenization: scripts/benchmark_tokenization.py's figures.
+
+Each measurement of sections 2-6 runs in a fresh process (the script calls
+itself with --worker), so peak memory and compile caches are per run; the
+FLOP ratio of a run uses the peak measured in that same process just before
+its steps (the machine may be shared: the load average is recorded).
+
+Example:
+  python scripts/benchmark.py --output_dir=/tmp/benchmark
+  python scripts/benchmark.py --sections=peak,train --configs=minilm \
+      --train_steps=3
+"""
+
+# pylint: disable=protected-access,g-import-not-at-top
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+SECTIONS = ("peak", "train", "eval", "memory", "mrpc", "tokenization")
+_SHARED = os.path.join(os.path.dirname(_REPO), "shared")
+_MINILM_DIR = os.path.join(_SHARED, "bert", "minilm_l6_h384_uncased")
+# The shared MiniLM's bert_config.json, used when ../shared is absent.
+MINILM_CONFIG = dict(
+    vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+    num_attention_heads=12, intermediate_size=1536, hidden_act="gelu",
+    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02)
+CONFIGS = {
+    "minilm": os.path.join(_MINILM_DIR, "bert_config.json"),
+    "base": os.path.join(_REPO, "configs", "bert", "bert_base_uncased.json"),
+}
+
+
+def _parse_flags(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help="Comma-separated subset of: %s." % ", ".join(
+                          SECTIONS))
+  parser.add_argument("--configs", default="minilm,base",
+                      help="Comma-separated model configs: minilm, base, or "
+                      "paths of bert_config.json files.")
+  parser.add_argument("--modes", default="adapters,full",
+                      help="Comma-separated train modes for section train.")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--max_seq_length", type=int, default=128)
+  parser.add_argument("--warmup_steps", type=int, default=1,
+                      help="Untimed steps after the first (traced) one.")
+  parser.add_argument("--train_steps", type=int, default=5,
+                      help="Timed train steps of the MiniLM (and other "
+                      "small) configs; the median is reported.")
+  parser.add_argument("--base_train_steps", type=int, default=3,
+                      help="Timed train steps of the BERT-base config.")
+  parser.add_argument("--eval_steps", type=int, default=5,
+                      help="Timed eval batches (3 for BERT-base at most).")
+  parser.add_argument("--peak_size", type=int, default=4096,
+                      help="Side of the square matmul of the peak.")
+  parser.add_argument("--peak_repeats", type=int, default=5)
+  parser.add_argument("--memory_epochs", type=int, default=4,
+                      help="Epochs of the memory-growth run (MiniLM).")
+  parser.add_argument("--memory_steps_per_epoch", type=int, default=3)
+  parser.add_argument("--mrpc_steps", type=int, default=30,
+                      help="Timed MRPC steps per variant; 0 = one whole "
+                      "epoch (num_examples // batch_size steps).")
+  parser.add_argument("--glue_dir", default=os.path.join(_SHARED,
+                                                         "glue_data"))
+  parser.add_argument("--vocab_file", default=os.path.join(_MINILM_DIR,
+                                                           "vocab.txt"))
+  parser.add_argument("--jit_compile", default="true",
+                      choices=("true", "false", "always"),
+                      help="Trainer jit_compile: true (XLA where it helps), "
+                      "false, or always (whole step on any device).")
+  parser.add_argument("--output_dir", default="benchmark_results",
+                      help="Where benchmark.json and benchmark.md go.")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--worker_args", default=None, help=argparse.SUPPRESS)
+  flags = parser.parse_args(argv)
+  unknown = set(_split(flags.sections)) - set(SECTIONS)
+  if unknown:
+    parser.error("unknown --sections: %s" % ", ".join(sorted(unknown)))
+  return flags
+
+
+def _split(text):
+  return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def progress(message):
+  sys.stderr.write("[benchmark %s] %s\n" % (time.strftime("%H:%M:%S"),
+                                            message))
+  sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- figures
+
+
+def forward_flops(config, batch_size, seq_length):
+  """Model FLOPs of one forward pass (the issue's count).
+
+  Per layer and token 2 * (4H^2 + 2HI) + 4SH: the four H x H projections and
+  the two feed-forward products, plus q·kᵀ and probs·v; embeddings, adapters
+  and the head are not counted.
+  """
+  h = config["hidden_size"]
+  i = config["intermediate_size"]
+  per_token = 2 * (4 * h * h + 2 * h * i) + 4 * seq_length * h
+  return config["num_hidden_layers"] * batch_size * seq_length * per_token
+
+
+STEP_FORWARDS = {"adapters": 2, "full": 3, "eval": 1}
+
+
+def load_config(name):
+  """(label, config dict) of a --configs entry."""
+  path = CONFIGS.get(name, name)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return name, json.load(f)
+  if name == "minilm":
+    return name, dict(MINILM_CONFIG)
+  raise SystemExit("benchmark: config file not found: %s" % path)
+
+
+def memory_status():
+  """(VmRSS, VmHWM) of this process in bytes."""
+  rss = hwm = None
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        rss = int(line.split()[1]) * 1024
+      elif line.startswith("VmHWM:"):
+        hwm = int(line.split()[1]) * 1024
+  if hwm is None:  # Not Linux: ru_maxrss (KiB on Linux, bytes on macOS).
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024)
+  return rss, hwm
+
+
+def machine():
+  """A description of this machine and software."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  mem = None
+  try:
+    with open("/proc/meminfo") as f:
+      mem = int(f.readline().split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  import tensorflow as tf
+  return {
+      "cpu": cpu, "cpu_count": os.cpu_count(),
+      "memory_gib": round(mem / 2**30, 1) if mem else None,
+      "gpus": len(tf.config.list_physical_devices("GPU")),
+      "tensorflow": tf.__version__, "python": platform.python_version(),
+      "platform": platform.platform(),
+  }
+
+
+# ---------------------------------------------------------------- workers
+
+
+def measure_peak(size, repeats):
+  """fp32 GFLOP/s of a size^3 matmul: (median, best) of `repeats` runs."""
+  import tensorflow as tf
+  a = tf.random.normal([size, size], seed=1)
+  b = tf.random.normal([size, size], seed=2)
+  matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)[0, :1]))
+  matmul(a, b).numpy()  # Warm-up (and oneDNN primitive creation).
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).numpy()
+    times.append(time.perf_counter() - start)
+  flops = 2.0 * size ** 3
+  return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
+
+
+def _random_features(config, batch_size, seq_length, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  lengths = np.full([batch_size], seq_length)
+  mask = (np.arange(seq_length)[None, :] < lengths[:, None]).astype(np.int32)
+  return {
+      "input_ids": rng.integers(1, config["vocab_size"],
+                                (batch_size, seq_length)).astype(np.int32),
+      "input_mask": mask,
+      "segment_ids": (np.arange(seq_length)[None, :] >= seq_length // 2
+                      ).astype(np.int32).repeat(batch_size, 0),
+      "label_ids": rng.integers(0, 2, batch_size).astype(np.int32),
+  }
+
+
+def _jit_value(text):
+  import training
+  return {"true": True, "false": False, "always": training.JIT_ALWAYS}[text]
+
+
+def make_trainer(config, mode, batch_size, jit_compile, output_dir):
+  """A Trainer of a freshly initialised BertClassifier (2 labels)."""
+  import tensorflow as tf
+  import adapters
+  import modeling
+  import optimization
+  import training
+  model = modeling.BertClassifier(modeling.BertConfig.from_dict(config), 2,
+                                  adapters.AdapterConfig())
+  trainable = modeling.set_train_mode(model, mode)
+  optimizer = optimization.create_optimizer(1e-4, 100000, 1000)
+  return training.Trainer(model, optimizer, trainable,
+                          tf.distribute.get_strategy(), output_dir, 2, False,
+                          batch_size, jit_compile=jit_compile)
+
+
+def _timed_steps(step_fn, warmup, steps, what):
+  start = time.perf_counter()
+  step_fn()
+  first = time.perf_counter() - start
+  progress("%s: first step (tracing, compiling) %.1f s" % (what, first))
+  for i in range(warmup):
+    start = time.perf_counter()
+    step_fn()
+    progress("%s: warm-up step %d %.2f s" % (what, i + 1,
+                                             time.perf_counter() - start))
+  times = []
+  for i in range(steps):
+    start = time.perf_counter()
+    step_fn()
+    times.append(time.perf_counter() - start)
+    progress("%s: step %d/%d %.2f s" % (what, i + 1, steps, times[-1]))
+  return first, times
+
+
+def worker_train(args):
+  """One (config, mode) training run; optionally eval afterwards."""
+  import tensorflow as tf
+  label, config = load_config(args["config"])
+  what = "%s %s" % (label, args["mode"])
+  batch, seq = args["batch_size"], args["max_seq_length"]
+  features = _random_features(config, batch, seq)
+  peak, _ = measure_peak(args["peak_size"], args["peak_repeats"])
+  progress("%s: peak %.1f GFLOP/s" % (what, peak))
+  result = {"config": label, "mode": args["mode"], "batch_size": batch,
+            "max_seq_length": seq, "peak_gflops": peak}
+  with tempfile.TemporaryDirectory() as tmp:
+    trainer = make_trainer(config, args["mode"], batch,
+                           _jit_value(args["jit_compile"]), tmp)
+    result["rss_model_bytes"], _ = memory_status()
+    trainer._build_train_loop()
+    iterator = iter(tf.data.Dataset.from_tensors(features).repeat())
+    one = tf.constant(1)
+
+    def train_step():
+      losses, _ = trainer._train_loop(iterator, one)
+      losses.numpy()
+
+    first, times = _timed_steps(train_step, args["warmup_steps"],
+                                args["steps"], what)
+    _, result["train_peak_rss_bytes"] = memory_status()
+    step_s = statistics.median(times)
+    flops = STEP_FORWARDS[args["mode"]] * forward_flops(config, batch, seq)
+    result.update(
+        first_step_s=first, step_times_s=times, step_s=step_s,
+        examples_per_s=batch / step_s, model_gflops=flops / step_s / 1e9,
+        peak_ratio=flops / step_s / 1e9 / peak)
+    progress("%s: %.1f examples/s, %.1f GFLOP/s = %.0f%% of peak; peak RSS "
+             "%.2f GiB" % (what, result["examples_per_s"],
+                           result["model_gflops"], 100 * result["peak_ratio"],
+                           result["train_peak_rss_bytes"] / 2**30))
+    if args.get("eval_steps"):
+      trainer._build_eval_step()
+      inputs = {k: tf.constant(v) for k, v in features.items()}
+
+      def eval_step():
+        logits, _ = trainer._eval_step(inputs)
+        logits.numpy()
+
+      first, times = _timed_steps(eval_step, args["warmup_steps"],
+                                  args["eval_steps"], label + " eval")
+      step_s = statistics.median(times)
+      flops = forward_flops(config, batch, seq)
+      result["eval"] = dict(
+          first_step_s=first, step_times_s=times, step_s=step_s,
+          examples_per_s=batch / step_s, model_gflops=flops / step_s / 1e9,
+          peak_ratio=flops / step_s / 1e9 / peak)
+      progress("%s eval: %.1f examples/s, %.0f%% of peak" % (
+          label, result["eval"]["examples_per_s"],
+          100 * result["eval"]["peak_ratio"]))
+  return result
+
+
+def worker_memory(args):
+  """Resident memory after each epoch of train + eval loops (one process)."""
+  import tensorflow as tf
+  label, config = load_config(args["config"])
+  batch, seq = args["batch_size"], args["max_seq_length"]
+  rss = []
+  with tempfile.TemporaryDirectory() as tmp:
+    trainer = make_trainer(config, "adapters", batch,
+                           _jit_value(args["jit_compile"]), tmp)
+    train_features = [_random_features(config, batch, seq, seed=i)
+                      for i in range(args["steps_per_epoch"])]
+    eval_features = _random_features(config, batch, seq, seed=99)
+    trainer._build_train_loop()
+    for epoch in range(args["epochs"]):
+      # A new dataset and iterator every epoch, as a multi-epoch run with
+      # evaluation in between makes them.
+      dataset = tf.data.Dataset.from_tensor_slices(
+          {k: [f[k] for f in train_features] for k in train_features[0]})
+      losses, _ = trainer._train_loop(
+          iter(dataset), tf.constant(args["steps_per_epoch"]))
+      losses.numpy()
+      trainer.predict(tf.data.Dataset.from_tensors(eval_features))
+      rss.append(memory_status()[0])
+      progress("memory: epoch %d/%d RSS %.3f GiB" % (
+          epoch + 1, args["epochs"], rss[-1] / 2**30))
+  growth = [b - a for a, b in zip(rss[1:], rss[2:])] or [0]
+  return {"config": label, "epochs": args["epochs"],
+          "steps_per_epoch": args["steps_per_epoch"], "rss_bytes": rss,
+          "growth_per_epoch_bytes": max(growth),
+          "peak_rss_bytes": memory_status()[1]}
+
+
+def worker_mrpc(args):
+  """MRPC training steps with fixed padding, then with length buckets."""
+  import tensorflow as tf
+  import input_pipeline
+  label, config = load_config(args["config"])
+  batch, seq = args["batch_size"], args["max_seq_length"]
+  result = {"config": label, "mode": "adapters", "batch_size": batch,
+            "max_seq_length": seq}
+  with tempfile.TemporaryDirectory() as tmp:
+    data = input_pipeline.GlueData("mrpc", os.path.join(args["glue_dir"],
+                                                        "MRPC"),
+                                   args["vocab_file"], True, seq,
+                                   os.path.join(tmp, "features"))
+    start = time.perf_counter()
+    num_examples = data.feature_file("train").num_examples
+    result["feature_conversion_s"] = time.perf_counter() - start
+    epoch_steps = num_examples // batch
+    steps = args["steps"] or epoch_steps
+    result.update(num_examples=num_examples, epoch_steps=epoch_steps,
+                  timed_steps=steps)
+    progress("mrpc: %d examples, %d steps an epoch, timing %d" % (
+        num_examples, epoch_steps, steps))
+    for name, bucket in (("fixed", False), ("bucketed", True)):
+      dataset = data.train_dataset(batch, seed=0, bucket=bucket)
+      # The input pipeline alone: batches per second.
+      start = time.perf_counter()
+      widths = [int(f["input_ids"].shape[1])
+                for f in dataset.take(steps + 1)]
+      input_s = time.perf_counter() - start
+      trainer = make_trainer(config, "adapters", batch,
+                             _jit_value(args["jit_compile"]),
+                             os.path.join(tmp, name))
+      trainer._build_train_loop()
+      iterator = iter(dataset)
+      start = time.perf_counter()
+      trainer._train_loop(iterator, tf.constant(1))[0].numpy()
+      first = time.perf_counter() - start
+      start = time.perf_counter()
+      done = 0
+      while done < steps:
+        n = min(10, steps - done)
+        trainer._train_loop(iterator, tf.constant(n))[0].numpy()
+        done += n
+        progress("mrpc %s: %d/%d steps, %.1f s" % (
+            name, done, steps, time.perf_counter() - start))
+      wall = time.perf_counter() - start
+      result[name] = dict(
+          first_step_s=first, wall_s=wall, examples_per_s=steps * batch / wall,
+          epoch_s=wall / steps * epoch_steps,
+          mean_padded_length=sum(widths[1:]) / max(len(widths) - 1, 1),
+          input_batches_per_s=(steps + 1) / input_s)
+      del trainer
+  result["bucketed_speedup"] = (result["fixed"]["epoch_s"]
+                                / result["bucketed"]["epoch_s"])
+  return result
+
+
+WORKERS = {"train": worker_train, "memory": worker_memory,
+           "mrpc": worker_mrpc}
+
+
+def run_worker(name, args):
+  """Runs a worker in a fresh Python process; returns its result dict."""
+  command = [sys.executable, os.path.abspath(__file__), "--worker", name,
+             "--worker_args", json.dumps(args)]
+  proc = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                        check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  if proc.returncode or not lines:
+    raise SystemExit("benchmark: worker %s %s failed (exit %d)"
+                     % (name, args, proc.returncode))
+  return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- report
+
+
+def _gib(n):
+  return "%.2f GiB" % (n / 2**30) if n is not None else "n/a"
+
+
+def markdown(result):
+  """The Markdown report of a result dict."""
+  m = result["machine"]
+  out = ["Machine: %s, %d cores, %s GiB RAM, TensorFlow %s; load average "
+         "%.1f at start, %.1f at end." % (
+             m["cpu"], m["cpu_count"], m["memory_gib"], m["tensorflow"],
+             result["load_start"][0], result["load_end"][0]), ""]
+  if "peak" in result:
+    p = result["peak"]
+    out += ["fp32 matmul peak (%d^3, median of %d): **%.1f GFLOP/s** (best "
+            "%.1f)." % (p["size"], p["repeats"], p["gflops"],
+                        p["best_gflops"]), ""]
+  rows = result.get("train", [])
+  if rows:
+    out += ["| config | step | examples/s | model GFLOP/s | % of peak | "
+            "peak RSS |", "|---|---|---|---|---|---|"]
+    for r in rows:
+      out.append("| %s | train %s | %.1f | %.1f | %.0f%% | %s |" % (
+          r["config"], r["mode"], r["examples_per_s"], r["model_gflops"],
+          100 * r["peak_ratio"], _gib(r["train_peak_rss_bytes"])))
+      if "eval" in r:
+        e = r["eval"]
+        out.append("| %s | eval | %.1f | %.1f | %.0f%% | |" % (
+            r["config"], e["examples_per_s"], e["model_gflops"],
+            100 * e["peak_ratio"]))
+    for label in sorted({r["config"] for r in rows}):
+      by_mode = {r["mode"]: r for r in rows if r["config"] == label}
+      if "adapters" in by_mode and "full" in by_mode:
+        out.append("")
+        out.append("%s: adapters / full examples/s = %.2fx" % (
+            label, by_mode["adapters"]["examples_per_s"]
+            / by_mode["full"]["examples_per_s"]))
+    out.append("")
+    out.append("Batch %d x %d; FLOPs per layer and token 2(4H^2+2HI)+4SH, "
+               "adapters step = 2x forward, full = 3x; %% of the peak "
+               "measured in the same process." % (
+                   rows[0]["batch_size"], rows[0]["max_seq_length"]))
+    out.append("")
+  if "memory" in result:
+    mem = result["memory"]
+    out += ["Memory, %s adapters, %d epochs of %d steps + eval: RSS %s; "
+            "largest growth between later epochs %+.1f MiB." % (
+                mem["config"], mem["epochs"], mem["steps_per_epoch"],
+                ", ".join(_gib(b) for b in mem["rss_bytes"]),
+                mem["growth_per_epoch_bytes"] / 2**20), ""]
+  if "mrpc" in result:
+    r = result["mrpc"]
+    out += ["| MRPC train (%s adapters) | mean padded length | examples/s "
+            "| epoch (%d steps) |" % (r["config"], r["epoch_steps"]),
+            "|---|---|---|---|"]
+    for name in ("fixed", "bucketed"):
+      v = r[name]
+      out.append("| %s | %.1f | %.1f | %.0f s |" % (
+          name, v["mean_padded_length"], v["examples_per_s"], v["epoch_s"]))
+    out += ["", "Bucketed epoch %.2fx faster (%s). Input pipeline alone: "
+            "%.0f (fixed) / %.0f (bucketed) batches/s." % (
+                r["bucketed_speedup"],
+                "whole epoch" if r["timed_steps"] >= r["epoch_steps"]
+                else "timed %d of %d steps, epoch extrapolated" % (
+                    r["timed_steps"], r["epoch_steps"]),
+                r["fixed"]["input_batches_per_s"],
+                r["bucketed"]["input_batches_per_s"]), ""]
+  if "tokenization" in result:
+    out += ["Tokenization:", "", result["tokenization_markdown"], ""]
+  out += ["Command: `%s`" % result["command"]]
+  return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+  flags = _parse_flags(argv if argv is not None else sys.argv[1:])
+  if flags.worker:
+    print(json.dumps(WORKERS[flags.worker](json.loads(flags.worker_args))))
+    return 0
+  import atomic_io
+  sections = _split(flags.sections)
+  started = time.time()
+  result = {"command": " ".join(["python", "scripts/benchmark.py"]
+                                + (argv if argv is not None
+                                   else sys.argv[1:])),
+            "load_start": os.getloadavg(), "machine": machine(),
+            "jit_compile": flags.jit_compile}
+  progress("machine: %s" % result["machine"])
+  if "peak" in sections:
+    gflops, best = measure_peak(flags.peak_size, flags.peak_repeats)
+    result["peak"] = {"size": flags.peak_size, "repeats": flags.peak_repeats,
+                      "gflops": gflops, "best_gflops": best}
+    progress("peak: %.1f GFLOP/s (best %.1f)" % (gflops, best))
+  common = {"batch_size": flags.batch_size,
+            "max_seq_length": flags.max_seq_length,
+            "warmup_steps": flags.warmup_steps,
+            "peak_size": flags.peak_size, "peak_repeats": 3,
+            "jit_compile": flags.jit_compile}
+  if "train" in sections or "eval" in sections:
+    result["train"] = []
+    modes = _split(flags.modes) if "train" in sections else ["adapters"]
+    for config in _split(flags.configs):
+      base = load_config(config)[1]["hidden_size"] >= 768
+      for i, mode in enumerate(modes):
+        args = dict(common, config=config, mode=mode,
+                    steps=flags.base_train_steps if base else flags.train_steps,
+                    eval_steps=(min(flags.eval_steps, 3) if base
+                                else flags.eval_steps)
+                    if "eval" in sections and i == 0 else 0)
+        progress("train: %s %s" % (config, mode))
+        result["train"].append(run_worker("train", args))
+  if "memory" in sections:
+    progress("memory: epochs of a MiniLM adapter run")
+    result["memory"] = run_worker("memory", dict(
+        common, config="minilm", epochs=flags.memory_epochs,
+        steps_per_epoch=flags.memory_steps_per_epoch))
+  if "mrpc" in sections:
+    if not os.path.isdir(os.path.join(flags.glue_dir, "MRPC")):
+      progress("mrpc: skipped, no %s/MRPC" % flags.glue_dir)
+    else:
+      result["mrpc"] = run_worker("mrpc", dict(
+          common, config="minilm", steps=flags.mrpc_steps,
+          glue_dir=flags.glue_dir, vocab_file=flags.vocab_file))
+  if "tokenization" in sections:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import benchmark_tokenization
+    progress("tokenization")
+    tok_flags = benchmark_tokenization._parse_flags(
+        ["--vocab_file", flags.vocab_file, "--repeats", "1"])
+    result["tokenization"] = benchmark_tokenization.run(tok_flags)
+    result["tokenization_markdown"] = benchmark_tokenization.markdown_table(
+        result["tokenization"])
+  result["load_end"] = os.getloadavg()
+  result["wall_s"] = time.time() - started
+  os.makedirs(flags.output_dir, exist_ok=True)
+  text = markdown(result)
+  atomic_io.atomic_write_text(os.path.join(flags.output_dir,
+                                           "benchmark.json"),
+                              json.dumps(result, indent=2) + "\n")
+  atomic_io.atomic_write_text(os.path.join(flags.output_dir, "benchmark.md"),
+                              text)
+  print(text)
+  progress("done in %.0f s; wrote %s/benchmark.{json,md}" % (
+      result["wall_s"], flags.output_dir))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

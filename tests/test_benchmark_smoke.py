@@ -1,0 +1,103 @@
+"""Smoke test of scripts/benchmark.py on a minuscule BERT (no timing checks).
+
+Runs every worker in this process on a 2-layer hidden-16 config for a couple
+of steps, then the report; checks the figures are present and consistent
+(FLOP counts, ratios), never how fast anything was.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+import tiny_fixtures
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO_ROOT, "scripts", "benchmark.py")
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+  spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture
+def tiny(tmp_path):
+  vocab_file, vocab_size = tiny_fixtures.write_vocab(str(tmp_path))
+  config = tiny_fixtures.tiny_bert_config(vocab_size)
+  path = os.path.join(str(tmp_path), "bert_config.json")
+  with open(path, "w") as f:
+    json.dump(config, f)
+  return {"config_file": path, "config": config, "vocab_file": vocab_file,
+          "tmp": str(tmp_path)}
+
+
+COMMON = {"batch_size": 4, "max_seq_length": 16, "warmup_steps": 1,
+          "peak_size": 64, "peak_repeats": 2, "jit_compile": "true"}
+
+
+def test_forward_flops_is_the_issue_count(benchmark):
+  config = {"hidden_size": 8, "intermediate_size": 32, "num_hidden_layers": 3}
+  # Per layer and token 2 * (4 * 64 + 2 * 8 * 32) + 4 * 16 * 8 = 2048.
+  assert benchmark.forward_flops(config, 2, 16) == 3 * 2 * 16 * 2048
+  assert benchmark.STEP_FORWARDS == {"adapters": 2, "full": 3, "eval": 1}
+
+
+def test_train_eval_memory_and_report(benchmark, tiny):
+  train = benchmark.worker_train(dict(
+      COMMON, config=tiny["config_file"], mode="adapters", steps=2,
+      eval_steps=1))
+  assert len(train["step_times_s"]) == 2
+  flops = 2 * benchmark.forward_flops(tiny["config"], 4, 16)
+  assert train["model_gflops"] == pytest.approx(flops / train["step_s"] / 1e9)
+  assert train["peak_ratio"] == pytest.approx(
+      train["model_gflops"] / train["peak_gflops"])
+  assert train["examples_per_s"] == pytest.approx(4 / train["step_s"])
+  assert train["train_peak_rss_bytes"] >= train["rss_model_bytes"] > 0
+  assert train["eval"]["model_gflops"] == pytest.approx(
+      flops / 2 / train["eval"]["step_s"] / 1e9)
+  # The report of a "full" row is made from the same figures.
+  full = dict(train, mode="full")
+  del full["eval"]
+
+  memory = benchmark.worker_memory(dict(
+      COMMON, config=tiny["config_file"], epochs=2, steps_per_epoch=1))
+  assert len(memory["rss_bytes"]) == 2
+  assert memory["peak_rss_bytes"] >= max(memory["rss_bytes"])
+
+  result = {"command": "python scripts/benchmark.py", "machine":
+            benchmark.machine(), "load_start": (0.0, 0.0, 0.0),
+            "load_end": (0.0, 0.0, 0.0),
+            "peak": {"size": 64, "repeats": 2, "gflops": 1.0,
+                     "best_gflops": 2.0},
+            "train": [train, full], "memory": memory}
+  text = benchmark.markdown(result)
+  assert "| %s | train adapters |" % tiny["config_file"] in text
+  assert "| %s | eval |" % tiny["config_file"] in text
+  assert "adapters / full examples/s" in text
+  json.dumps(result)  # The JSON output must serialize.
+
+
+def test_mrpc_fixed_and_bucketed(benchmark, tiny):
+  glue_dir = os.path.join(tiny["tmp"], "glue")
+  tiny_fixtures.write_mrpc(os.path.join(glue_dir, "MRPC"), num_train=24)
+  result = benchmark.worker_mrpc(dict(
+      COMMON, config=tiny["config_file"], steps=1, glue_dir=glue_dir,
+      vocab_file=tiny["vocab_file"], max_seq_length=64))
+  assert result["num_examples"] == 24 and result["epoch_steps"] == 6
+  # Padding to 64 vs buckets of 32 and 64: the tiny pairs fit in 32.
+  assert result["fixed"]["mean_padded_length"] == 64
+  assert result["bucketed"]["mean_padded_length"] == 32
+  assert result["bucketed_speedup"] > 0
+
+
+def test_flags(benchmark):
+  flags = benchmark._parse_flags(["--sections=peak,train", "--train_steps=2"])
+  assert flags.train_steps == 2 and flags.jit_compile == "true"
+  with pytest.raises(SystemExit):
+    benchmark._parse_flags(["--sections=peak,bogus"])
