@@ -35,6 +35,7 @@ import sys
 
 import pytest
 
+import tf_startup
 import tiny_fixtures
 
 REPO_ROOT = tiny_fixtures.REPO_ROOT
@@ -53,7 +54,8 @@ import sys
 sys.path.insert(0, %r)
 from absl import logging
 logging.use_absl_handler()  # Before TensorFlow, as under app.run.
-import tensorflow as tf
+import tf_startup
+tf = tf_startup.import_quietly()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -520,6 +522,9 @@ def test_bad_input(case_id, inputs, results):
   assert message.startswith("error: "), report
   for part in expected:
     assert part in message, "%r not in %r" % (part, message)
+  # TensorFlow's native start-up notes (oneDNN, CUDA probing) are not shown.
+  assert not [line for line in r["stderr"].splitlines()
+              if tf_startup.is_noise(line)], report
   if case_id in FAST_CASES:
     # Failed before TensorFlow was imported: no log line at all.
     assert r["stderr"].splitlines() == [message], report

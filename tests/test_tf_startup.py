@@ -1,0 +1,56 @@
+"""TensorFlow's native start-up notes do not reach the user's terminal."""
+
+import os
+import subprocess
+import sys
+
+import tf_startup
+import tiny_fixtures
+
+SAMPLE = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795319862.893166   17852 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results.
+I0000 00:00:1795319862.893732   17852 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+E0000 00:00:1795319865.430389   17852 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
+W0000 00:00:1795319865.430389   17852 some_file.cc:10] a real warning about the job
+
+E0000 00:00:1795319865.430389   17852 other.cc:7] a real error
+"""
+
+
+def test_filter_drops_start_up_notes_and_keeps_the_rest():
+  assert tf_startup.kept_lines(SAMPLE) == [
+      "W0000 00:00:1795319865.430389   17852 some_file.cc:10] a real warning "
+      "about the job",
+      "E0000 00:00:1795319865.430389   17852 other.cc:7] a real error"]
+
+
+def _stderr_of(code):
+  env = dict(os.environ)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # As a user's shell has it.
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  return proc.stderr
+
+
+def test_import_quietly_in_a_fresh_process():
+  stderr = _stderr_of(
+      "import sys, tf_startup\n"
+      "tf = tf_startup.import_quietly()\n"
+      "assert 'tensorflow_text' in sys.modules\n"
+      "print(tf.constant(2) * 3)\n"
+      "sys.stderr.write('done\\n')\n")
+  noisy = [line for line in stderr.splitlines() if tf_startup.is_noise(line)]
+  assert noisy == [], stderr
+  assert stderr.splitlines()[-1] == "done"
+
+
+def test_verbose_keeps_everything():
+  """With verbose=True nothing is captured (the notes may then appear)."""
+  stderr = _stderr_of(
+      "import sys, tf_startup\n"
+      "tf = tf_startup.import_quietly(verbose=True)\n"
+      "sys.stderr.write('done\\n')\n")
+  assert stderr.splitlines()[-1] == "done"
