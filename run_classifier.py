@@ -96,7 +96,9 @@ flags.DEFINE_integer(
 
 # -- This toolkit's flags --------------------------------------------------
 flags.DEFINE_integer("adapter_size", 64,
-                     "Bottleneck width of the adapters; 0 = no adapters.")
+                     "Bottleneck width of the adapters; 0 = no adapters. "
+                     "With --adapter_checkpoint and no --adapter_size, the "
+                     "adapter directory's size.")
 flags.DEFINE_float("adapter_init_scale", 1e-3,
                    "Stddev of the adapters' truncated-normal weight init.")
 flags.DEFINE_enum("train_mode", "adapters", list(run_config.TRAIN_MODES),
@@ -135,7 +137,10 @@ flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 def config_from_flags():
   """Builds the RunConfig from the parsed flags."""
   fields = {f for f in run_config.RunConfig.__dataclass_fields__}
-  return run_config.RunConfig(**{name: FLAGS[name].value for name in fields})
+  values = {name: FLAGS[name].value for name in fields}
+  if values["adapter_checkpoint"] and not FLAGS["adapter_size"].present:
+    values["adapter_size"] = None  # The adapter directory's size.
+  return run_config.RunConfig(**values)
 
 
 def main(argv):
@@ -147,6 +152,8 @@ def main(argv):
   cfg = config_from_flags().validate()
   import glue_processors  # pylint: disable=g-import-not-at-top
   glue_processors.get_processor(cfg.task_name)  # An unknown task fails fast.
+  import tf_startup  # pylint: disable=g-import-not-at-top
+  tf_startup.import_quietly(verbose=FLAGS.verbose)
   import runner  # Imports TensorFlow; flags are checked by now.
   runner.run(cfg)
 

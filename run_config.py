@@ -45,6 +45,7 @@ class RunConfig:
   gcp_project: str = None
   master: str = None
   num_tpu_cores: int = 8
+  # None: the --adapter_checkpoint directory's size (64 without one).
   adapter_size: int = 64
   adapter_init_scale: float = 1e-3
   train_mode: str = "adapters"
@@ -85,7 +86,10 @@ class RunConfig:
     for name in ("weight_decay_rate", "adapter_weight_decay_rate"):
       if getattr(self, name) < 0:
         raise UserError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
-    if self.adapter_size < 0:
+    if self.adapter_size is None and not self.adapter_checkpoint:
+      raise UserError("--adapter_size is required without "
+                      "--adapter_checkpoint")
+    if self.adapter_size is not None and self.adapter_size < 0:
       raise UserError("--adapter_size must be >= 0 (0 = no adapters), got %d"
                       % self.adapter_size)
     if not self.adapter_init_scale > 0:

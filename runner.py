@@ -4,6 +4,8 @@ Everything the user gave is checked before anything is written to
 `output_dir`; outputs are written atomically.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -37,9 +39,8 @@ def read_bert_config(path):
   """Reads --bert_config_file; every failure is a UserError naming it."""
   try:
     return modeling.BertConfig.from_json_file(path)
-  except UnicodeDecodeError as e:  # Not caught by from_json_file.
-    raise UserError("--bert_config_file=%s is not UTF-8 text (%s at byte %d)"
-                    % (path, e.reason, e.start)) from None
+  except UserError as e:
+    raise UserError("--bert_config_file: %s" % e) from None
 
 
 def check_inputs(cfg, bert_config):
@@ -70,6 +71,23 @@ def check_inputs(cfg, bert_config):
     checkpoint_io.read_checkpoint(cfg.init_checkpoint)
   if cfg.adapter_checkpoint:
     adapter_io.read_metadata(cfg.adapter_checkpoint)
+
+
+def resolve_adapter_config(cfg):
+  """The adapters of the model: from the flags, or the adapter directory's.
+
+  With --adapter_checkpoint and no --adapter_size (RunConfig.adapter_size
+  None), the directory's adapter_config.json defines the adapters; a size
+  given explicitly must match it (checked when the adapters are loaded).
+  """
+  if cfg.adapter_checkpoint and cfg.adapter_size is None:
+    stored = adapter_io.read_adapter_config(cfg.adapter_checkpoint)
+    logging.info("Adapters from --adapter_checkpoint=%s: size %d at %s",
+                 cfg.adapter_checkpoint, stored.size,
+                 ", ".join(stored.locations))
+    return stored
+  return adapters.AdapterConfig(size=cfg.adapter_size,
+                                init_scale=cfg.adapter_init_scale)
 
 
 def _is_remote(path):
@@ -152,10 +170,35 @@ def create_output_dir(cfg):
 
 
 def run_identity(cfg, bert_config):
+  """What checkpoints in output_dir depend on; a resume must agree on it.
+
+  Besides the RunConfig's identity fields and the model config, it holds a
+  fingerprint of the --init_checkpoint: the SHA-256 of its `.index` file,
+  which lists every tensor with its shape and CRC32C, so another base model
+  (even of the same size) is told apart without reading the weights.
+  """
   identity = cfg.identity()
   identity["task_name"] = glue_processors.get_processor(cfg.task_name).name
   identity["bert_config"] = bert_config.to_dict()
+  identity["init_checkpoint_sha256"] = init_checkpoint_fingerprint(
+      cfg.init_checkpoint)
   return identity
+
+
+def init_checkpoint_fingerprint(path):
+  """SHA-256 (hex, 16 digits) of the checkpoint's `.index` file, or None."""
+  if not path:
+    return None
+  if "://" not in path:
+    path = checkpoint_io.resolve_checkpoint_path(path)
+  elif path.endswith(".index"):
+    path = path[:-len(".index")]
+  try:
+    with tf.io.gfile.GFile(path + ".index", "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()[:16]
+  except (tf.errors.OpError, OSError) as e:
+    raise UserError("--init_checkpoint=%s: cannot read %s.index: %s"
+                    % (path, path, getattr(e, "message", None) or e)) from None
 
 
 def write_run_files(cfg, bert_config, adapter_config):
@@ -189,6 +232,8 @@ def run(cfg):
   processor = glue_processors.get_processor(cfg.task_name)
   bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
+  adapter_config = resolve_adapter_config(cfg)
+  cfg = dataclasses.replace(cfg, adapter_size=adapter_config.size)
   check_output_dir(cfg, bert_config)
 
   strategy = distribution.resolve_strategy(
@@ -210,8 +255,6 @@ def run(cfg):
   label_list = processor.get_labels()
   is_regression = processor.is_regression
   num_labels = 1 if is_regression else len(label_list)
-  adapter_config = adapters.AdapterConfig(size=cfg.adapter_size,
-                                          init_scale=cfg.adapter_init_scale)
 
   data = input_pipeline.GlueData(
       processor=processor, data_dir=cfg.data_dir, vocab_file=cfg.vocab_file,

@@ -147,6 +147,9 @@ def _other_config_cases(kill_resume):
                               intermediate_size=48)
   other_model = {"bert_config_file": os.path.join(other_dir, "bert_config.json"),
                  "init_checkpoint": os.path.join(other_dir, "bert_model.ckpt")}
+  same_size_dir = os.path.join(root, "other_weights")
+  if not os.path.exists(same_size_dir):
+    tiny_fixtures.write_model(same_size_dir, seed=9)
   return [
       ("other_task", {"task_name": "RTE", "data_dir": rte},
        ["task_name was 'MRPC', now 'RTE'"]),
@@ -155,6 +158,10 @@ def _other_config_cases(kill_resume):
       ("other_model", {"bert_config_file": other_model["bert_config_file"],
                        "init_checkpoint": other_model["init_checkpoint"]},
        ["bert_config.intermediate_size was 32, now 48"]),
+      # Same config, other weights: told apart by the checkpoint index.
+      ("other_base_weights",
+       {"init_checkpoint": os.path.join(same_size_dir, "bert_model.ckpt")},
+       ["init_checkpoint_sha256 was '"]),
       ("no_run_config", {}, ["no run_config.json"]),
   ]
 
