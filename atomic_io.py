@@ -27,6 +27,44 @@ def _umask():
   return mask
 
 
+def process_alive(pid):
+  """Whether process `pid` exists (this process counts as alive)."""
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True  # Exists, owned by someone else.
+  return True
+
+
+def remove_orphans(path):
+  """Removes `<path>.tmp-<pid>` files whose writer process has died.
+
+  A writer that names its temporary file after its pid and was killed
+  (SIGKILL, power loss) leaves it behind; the next writer of `path` calls
+  this. Local paths only.
+  """
+  directory = os.path.dirname(path) or "."
+  prefix = os.path.basename(path) + ".tmp-"
+  if "://" in path or not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in os.listdir(directory):
+    if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+      continue
+    if process_alive(int(name[len(prefix):])):
+      continue
+    try:
+      os.remove(os.path.join(directory, name))
+      removed.append(name)
+    except OSError:
+      pass
+  return removed
+
+
 def _mode_for(path):
   try:
     return stat.S_IMODE(os.stat(path).st_mode)

@@ -17,6 +17,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import atomic_io
 from atomic_io import atomic_write_text
 from errors import UserError
 
@@ -271,7 +272,7 @@ def remove_stale_temporaries(directory):
   for name in os.listdir(directory):
     path = os.path.join(directory, name)
     m = folder.match(name)
-    if m and not _process_alive(int(m.group(1))):
+    if m and not atomic_io.process_alive(int(m.group(1))):
       logging.info("Removing %s, left by an interrupted checkpoint save", path)
       shutil.rmtree(path, ignore_errors=True)
     elif state_file.match(name):
@@ -280,18 +281,6 @@ def remove_stale_temporaries(directory):
         os.remove(path)
       except OSError:
         pass
-
-
-def _process_alive(pid):
-  if pid == os.getpid():
-    return True
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:
-    return True  # Exists, owned by someone else.
-  return True
 
 
 def write_checkpoint_state(directory, latest_prefix, all_prefixes):

@@ -41,6 +41,7 @@ import os
 
 import tensorflow as tf
 
+import atomic_io
 import glue_processors
 from atomic_io import atomic_write_text
 from errors import UserError
@@ -229,6 +230,7 @@ def write_feature_file(examples, label_list, is_regression, max_seq_length,
     Number of records written.
   """
   labels = label_ids_of(examples, label_list, is_regression)
+  atomic_io.remove_orphans(path)  # Left by a conversion that was killed.
   tmp_path = "%s.tmp-%d" % (path, os.getpid())
   count = 0
   try:

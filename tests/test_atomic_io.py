@@ -338,3 +338,43 @@ def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
   checkpoint_io.remove_stale_temporaries(str(tmp_path))
   assert sorted(os.listdir(str(tmp_path))) == sorted(
       [names["mine"], names["other"], "model.ckpt-3.index"])
+
+
+def test_remove_orphans_removes_dead_writers_files_only(tmp_path):
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  target = str(tmp_path / "train.tf_record")
+  for name in ("train.tf_record.tmp-" + dead,
+               "train.tf_record.tmp-%d" % os.getpid(),
+               "train.tf_record.tmp-notapid",
+               "dev.tf_record.tmp-" + dead,
+               "train.tf_record"):
+    (tmp_path / name).write_text("x")
+  assert atomic_io.remove_orphans(target) == ["train.tf_record.tmp-" + dead]
+  assert sorted(os.listdir(str(tmp_path))) == sorted([
+      "train.tf_record.tmp-%d" % os.getpid(), "train.tf_record.tmp-notapid",
+      "dev.tf_record.tmp-" + dead, "train.tf_record"])
+
+
+def test_killed_feature_conversion_leaves_nothing_after_the_next_run(tmp_path):
+  """A conversion killed mid-write leaves `<record>.tmp-<pid>`; the next
+  conversion of that record removes it and writes the record."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  import tiny_fixtures  # pylint: disable=g-import-not-at-top
+  import tokenization  # pylint: disable=g-import-not-at-top
+  import glue_processors  # pylint: disable=g-import-not-at-top
+  job = tiny_fixtures.make_job(str(tmp_path / "job"))
+  processor = glue_processors.get_processor("MRPC")
+  examples = processor.get_examples("dev", job["data_dir"])
+  out = tmp_path / "features"
+  out.mkdir()
+  path = str(out / "dev.tf_record")
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  (out / ("dev.tf_record.tmp-" + dead)).write_bytes(b"half a record")
+  tokenizer = tokenization.InGraphTokenizer(job["vocab_file"],
+                                            do_lower_case=True)
+  count = input_pipeline.write_feature_file(
+      examples, processor.get_labels(), False, 24, tokenizer, path)
+  assert count == len(examples) > 0
+  assert os.listdir(str(out)) == ["dev.tf_record"]
