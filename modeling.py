@@ -130,11 +130,17 @@ class BertConfig:
       UserError: if the file is missing, unreadable, not JSON, or invalid.
     """
     try:
-      with open(json_file, encoding="utf-8") as reader:
-        text = reader.read()
-    except OSError as e:
+      with tf.io.gfile.GFile(json_file, "rb") as reader:  # Also gs://...
+        data = reader.read()
+    except (OSError, tf.errors.OpError) as e:
+      reason = getattr(e, "strerror", None) or getattr(e, "message", None) or e
       raise UserError("cannot read BERT config %s: %s"
-                      % (json_file, e.strerror or e)) from None
+                      % (json_file, reason)) from None
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise UserError("BERT config %s is not UTF-8 text (%s at byte %d)"
+                      % (json_file, e.reason, e.start)) from None
     try:
       json_object = json.loads(text)
     except ValueError as e:

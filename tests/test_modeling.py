@@ -360,3 +360,7 @@ def test_config_missing_keys_and_bad_files(tmp_path):
     modeling.BertConfig.from_json_file(str(tmp_path / "absent.json"))
   with pytest.raises(UserError, match="expected a JSON object"):
     modeling.BertConfig.from_json_file(write_json(tmp_path, "[1, 2]", "list.json"))
+  latin1 = tmp_path / "latin1.json"
+  latin1.write_bytes(b'{"hidden_act": "g\xe9lu"}')
+  with pytest.raises(UserError, match=r"latin1.json is not UTF-8 text .* byte 17"):
+    modeling.BertConfig.from_json_file(str(latin1))
