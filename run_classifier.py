@@ -13,14 +13,13 @@ flags of this toolkit. For example (the original README command):
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+import cli  # noqa: E402
 from errors import UserError  # noqa: E402
 import run_config  # noqa: E402
 
@@ -158,33 +157,9 @@ def main(argv):
   runner.run(cfg)
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    raise UserError(str(e).splitlines()[0]) from None
-
-
-def _verbose():
-  """--verbose, also when the flags could not be parsed."""
-  if FLAGS.is_parsed():
-    return FLAGS.verbose
-  return any(arg in ("--verbose", "--verbose=true", "--verbose=True",
-                     "--verbose=1") for arg in sys.argv[1:])
-
-
 def run_main():
   """Runs main; a UserError becomes one line on stderr and exit status 1."""
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except UserError as e:
-    if _verbose():
-      raise
-    sys.stderr.write("error: %s\n" % e)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    sys.stderr.write("interrupted\n")
-    sys.exit(130)
+  cli.run(main)
 
 
 if __name__ == "__main__":

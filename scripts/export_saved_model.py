@@ -46,7 +46,6 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
@@ -60,6 +59,7 @@ import input_pipeline  # noqa: E402
 import modeling  # noqa: E402
 import multitask  # noqa: E402
 import tokenization  # noqa: E402
+import cli  # noqa: E402
 from errors import UserError  # noqa: E402
 
 flags.DEFINE_string("bert_config_file", None,
@@ -383,20 +383,9 @@ def main(argv):
                                              ", ".join(names)))
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    raise UserError(str(e).splitlines()[0]) from None
-
-
 def run_main():
   """Runs main; a UserError becomes one line on stderr and exit status 1."""
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except UserError as e:
-    sys.stderr.write("error: %s\n" % e)
-    sys.exit(1)
+  cli.run(main)
 
 
 if __name__ == "__main__":

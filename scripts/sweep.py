@@ -71,12 +71,12 @@ from typing import Dict, List, Optional
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import atomic_io  # noqa: E402
 import glue_metrics  # noqa: E402
 import glue_processors  # noqa: E402
+import cli  # noqa: E402
 from errors import UserError  # noqa: E402
 
 RUN_CLASSIFIER = os.path.join(REPO_ROOT, "run_classifier.py")
@@ -836,33 +836,10 @@ def main(argv):
   return 2 if failed else 0
 
 
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    raise UserError(str(e).splitlines()[0]) from None
-
-
-def _verbose():
-  if FLAGS.is_parsed():
-    return FLAGS.verbose
-  return any(arg in ("--verbose", "--verbose=true", "--verbose=True",
-                     "--verbose=1") for arg in sys.argv[1:])
-
-
 def run_main():
   """Runs main; a UserError becomes one line on stderr and exit status 1."""
   define_flags()
-  try:
-    app.run(main, flags_parser=_parse_flags)
-  except UserError as e:
-    if _verbose():
-      raise
-    sys.stderr.write("error: %s\n" % e)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    sys.stderr.write("interrupted\n")
-    sys.exit(130)
+  cli.run(main)
 
 
 if __name__ == "__main__":
