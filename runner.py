@@ -94,7 +94,7 @@ def _is_remote(path):
   return "://" in str(path)
 
 
-def check_output_dir(cfg, bert_config):
+def check_output_dir(cfg, identity):
   """Checks that output_dir can be written and fits this configuration.
 
   Writes nothing (a probe file is created and removed at once): the
@@ -140,7 +140,7 @@ def check_output_dir(cfg, bert_config):
   except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
     raise UserError("--output_dir=%s: cannot read %s: %s"
                     % (out, previous_path, e)) from None
-  differences = _differences(recorded, run_identity(cfg, bert_config))
+  differences = _differences(recorded, identity)
   if differences:
     raise UserError(
         "--output_dir=%s holds checkpoints (%s) of a different configuration "
@@ -201,7 +201,7 @@ def init_checkpoint_fingerprint(path):
                     % (path, path, getattr(e, "message", None) or e)) from None
 
 
-def write_run_files(cfg, bert_config, adapter_config):
+def write_run_files(cfg, bert_config, adapter_config, identity):
   """The configs used, for the record and for resume checks."""
   out = cfg.output_dir
   atomic_write_text(os.path.join(out, "bert_config.json"),
@@ -209,7 +209,7 @@ def write_run_files(cfg, bert_config, adapter_config):
   atomic_write_text(os.path.join(out, "adapter_config.json"),
                     adapter_config.to_json_string())
   record = {"flags": json.loads(cfg.to_json_string()),
-            "identity": run_identity(cfg, bert_config)}
+            "identity": identity}
   atomic_write_text(os.path.join(out, RUN_CONFIG_FILE),
                     json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -234,7 +234,8 @@ def run(cfg):
   check_inputs(cfg, bert_config)
   adapter_config = resolve_adapter_config(cfg)
   cfg = dataclasses.replace(cfg, adapter_size=adapter_config.size)
-  check_output_dir(cfg, bert_config)
+  identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
+  check_output_dir(cfg, identity)
 
   strategy = distribution.resolve_strategy(
       cfg.distribution, use_tpu=cfg.use_tpu, tpu_name=cfg.tpu_name,
@@ -306,7 +307,7 @@ def run(cfg):
   logging.info("Training %s of %s parameters (%.2f%%), mode %s",
                f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
                cfg.train_mode)
-  write_run_files(cfg, bert_config, adapter_config)
+  write_run_files(cfg, bert_config, adapter_config, identity)
   results = {}
 
   if cfg.do_train:

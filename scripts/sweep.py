@@ -216,22 +216,23 @@ def main_metric(task_name):
   return "eval_" + main, ["eval_" + n for n in names if n != main]
 
 
-def format_number(value):
-  """The shortest %g form of `value` that reads back as the same float."""
-  for digits in range(1, 18):
-    text = "%.*g" % (digits, value)
+def _shortest(value, conversion):
+  """The fewest-digit `conversion` (g or e) form that reads back as `value`."""
+  for digits in range(0, 18):
+    text = ("%%.%d%s" % (digits, conversion)) % value
     if float(text) == value:
       return text
   return repr(value)
+
+
+def format_number(value):
+  """The shortest %g form of `value` that reads back as the same float."""
+  return _shortest(value, "g")
 
 
 def format_learning_rate(value):
   """`value` in the shortest exact exponent form, e.g. 3e-04, 2.5e-05."""
-  for digits in range(0, 17):
-    text = "%.*e" % (digits, value)
-    if float(text) == value:
-      return text
-  return repr(value)
+  return _shortest(value, "e")
 
 
 def run_name(learning_rate, epochs, adapter_size, seed):
