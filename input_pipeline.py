@@ -391,14 +391,14 @@ def build_cache(examples, label_list, is_regression, max_seq_length, tokenizer,
 def default_bucket_boundaries(max_seq_length):
   """Bucket boundaries for length bucketing: few shapes, little padding.
 
-  Multiples of 32 up to 128, then 192, 256, 384, 512, ...; always ending
-  with `max_seq_length`.
+  Multiples of 16 up to 128, of 32 up to 256, of 64 up to 512, ...: 8 shapes
+  per doubling at most; always ending with `max_seq_length`.
   """
-  candidates = [32, 64, 96, 128]
-  width = 128
+  candidates = list(range(16, 129, 16))
+  width, step = 128, 32
   while width < max_seq_length:
-    candidates += [width + width // 2, width * 2]
-    width *= 2
+    candidates += list(range(width + step, 2 * width + 1, step))
+    width, step = 2 * width, 2 * step
   return tuple(b for b in candidates if b < max_seq_length) + (max_seq_length,)
 
 
@@ -470,17 +470,29 @@ def _read_all_records(feature_file):
   return records
 
 
+def _record_lengths(records):
+  """int32 [n]: the token count of each serialized record."""
+  parsed = tf.io.parse_example(records, {
+      "input_ids": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)})
+  return tf.cast(parsed["input_ids"].row_lengths(), tf.int32)
+
+
 def train_dataset(feature_file, batch_size, seed=0, start_step=0,
-                  bucket=None):
+                  bucket=None, group_batches=None):
   """The training input: shuffled each epoch, repeated, batched.
 
   Epoch `e` visits the examples in the order of a stateless permutation
   seeded by `(seed, e)`; the epochs follow one another and are cut into
   batches of `batch_size` (a batch may span two epochs; drop_remainder
-  semantics: every batch is full). The stream depends only on the feature
-  file, `seed` and `batch_size` (not on TensorFlow's global seed), and
-  `start_step=k` yields exactly the batches k, k+1, ... of the stream that
-  starts at 0, without producing the skipped ones.
+  semantics: every batch is full). With `group_batches=k`, each run of k
+  batches of that stream (a window of k * batch_size examples) is sorted by
+  length and cut again into k batches of similar length, which follow in a
+  seeded random order: batches with little padding, every example still
+  seen once per epoch (up to the window that straddles two epochs). The
+  stream depends only on the feature file, `seed`, `batch_size` and
+  `group_batches` (not on TensorFlow's global seed), and `start_step=s`
+  yields exactly the batches s, s+1, ... of the stream that starts at 0,
+  without producing the skipped ones.
 
   Args:
     feature_file: a FeatureFile.
@@ -490,6 +502,8 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
     bucket: None/False, True (default boundaries) or a sequence of bucket
       boundaries: each batch is then trimmed to the smallest boundary that
       covers its longest example.
+    group_batches: None/0/1 (no grouping) or the window k in batches,
+      capped at the batches in one epoch.
 
   Returns:
     An infinite tf.data.Dataset of feature dicts.
@@ -500,7 +514,9 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
   if batch_size < 1 or start_step < 0:
     raise ValueError("batch_size must be positive and start_step >= 0")
   records = _read_all_records(feature_file)  # [n]
-  first_epoch, offset = divmod(int(start_step) * int(batch_size), n)
+  window = max(1, min(int(group_batches or 1), n // batch_size))
+  first_window, skip_batches = divmod(int(start_step), window)
+  first_epoch, offset = divmod(first_window * window * int(batch_size), n)
   seed = int(seed)
 
   def epoch_order(epoch):
@@ -517,7 +533,25 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
                         feature_file.is_regression, boundaries)
 
   dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
-  dataset = dataset.skip(offset).batch(batch_size, drop_remainder=True)
+  dataset = dataset.skip(offset)
+  if window == 1:
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+  else:
+    lengths = _record_lengths(records)  # [n]
+
+    def grouped(window_index, indices):
+      # indices: [window * batch]; stable sort, so ties keep stream order.
+      indices = tf.gather(indices, tf.argsort(tf.gather(lengths, indices),
+                                              stable=True))
+      batches = tf.reshape(indices, [window, batch_size])
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(window), seed=tf.random.experimental.stateless_fold_in(
+              tf.stack([tf.constant(seed, tf.int64), window_index]), 1))
+      return tf.data.Dataset.from_tensor_slices(tf.gather(batches, order))
+
+    dataset = dataset.batch(window * batch_size, drop_remainder=True)
+    dataset = dataset.enumerate(start=first_window).flat_map(grouped)
+    dataset = dataset.skip(skip_batches)
   dataset = dataset.map(to_features, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -670,10 +704,12 @@ class GlueData(object):
       self._feature_files[split] = cached
     return self._feature_files[split]
 
-  def train_dataset(self, batch_size, seed=0, start_step=0, bucket=None):
+  def train_dataset(self, batch_size, seed=0, start_step=0, bucket=None,
+                    group_batches=None):
     """See `train_dataset` (module level); uses the train split."""
     return train_dataset(self.feature_file(glue_processors.TRAIN), batch_size,
-                         seed=seed, start_step=start_step, bucket=bucket)
+                         seed=seed, start_step=start_step, bucket=bucket,
+                         group_batches=group_batches)
 
   def eval_dataset(self, split, batch_size, bucket=None):
     """See `eval_dataset` (module level); for "dev" or "test"."""

@@ -447,13 +447,23 @@ def _hash32(z):
   return _xorshift(z, 16)
 
 
+# Element (..., i, j) of a tensor reads word i * _ROW_STRIDE + j // 2 of its
+# row's stream, so a mask does not depend on how long the last two axes are:
+# a batch trimmed to its longest example drops the same elements as the batch
+# padded to max_seq_length (bucketing changes no number).
+_ROW_STRIDE = 1 << 15
+
+
 def _keep_mask(x, seed, rate):
   """bool [x.shape]: which elements of `x` dropout keeps, a function of seed.
 
-  Row r, element i (of n on the last axis) takes 16 bits of the word
-  hash(hash(j + k1) xor k2), j = r * ceil(n / 2) + i mod ceil(n / 2), with
-  keys k1, k2 hashed from the seed; it is kept when those bits are
-  >= round(rate * 65536), a drop probability within 1e-5 of `rate`.
+  With x of shape [..., m, n], the leading axes flattened to r, element
+  (r, i, j) takes half j mod 2 of the word hash(hash(i * 2^15 + j // 2 +
+  hash(k1 + r)) xor k2), keys k1, k2 hashed from the seed; it is kept when
+  those 16 bits are >= round(rate * 65536), a drop probability within 1e-5
+  of `rate`. The mask of an element depends on its coordinates, not on m or
+  n: trimming the padding off the last two axes leaves the rest of the mask
+  as it was. n <= 65536 and m < 131072.
   """
   seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [2, 2]
   seed = tf.reshape(seed, [4])
@@ -461,18 +471,23 @@ def _keep_mask(x, seed, rate):
                                                  + _hash32(seed[3]))))
   k2 = _hash32(k1 + tf.constant(0x9E3779B9, tf.uint32))
   shape = tf.shape(x)
-  n = shape[-1]
+  if x.shape.rank == 1:
+    shape = tf.concat([[1], shape], axis=0)
+  lead, m, n = shape[:-2], shape[-2], shape[-1]
   words = (n + 1) // 2
-  word_shape = tf.concat([shape[:-1], [words]], axis=0)
-  index = tf.bitcast(tf.reshape(
-      tf.range(tf.reduce_prod(word_shape), dtype=tf.int32), word_shape),
-      tf.uint32)
-  z = _hash32(tf.bitwise.bitwise_xor(_hash32(index + k1), k2))
-  draws = tf.concat(
+  rows = tf.bitcast(tf.range(tf.reduce_prod(lead), dtype=tf.int32), tf.uint32)
+  row_keys = tf.reshape(_hash32(rows + k1),
+                        tf.concat([lead, [1, 1]], axis=0))  # [..., 1, 1]
+  within = (tf.range(m, dtype=tf.int32)[:, tf.newaxis] * _ROW_STRIDE
+            + tf.range(words, dtype=tf.int32)[tf.newaxis, :])  # [m, words]
+  z = _hash32(tf.bitwise.bitwise_xor(
+      _hash32(tf.bitcast(within, tf.uint32) + row_keys), k2))
+  draws = tf.stack(  # Element 2w takes the low half of word w, 2w+1 the high.
       [tf.bitwise.bitwise_and(z, tf.constant(0xFFFF, tf.uint32)),
-       tf.bitwise.right_shift(z, tf.constant(16, tf.uint32))],
-      axis=-1)[..., :n]
-  return draws >= tf.constant(int(round(rate * 65536.0)), tf.uint32)
+       tf.bitwise.right_shift(z, tf.constant(16, tf.uint32))], axis=-1)
+  draws = tf.reshape(draws, tf.concat([lead, [m, 2 * words]], axis=0))
+  keep = draws[..., :n] >= tf.constant(int(round(rate * 65536.0)), tf.uint32)
+  return tf.reshape(keep, tf.shape(x))
 
 
 def _dropout_forward(x, seed, rate):
@@ -497,8 +512,9 @@ def _fused_dropout(x, rate, seed):
 def dropout(x, rate, training, seed=None):
   """Inverted dropout; stateless (reproducible) when `seed` is given.
 
-  With a seed the mask is a pure function of the seed and the shape, the
-  same with or without XLA (see `_keep_mask`); without one, tf.nn.dropout.
+  With a seed the mask is a pure function of the seed and each element's
+  coordinates, the same with or without XLA (see `_keep_mask`); without one,
+  tf.nn.dropout.
 
   Args:
     x: tensor.
@@ -516,6 +532,19 @@ def dropout(x, rate, training, seed=None):
   if not fused_kernels_enabled():
     return _dropout_forward(x, seed, rate)
   return _fused_dropout(x, rate, seed)
+
+
+def _token_dropout(x, rate, training, seed, batch, seq):
+  """`dropout` of [batch * seq, H] token rows, masked as [batch, seq, H].
+
+  Seen as [batch, seq, H], a token's mask depends on (example, position),
+  not on the padded width `seq` (see `_keep_mask`).
+  """
+  if not training or not rate:
+    return x
+  hidden = tf.shape(x)[-1]
+  x = dropout(tf.reshape(x, [batch, seq, hidden]), rate, training, seed)
+  return tf.reshape(x, [batch * seq, hidden])
 
 
 def _attention_scores(q, k, mask_adder, scale):
@@ -749,8 +778,8 @@ class TransformerBlock(keras.layers.Layer):
     attention = self.attention(x, mask_adder, batch, seq, training=training,
                                seed=_fold_seed(seed, 0))
     attention = _dense(self.attention_output_dense, attention)
-    attention = dropout(attention, c.hidden_dropout_prob, training,
-                        _fold_seed(seed, 1))
+    attention = _token_dropout(attention, c.hidden_dropout_prob, training,
+                               _fold_seed(seed, 1), batch, seq)
     attention = self.adapter_hook("attention_output", attention)
     attention = self.attention_layer_norm(attention, residual=x)
     attention = tf.cast(attention, self.compute_dtype)
@@ -761,8 +790,8 @@ class TransformerBlock(keras.layers.Layer):
     else:
       intermediate = self.intermediate_act(intermediate)
     output = _dense(self.output_dense, intermediate)
-    output = dropout(output, c.hidden_dropout_prob, training,
-                     _fold_seed(seed, 2))
+    output = _token_dropout(output, c.hidden_dropout_prob, training,
+                            _fold_seed(seed, 2), batch, seq)
     output = self.adapter_hook("ffn_output", output)
     output = self.output_layer_norm(output, residual=attention)
     return tf.cast(output, self.compute_dtype)  # [batch * seq, H]

@@ -119,8 +119,15 @@ flags.DEFINE_enum("distribution", "auto", list(run_config.DISTRIBUTIONS),
                   "tf.distribute strategy: auto picks tpu with --use_tpu, "
                   "mirrored with several GPUs, else one device.")
 flags.DEFINE_bool("bucket_by_length", True,
-                  "On CPU/GPU, batch examples of similar length and trim the "
-                  "padding (few distinct shapes). Ignored on TPU.")
+                  "On CPU/GPU, trim each batch's padding to the smallest of "
+                  "a few bucket widths that holds its longest example. "
+                  "Changes no number (dropout masks are keyed by position). "
+                  "Ignored on TPU.")
+flags.DEFINE_bool("group_by_length", True,
+                  "Train on batches of similar length: each window of %d "
+                  "shuffled batches is sorted by length, cut into batches "
+                  "and shuffled again. The same batches on every device."
+                  % run_config.GROUP_WINDOW_BATCHES)
 flags.DEFINE_integer("log_steps", 50,
                      "On CPU/GPU, at most this many steps between progress "
                      "lines (on TPU, iterations_per_loop).")

@@ -12,6 +12,8 @@ from errors import UserError
 
 MIXED_PRECISION = ("none", "bfloat16", "float16")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# --group_by_length: training batches are formed within windows of this many.
+GROUP_WINDOW_BATCHES = 32
 TRAIN_MODES = ("adapters", "full", "head")
 
 
@@ -56,6 +58,7 @@ class RunConfig:
   jit_compile: bool = True
   distribution: str = "auto"
   bucket_by_length: bool = True
+  group_by_length: bool = True
   deterministic: bool = False
   tfds_data_dir: str = None
 

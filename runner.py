@@ -26,6 +26,7 @@ import glue_processors
 import input_pipeline
 import modeling
 import optimization
+import run_config
 import summaries
 import tokenization
 import training
@@ -319,7 +320,9 @@ def run(cfg):
     def make_dataset(start_step):
       return data.train_dataset(
           batch_size=cfg.train_batch_size, seed=cfg.seed,
-          start_step=start_step, bucket=bucket)
+          start_step=start_step, bucket=bucket,
+          group_batches=(run_config.GROUP_WINDOW_BATCHES
+                         if cfg.group_by_length else None))
 
     t0 = time.time()
     train_result = trainer.train(

@@ -17,8 +17,9 @@ One command, progress on stderr, a JSON file and a Markdown table out:
      run is its own process), and the resident memory after each of several
      epochs of a training + eval loop (growth from epoch to epoch);
   6. mrpc: MRPC training steps on the real data with fixed padding to 128
-     and with length-bucketed batches (the same examples in the same order):
-     wall time, examples/s and the time of one epoch;
+     and trimmed to length buckets, the same length-grouped batches (see
+     run_classifier's --group_by_length): wall time, examples/s and the time
+     of one epoch, shape compiles included after the first step;
   7. tokenization: scripts/benchmark_tokenization.py's figures.
 
 Each measurement of sections 2-6 runs in a fresh process (the script calls
@@ -92,7 +93,7 @@ def _parse_flags(argv):
   parser.add_argument("--memory_epochs", type=int, default=4,
                       help="Epochs of the memory-growth run (MiniLM).")
   parser.add_argument("--memory_steps_per_epoch", type=int, default=3)
-  parser.add_argument("--mrpc_steps", type=int, default=30,
+  parser.add_argument("--mrpc_steps", type=int, default=0,
                       help="Timed MRPC steps per variant; 0 = one whole "
                       "epoch (num_examples // batch_size steps).")
   parser.add_argument("--glue_dir", default=os.path.join(_SHARED,
@@ -364,6 +365,7 @@ def worker_mrpc(args):
   """MRPC training steps with fixed padding, then with length buckets."""
   import tensorflow as tf
   import input_pipeline
+  import run_config
   label, config = load_config(args["config"])
   batch, seq = args["batch_size"], args["max_seq_length"]
   result = {"config": label, "mode": "adapters", "batch_size": batch,
@@ -383,7 +385,11 @@ def worker_mrpc(args):
     progress("mrpc: %d examples, %d steps an epoch, timing %d" % (
         num_examples, epoch_steps, steps))
     for name, bucket in (("fixed", False), ("bucketed", True)):
-      dataset = data.train_dataset(batch, seed=0, bucket=bucket)
+      # The same length-grouped batches (run_classifier's default stream);
+      # "fixed" pads each to max_seq_length, "bucketed" trims it.
+      dataset = data.train_dataset(
+          batch, seed=0, bucket=bucket,
+          group_batches=run_config.GROUP_WINDOW_BATCHES)
       # The input pipeline alone: batches per second.
       start = time.perf_counter()
       widths = [int(f["input_ids"].shape[1])

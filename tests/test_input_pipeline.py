@@ -325,6 +325,59 @@ def test_train_bucketing_trims_the_same_batches(eval_file_408):
   assert widths <= {16, 32, 48, 64}
 
 
+@pytest.mark.parametrize("batch_size,window", [(24, 4), (50, 3)])
+def test_train_grouping_by_length(eval_file_408, batch_size, window):
+  def stream(start=0, count=30, seed=7):
+    return first_batches(input_pipeline.train_dataset(
+        eval_file_408, batch_size, seed=seed, start_step=start,
+        group_batches=window), count)
+
+  plain = first_batches(input_pipeline.train_dataset(
+      eval_file_408, batch_size, seed=7), 30)
+  grouped = stream()
+  # Seeded and resumable at any step, windows straddling epochs included.
+  for a, b in zip(grouped, stream()):
+    np.testing.assert_array_equal(a["example_index"], b["example_index"])
+  for start in (1, window, window + 1, 17, 29):
+    resumed = stream(start, 30 - start)
+    assert len(resumed) == 30 - start
+    for a, b in zip(grouped[start:], resumed):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+  lengths = {}
+  for batch in plain:
+    for i, m in zip(batch["example_index"], batch["input_mask"]):
+      lengths[int(i)] = int(m.sum())
+  for w in range(30 // window):
+    chunk = slice(w * window, (w + 1) * window)
+    ours = [b["example_index"] for b in grouped[chunk]]
+    theirs = np.concatenate([b["example_index"] for b in plain[chunk]])
+    # The same examples as the plain stream's window, ...
+    np.testing.assert_array_equal(np.sort(np.concatenate(ours)),
+                                  np.sort(theirs))
+    # ... cut into batches of consecutive lengths (a sorted partition), ...
+    spans = sorted((min(lengths[int(i)] for i in b),
+                    max(lengths[int(i)] for i in b)) for b in ours)
+    for (_, high), (low, _) in zip(spans, spans[1:]):
+      assert high <= low
+  # ... in a shuffled order (not shortest first in every window).
+  shortest = [min(lengths[int(i)] for i in b["example_index"])
+              for b in grouped]
+  assert any(shortest[w * window:(w + 1) * window]
+             != sorted(shortest[w * window:(w + 1) * window])
+             for w in range(30 // window))
+  # The rows match the record they name, and grouping cuts the padding.
+  for batch in grouped:
+    np.testing.assert_array_equal(
+        batch["input_mask"].sum(axis=1),
+        [lengths[int(i)] for i in batch["example_index"]])
+  longest = lambda batches: np.mean([b["input_mask"].sum(axis=1).max()
+                                     for b in batches])
+  assert longest(grouped) < longest(plain)
+  other = stream(seed=8, count=1)[0]["example_index"]
+  assert (other != grouped[0]["example_index"]).any()
+
+
 def test_num_train_steps():
   assert input_pipeline.num_train_steps(3668, 32, 3.0) == 343
   assert input_pipeline.num_train_steps(10, 4, 1) == 2

@@ -150,6 +150,66 @@ def test_padding_does_not_change_real_positions():
   np.testing.assert_allclose(short, long, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_step_does_not_depend_on_padding(fused):
+  # Dropout masks are keyed by (example, head, position, feature), so a batch
+  # trimmed to its longest example trains exactly as the one padded to the
+  # maximum: same loss, same gradients (length bucketing changes no number).
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  randomize(model, seed=4)
+  modeling.set_train_mode(model, "adapters")
+  ids, mask, segs = mixed_batch(cfg, [7, 4, 2], seq=7)
+  labels = tf.constant([0, 1, 1])
+  seed = tf.constant([11, 5], tf.int64)
+
+  def loss_and_grads(ids, mask, segs):
+    with modeling.fused_kernels(fused), tf.GradientTape() as tape:
+      logits = model(features(ids, mask, segs), training=True,
+                     dropout_seed=seed)
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels, logits))
+    return loss.numpy(), [g.numpy() for g in
+                          tape.gradient(loss, model.trainable_variables)]
+
+  pad = lambda a: np.pad(a, ((0, 0), (0, 9)))
+  short_loss, short_grads = loss_and_grads(ids, mask, segs)
+  long_loss, long_grads = loss_and_grads(pad(ids), pad(mask), pad(segs))
+  np.testing.assert_allclose(short_loss, long_loss, rtol=1e-6)
+  for a, b in zip(short_grads, long_grads):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  # A different seed gives a different loss: dropout is on.
+  with modeling.fused_kernels(fused):
+    other = model(features(ids, mask, segs), training=True,
+                  dropout_seed=tf.constant([11, 6], tf.int64)).numpy()
+    same = model(features(ids, mask, segs), training=True,
+                 dropout_seed=seed).numpy()
+  assert np.max(np.abs(other - same)) > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 40, 40), (6, 40, 9), (40, 7), (41,)])
+def test_dropout_mask_keyed_by_coordinates(shape):
+  seed = tf.constant([1, 2], tf.int64)
+  keep = modeling._keep_mask(tf.zeros(shape), seed, 0.1).numpy()
+  assert keep.shape == shape
+  # About 10% dropped (binomial: n >= 287, 6 sigma).
+  n = keep.size
+  assert abs((1.0 - keep.mean()) - 0.1) <= 6 * math.sqrt(0.09 / n) + 1e-9
+  if len(shape) >= 2:
+    # The mask of the first rows/columns does not depend on the padded length
+    # of the last two axes.
+    trimmed = shape[:-2] + (shape[-2] - 3, shape[-1] - 5)
+    small = modeling._keep_mask(tf.zeros(trimmed), seed, 0.1).numpy()
+    np.testing.assert_array_equal(
+        small, keep[..., :trimmed[-2], :trimmed[-1]])
+  # Same under XLA; another seed gives another mask.
+  xla = tf.function(modeling._keep_mask, jit_compile=True)
+  np.testing.assert_array_equal(xla(tf.zeros(shape), seed, 0.1).numpy(), keep)
+  other = modeling._keep_mask(tf.zeros(shape), tf.constant([1, 3], tf.int64),
+                              0.1).numpy()
+  assert (other != keep).mean() > 0.1
+
+
 @pytest.mark.parametrize("act", ["gelu", "gelu_exact", "relu", "tanh", "linear"])
 def test_activations(act):
   x = tf.constant([-3.0, -0.5, 0.0, 0.7, 2.5])
