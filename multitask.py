@@ -13,7 +13,8 @@ once and one `TaskBranch` per task, so that
     (one graph): the embedding lookup is done once; then, with
     `stack_tasks=True` (the default), the task-stacked batch
     [tasks * batch * seq, H] goes through each shared dense layer in one
-    matmul and each task's adapters and LayerNorms work on its slice, or,
+    matmul and each task's adapters and LayerNorms work on its slice (by
+    broadcasting and batched products, without splitting the batch), or,
     with `stack_tasks=False`, each task's blocks run side by side.
 
 Every task's hidden states differ from its first LayerNorm on, so the
@@ -342,15 +343,22 @@ class MultiTaskModel(tf.Module):
     return pooled
 
   def _encode_group(self, branches, summed, mask_adder, batch, seq):
-    """The encoder and pooler for tasks stacked along the batch axis."""
+    """The encoder and pooler for tasks stacked along the batch axis.
+
+    Hidden states are [tasks, batch * seq, H] (task-major): the shared dense
+    layers see them as one [tasks * batch * seq, H] matrix, and each task's
+    LayerNorms and adapters are applied to its slice by broadcasting its
+    parameters ([tasks, 1, H]) and batched products, without splitting and
+    re-joining the hidden states.
+    """
     base = self.bert
     num_tasks = len(branches)
     hidden = self.config.hidden_size
     rows = batch * num_tasks  # The task-stacked batch: task-major.
     dtype = base.compute_dtype
-    x = _stack([tf.cast(b.embeddings_layer_norm(summed), dtype)
-                for b in branches])  # [tasks * batch, seq, H]
-    x = tf.reshape(x, [rows * seq, hidden])  # [tasks * batch * seq, H]
+    summed = tf.reshape(summed, [1, batch * seq, hidden])
+    x = _task_layer_norm([b.embeddings_layer_norm for b in branches], summed,
+                         None, dtype)  # [tasks, batch * seq, H]
     if num_tasks > 1:
       mask_adder = tf.tile(mask_adder, [num_tasks, 1, 1, 1])
     for i, shared in enumerate(base.blocks):
@@ -360,25 +368,32 @@ class MultiTaskModel(tf.Module):
     return _unstack(pooled, num_tasks)
 
   def _block(self, index, shared, branches, x, mask_adder, rows, seq):
-    """TransformerBlock.call with shared dense layers, per-task the rest."""
-    # x: [tasks * batch * seq, H]
+    """TransformerBlock.call (inference) with shared dense layers."""
+    # x: [tasks, batch * seq, H]
     dtype = shared.compute_dtype
+    hidden = self.config.hidden_size
     n = len(branches)
-    attention = shared.attention(x, mask_adder, rows, seq)
-    attention = shared.attention_output_dense(attention)
-    parts = zip(branches, _unstack(attention, n), _unstack(x, n))
-    attention = _stack([
-        tf.cast(b.attention_layer_norms[index](
-            b.adapter_hook(index, "attention_output", a) + r), dtype)
-        for b, a, r in parts])
+    # pylint: disable=protected-access
+    flat = tf.reshape(x, [-1, hidden])  # [tasks * batch * seq, H]
+    attention = shared.attention(flat, mask_adder, rows, seq)
+    attention = modeling._dense(shared.attention_output_dense, attention)
+    attention = _task_adapters(branches, index, "attention_output",
+                               tf.reshape(attention, [n, -1, hidden]))
+    attention = _task_layer_norm(
+        [b.attention_layer_norms[index] for b in branches], attention, x,
+        dtype)  # [tasks, batch * seq, H]
 
-    intermediate = shared.intermediate_act(shared.intermediate_dense(attention))
-    output = shared.output_dense(intermediate)
-    parts = zip(branches, _unstack(output, n), _unstack(attention, n))
-    return _stack([
-        tf.cast(b.output_layer_norms[index](
-            b.adapter_hook(index, "ffn_output", o) + r), dtype)
-        for b, o, r in parts])
+    intermediate = modeling._dense(shared.intermediate_dense,
+                                   tf.reshape(attention, [-1, hidden]))
+    if shared._fast_gelu:
+      intermediate = modeling.gelu(intermediate, training=False)
+    else:
+      intermediate = shared.intermediate_act(intermediate)
+    output = modeling._dense(shared.output_dense, intermediate)
+    output = _task_adapters(branches, index, "ffn_output",
+                            tf.reshape(output, [n, -1, hidden]))
+    return _task_layer_norm([b.output_layer_norms[index] for b in branches],
+                            output, attention, dtype)
 
   def _logits(self, branches, features, stack_tasks=None):
     if stack_tasks is None:
@@ -460,14 +475,68 @@ def _model_inputs(features):
   return {k: tf.cast(features[k], tf.int32) for k in _INPUT_NAMES}
 
 
-def _stack(parts):
-  """Concatenates per-task tensors along the first axis (task-major)."""
-  return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
-
-
 def _unstack(value, num_tasks):
   """Splits a task-stacked tensor into its per-task slices."""
   return [value] if num_tasks == 1 else tf.split(value, num_tasks, axis=0)
+
+
+def _task_layer_norm(layers, x, residual, dtype):
+  """Each task's LayerNorm(x + residual) on its slice of the stacked axis.
+
+  Args:
+    layers: one modeling.LayerNorm per task.
+    x: [tasks or 1, rows, H] (a leading 1 broadcasts over the tasks).
+    residual: None or [tasks, rows, H].
+    dtype: the output dtype.
+
+  Returns:
+    [tasks, rows, H].
+  """
+  # pylint: disable=protected-access
+  gamma = tf.stack([tf.convert_to_tensor(l.gamma) for l in layers])[
+      :, tf.newaxis, :]  # [tasks, 1, H]
+  beta = tf.stack([tf.convert_to_tensor(l.beta) for l in layers])[
+      :, tf.newaxis, :]
+  forward = (modeling._ln_forward_xla if modeling.fused_kernels_enabled()
+             else modeling._ln_forward)
+  output, _, _ = forward(x, residual, gamma, beta, layers[0].epsilon)
+  return tf.cast(output, dtype)
+
+
+def _task_adapters(branches, index, location, x):
+  """Each task's adapter at (layer `index`, `location`) on its slice.
+
+  Bottleneck adapters of one size and activation (the usual case) run as
+  two batched products over the tasks; anything else runs task by task.
+
+  Args:
+    branches: the TaskBranches, in stacking order.
+    index: layer index.
+    location: adapter location ("attention_output", "ffn_output").
+    x: [tasks, rows, H].
+
+  Returns:
+    [tasks, rows, H].
+  """
+  layers = [b.block_adapters[index].get(location) for b in branches]
+  if all(l is None for l in layers):
+    return x
+  uniform = all(type(l) is adapters_lib.BottleneckAdapter for l in layers) and (
+      len({(l.adapter_size, l.activation) for l in layers}) == 1)
+  if not uniform:
+    return tf.stack([b.adapter_hook(index, location, part) for b, part in
+                     zip(branches, tf.unstack(x, len(branches)))])
+  dtype = x.dtype
+
+  def stacked(name):
+    return tf.stack([tf.cast(getattr(l, name), dtype) for l in layers])
+
+  h = tf.matmul(x, stacked("weights1")) + stacked("biases1")  # [tasks, rows, m]
+  if layers[0].activation == "gelu":
+    h = modeling.gelu(h, training=False)
+  else:
+    h = layers[0]._act(h)  # pylint: disable=protected-access
+  return tf.matmul(h, stacked("weights2")) + stacked("biases2") + x
 
 
 def _checkpoint_fingerprint(reader, view, names):
