@@ -532,10 +532,7 @@ def _task_adapters(branches, index, location, x):
     return tf.stack([tf.cast(getattr(l, name), dtype) for l in layers])
 
   h = tf.matmul(x, stacked("weights1")) + stacked("biases1")  # [tasks, rows, m]
-  if layers[0].activation == "gelu":
-    h = modeling.gelu(h, training=False)
-  else:
-    h = layers[0]._act(h)  # pylint: disable=protected-access
+  h = layers[0]._act(h)  # pylint: disable=protected-access
   return tf.matmul(h, stacked("weights2")) + stacked("biases2") + x
 
 
