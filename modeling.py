@@ -767,6 +767,13 @@ class TransformerBlock(keras.layers.Layer):
     self.output_dense.build((None, c.intermediate_size))
     self.output_layer_norm.build((None, h))
 
+  def intermediate(self, x, training=False):
+    """The intermediate dense layer and its activation: [rows, H] -> [rows, I]."""
+    intermediate = _dense(self.intermediate_dense, x)
+    if self._fast_gelu:
+      return gelu(intermediate, training=training)
+    return self.intermediate_act(intermediate)
+
   def adapter_hook(self, location, x):
     """Applies the adapter at `location` if there is one (identity otherwise)."""
     layer = self.adapters.get(location)
@@ -784,11 +791,7 @@ class TransformerBlock(keras.layers.Layer):
     attention = self.attention_layer_norm(attention, residual=x)
     attention = tf.cast(attention, self.compute_dtype)
 
-    intermediate = _dense(self.intermediate_dense, attention)
-    if self._fast_gelu:
-      intermediate = gelu(intermediate, training=training)
-    else:
-      intermediate = self.intermediate_act(intermediate)
+    intermediate = self.intermediate(attention, training=training)
     output = _dense(self.output_dense, intermediate)
     output = _token_dropout(output, c.hidden_dropout_prob, training,
                             _fold_seed(seed, 2), batch, seq)

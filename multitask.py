@@ -383,12 +383,7 @@ class MultiTaskModel(tf.Module):
         [b.attention_layer_norms[index] for b in branches], attention, x,
         dtype)  # [tasks, batch * seq, H]
 
-    intermediate = modeling._dense(shared.intermediate_dense,
-                                   tf.reshape(attention, [-1, hidden]))
-    if shared._fast_gelu:
-      intermediate = modeling.gelu(intermediate, training=False)
-    else:
-      intermediate = shared.intermediate_act(intermediate)
+    intermediate = shared.intermediate(tf.reshape(attention, [-1, hidden]))
     output = modeling._dense(shared.output_dense, intermediate)
     output = _task_adapters(branches, index, "ffn_output",
                             tf.reshape(output, [n, -1, hidden]))

@@ -112,6 +112,28 @@ def test_predict_all_equals_each_task_alone(setup):
                              models["MRPC"](features).numpy(), atol=1e-5)
 
 
+def test_adapters_of_one_size_run_as_batched_products(setup, monkeypatch):
+  # MRPC and RTE both have size-4 adapters at both locations: predict_all
+  # runs them as batched products over the tasks, never task by task.
+  rte_dir = str(setup["tmp"] / "rte")
+  rte = train_task(setup["config"], setup["base"], "rte", 4, "adapters",
+                   rte_dir, seed=20)
+  mt = multitask.build_from_adapter_dirs(setup["config"], setup["base"],
+                                         [setup["dirs"][0], rte_dir])
+
+  def task_by_task(*args):
+    raise AssertionError("adapters ran task by task")
+
+  monkeypatch.setattr(multitask.TaskBranch, "adapter_hook", task_by_task)
+  features = random_features(4, 9, 2)
+  logits = mt.logits_all(features)
+  np.testing.assert_allclose(logits["MRPC"].numpy(),
+                             setup["models"]["MRPC"](features).numpy(),
+                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose(logits["RTE"].numpy(), rte(features).numpy(),
+                             rtol=0, atol=1e-5)
+
+
 def test_the_base_is_held_once(setup):
   mt = setup["mt"]
   views = [checkpoint_io.checkpoint_name_map(mt.task_view(b))
