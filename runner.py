@@ -246,8 +246,6 @@ def run(cfg):
   for flag in ("train_batch_size", "eval_batch_size", "predict_batch_size"):
     distribution.per_replica_batch_size(getattr(cfg, flag), replicas,
                                         "--" + flag)
-  is_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-  bucket = cfg.bucket_by_length and not is_tpu
 
   keras.utils.set_random_seed(cfg.seed)
   if cfg.deterministic:
@@ -320,7 +318,7 @@ def run(cfg):
     def make_dataset(start_step):
       return data.train_dataset(
           batch_size=cfg.train_batch_size, seed=cfg.seed,
-          start_step=start_step, bucket=bucket,
+          start_step=start_step, bucket=_bucket(cfg, strategy),
           group_batches=(run_config.GROUP_WINDOW_BATCHES
                          if cfg.group_by_length else None))
 
@@ -347,11 +345,16 @@ def run(cfg):
   return results
 
 
+def _bucket(cfg, strategy):
+  """Whether batches are trimmed to length buckets (not on TPU: fixed shapes)."""
+  return cfg.bucket_by_length and not isinstance(strategy,
+                                                 tf.distribute.TPUStrategy)
+
+
 def evaluate(cfg, data, trainer, processor):
   """Evaluates on the dev set; writes and prints eval_results.txt."""
   dataset = data.eval_dataset("dev", batch_size=cfg.eval_batch_size,
-                              bucket=cfg.bucket_by_length and not isinstance(
-                                  trainer.strategy, tf.distribute.TPUStrategy))
+                              bucket=_bucket(cfg, trainer.strategy))
   out = trainer.predict(dataset)
   out = _in_example_order(out)
   real = out["is_real_example"].astype(bool)
@@ -388,8 +391,7 @@ def evaluate(cfg, data, trainer, processor):
 def predict(cfg, data, trainer, processor):
   """Predicts the test set; writes test_results.tsv and the GLUE file."""
   dataset = data.eval_dataset("test", batch_size=cfg.predict_batch_size,
-                              bucket=cfg.bucket_by_length and not isinstance(
-                                  trainer.strategy, tf.distribute.TPUStrategy))
+                              bucket=_bucket(cfg, trainer.strategy))
   out = _in_example_order(trainer.predict(dataset))
   real = out["is_real_example"].astype(bool)
   logits = out["logits"][real]
