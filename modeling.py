@@ -183,10 +183,37 @@ def _initializer(config):
 
 
 def _fold_seed(seed, salt):
-  """Derives an independent stateless seed for one dropout site."""
+  """Derives an independent stateless seed for one dropout site.
+
+  `seed` is an int [2] stateless seed, or int [3]: the seed and the index of
+  the first example of this batch in the whole batch (see
+  `dropout_seed_for_slice`); the index is carried along unchanged.
+  """
   if seed is None:
     return None
-  return tf.random.experimental.stateless_fold_in(seed, salt)
+  folded = tf.random.experimental.stateless_fold_in(seed[:2], salt)
+  if seed.shape[0] == 3:
+    return tf.concat([folded, tf.cast(seed[2:], folded.dtype)], axis=0)
+  return folded
+
+
+def dropout_seed_for_slice(seed, first_example):
+  """The dropout seed of a slice of a batch that starts at `first_example`.
+
+  A model called on examples [a, b) of a batch with this seed draws the same
+  dropout masks for them as the call on the whole batch with `seed`: a
+  batch can be run in micro-batches without changing a number.
+
+  Args:
+    seed: int [2] stateless seed of the whole batch.
+    first_example: int scalar, index of the slice's first example.
+
+  Returns:
+    int64 [3].
+  """
+  seed = tf.cast(seed, tf.int64)
+  return tf.concat([seed[:2], tf.reshape(tf.cast(first_example, tf.int64),
+                                         [1])], axis=0)
 
 
 # ---------------------------------------------------------------------------
@@ -428,11 +455,12 @@ def _layer_norm(name):
 
 
 # Dropout masks come from a counter-based generator: a keyed integer hash of
-# each element's position. 32-bit integer ops only, so XLA vectorizes it on
+# each element's coordinates. 32-bit integer ops only, so XLA vectorizes it on
 # CPU (TensorFlow's Philox kernel measured 4x slower, XLA:CPU's Philox ~80x)
 # and the mask is the same with or without XLA, on any device.
 _MIX_1 = 0x7FEB352D  # "lowbias32" multipliers (C. Wellons, hash-prospector).
 _MIX_2 = 0x846CA68B
+_GOLDEN = 0x9E3779B9
 
 
 def _xorshift(z, bits):
@@ -447,47 +475,71 @@ def _hash32(z):
   return _xorshift(z, 16)
 
 
-# Element (..., i, j) of a tensor reads word i * _ROW_STRIDE + j // 2 of its
-# row's stream, so a mask does not depend on how long the last two axes are:
-# a batch trimmed to its longest example drops the same elements as the batch
-# padded to max_seq_length (bucketing changes no number).
+# Element (..., i, j) of a row hashes the counter i * _ROW_STRIDE + j, so a
+# mask does not depend on how long the last two axes are: a batch trimmed to
+# its longest example drops the same elements as the batch padded to
+# max_seq_length (bucketing changes no number).
 _ROW_STRIDE = 1 << 15
 
 
 def _keep_mask(x, seed, rate):
   """bool [x.shape]: which elements of `x` dropout keeps, a function of seed.
 
-  With x of shape [..., m, n], the leading axes flattened to r, element
-  (r, i, j) takes half j mod 2 of the word hash(hash(i * 2^15 + j // 2 +
-  hash(k1 + r)) xor k2), keys k1, k2 hashed from the seed; it is kept when
-  those 16 bits are >= round(rate * 65536), a drop probability within 1e-5
-  of `rate`. The mask of an element depends on its coordinates, not on m or
-  n: trimming the padding off the last two axes leaves the rest of the mask
-  as it was. n <= 65536 and m < 131072.
+  The first axis of x is the example axis. With x of shape [..., m, n] and
+  its leading axes flattened to r (x of rank 2 is [m = examples, n]),
+  element (r, i, j) hashes the counter c = i * 2^15 + j with two keys of its
+  row, a_r and b_r: z = hash(hash(c + a_r) xor b_r), and is kept when
+  z >= round(rate * 2^32). The row keys are hashes of the global row index
+  (the example index plus the offset in seed[2], if given) and the seed.
+  The second key makes the streams of two rows unrelated even where their
+  counters collide after the first key.
+
+  The mask of an element depends on its coordinates only, not on m or n
+  (trimming the padding off the last two axes leaves the rest of the mask
+  as it was) nor on which examples share the batch (a micro-batch with its
+  offset draws what the whole batch draws for it). n <= 32768, m < 131072.
+
+  Args:
+    x: tensor of rank >= 1.
+    seed: int [2] stateless seed, or [3] with the index of x's first example
+      in its whole batch (`dropout_seed_for_slice`).
+    rate: python float in [0, 1).
   """
-  seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [2, 2]
-  seed = tf.reshape(seed, [4])
-  k1 = _hash32(seed[0] + _hash32(seed[1] + _hash32(seed[2]
-                                                 + _hash32(seed[3]))))
-  k2 = _hash32(k1 + tf.constant(0x9E3779B9, tf.uint32))
+  seed = tf.cast(seed, tf.int64)
+  offset = (tf.bitcast(tf.cast(seed[2], tf.int32), tf.uint32)
+            if seed.shape[0] == 3 else tf.constant(0, tf.uint32))
+  words = tf.reshape(tf.bitcast(seed[:2], tf.uint32), [4])
+  k1 = _hash32(words[0] + _hash32(words[1] + _hash32(words[2]
+                                                   + _hash32(words[3]))))
+  k2 = _hash32(k1 + tf.constant(_GOLDEN, tf.uint32))
   shape = tf.shape(x)
-  if x.shape.rank == 1:
-    shape = tf.concat([[1], shape], axis=0)
-  lead, m, n = shape[:-2], shape[-2], shape[-1]
-  words = (n + 1) // 2
-  rows = tf.bitcast(tf.range(tf.reduce_prod(lead), dtype=tf.int32), tf.uint32)
-  row_keys = tf.reshape(_hash32(rows + k1),
-                        tf.concat([lead, [1, 1]], axis=0))  # [..., 1, 1]
-  within = (tf.range(m, dtype=tf.int32)[:, tf.newaxis] * _ROW_STRIDE
-            + tf.range(words, dtype=tf.int32)[tf.newaxis, :])  # [m, words]
-  z = _hash32(tf.bitwise.bitwise_xor(
-      _hash32(tf.bitcast(within, tf.uint32) + row_keys), k2))
-  draws = tf.stack(  # Element 2w takes the low half of word w, 2w+1 the high.
-      [tf.bitwise.bitwise_and(z, tf.constant(0xFFFF, tf.uint32)),
-       tf.bitwise.right_shift(z, tf.constant(16, tf.uint32))], axis=-1)
-  draws = tf.reshape(draws, tf.concat([lead, [m, 2 * words]], axis=0))
-  keep = draws[..., :n] >= tf.constant(int(round(rate * 65536.0)), tf.uint32)
-  return tf.reshape(keep, tf.shape(x))
+  rank = x.shape.rank
+  if rank == 1:
+    shape3 = tf.concat([[1, 1], shape], axis=0)
+  elif rank == 2:
+    shape3 = tf.concat([[1], shape], axis=0)
+  else:
+    shape3 = shape
+  lead, m, n = shape3[:-2], shape3[-2], shape3[-1]
+  rows = tf.range(tf.reduce_prod(lead), dtype=tf.int32)
+  first = tf.range(m, dtype=tf.int32)
+  if rank >= 3:  # Rows of one example are consecutive.
+    rows_per_example = tf.cast(tf.reduce_prod(lead[1:]), tf.uint32)
+    rows = tf.bitcast(rows, tf.uint32) + offset * rows_per_example
+    first = tf.bitcast(first, tf.uint32)
+  else:  # The example axis is m.
+    rows = tf.bitcast(rows, tf.uint32)
+    first = tf.bitcast(first, tf.uint32) + offset
+  a = _hash32(rows + k1)
+  b = _hash32(a + k2)
+  row_shape = tf.concat([lead, [1, 1]], axis=0)
+  a, b = tf.reshape(a, row_shape), tf.reshape(b, row_shape)  # [..., 1, 1]
+  counter = (first[:, tf.newaxis] * tf.constant(_ROW_STRIDE, tf.uint32)
+             + tf.bitcast(tf.range(n, dtype=tf.int32), tf.uint32)[tf.newaxis])
+  z = _hash32(tf.bitwise.bitwise_xor(_hash32(counter + a), b))  # [..., m, n]
+  threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
+  keep = z >= tf.constant(threshold, tf.uint32)
+  return tf.reshape(keep, shape)
 
 
 def _dropout_forward(x, seed, rate):
@@ -496,7 +548,27 @@ def _dropout_forward(x, seed, rate):
                   tf.zeros_like(x))
 
 
-_dropout_xla = _xla_kernel(_dropout_forward)
+_dropout_kernels = {}
+
+
+def _dropout_xla(x, seed, rate):
+  """`_dropout_forward` compiled, one kernel per rank of x (the mask code
+  depends on the rank, which a relaxed trace would lose). The seed goes in
+  as int64 [3] (offset 0 when not given) so that its length is static."""
+  rank = x.shape.rank
+  if rank not in _dropout_kernels:
+    _dropout_kernels[rank] = _xla_kernel(_dropout_forward)
+  return _dropout_kernels[rank](x, _seed3(seed), rate)
+
+
+def _seed3(seed):
+  """An int [2] or [3] dropout seed as int64 [3] (example offset 0 if none)."""
+  if seed is None:
+    return None
+  seed = tf.cast(seed, tf.int64)
+  if seed.shape[0] == 3:
+    return seed
+  return dropout_seed_for_slice(seed, 0)
 
 
 def _fused_dropout(x, rate, seed):
@@ -520,7 +592,8 @@ def dropout(x, rate, training, seed=None):
     x: tensor.
     rate: drop probability.
     training: python bool.
-    seed: optional int [2] tensor for a stateless mask.
+    seed: optional int [2] (or [3], see `dropout_seed_for_slice`) tensor
+      for a stateless mask.
 
   Returns:
     `x` unchanged when not training or rate is 0, else x with dropout.
@@ -585,7 +658,7 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
     scale: python float multiplying the scores (1/sqrt(head size)).
     rate: dropout rate on the probabilities.
     training: python bool.
-    seed: optional int [2] stateless dropout seed.
+    seed: optional int [2] or [3] stateless dropout seed.
 
   Returns:
     [batch, heads, seq, head_size] in v's dtype.
@@ -615,7 +688,7 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
         out = dropped(tf.identity(probs))
       dv = tf.matmul(out, dcontext, transpose_a=True)
       dout = tf.matmul(dcontext, v, transpose_b=True)
-      dscores = tf.cast(_attention_probs_grad_xla(probs, seed, scale, rate,
+      dscores = tf.cast(_attention_probs_grad_xla(probs, _seed3(seed), scale, rate,
                                                   dout), q.dtype)
       dq = tf.matmul(dscores, k)
       dk = tf.matmul(dscores, q, transpose_a=True)

@@ -128,6 +128,12 @@ flags.DEFINE_bool("group_by_length", True,
                   "shuffled batches is sorted by length, cut into batches "
                   "and shuffled again. The same batches on every device."
                   % run_config.GROUP_WINDOW_BATCHES)
+flags.DEFINE_integer("micro_batch_size", 0,
+                     "Run each training batch in slices of this many "
+                     "examples, one after the other (less memory, the same "
+                     "numbers). 0: automatic, slices only on a CPU host "
+                     "where a step's activations would exceed %d MiB."
+                     % run_config.ACTIVATION_BUDGET_MIB)
 flags.DEFINE_integer("log_steps", 50,
                      "On CPU/GPU, at most this many steps between progress "
                      "lines (on TPU, iterations_per_loop).")

@@ -15,6 +15,10 @@ DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # --group_by_length: training batches are formed within windows of this many.
 GROUP_WINDOW_BATCHES = 32
 TRAIN_MODES = ("adapters", "full", "head")
+# --micro_batch_size=0: on a CPU host, a training step's batch is cut into
+# micro-batches when the activations it keeps for the backward pass would
+# exceed this (see training.auto_micro_batch_size).
+ACTIVATION_BUDGET_MIB = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,8 @@ class RunConfig:
   distribution: str = "auto"
   bucket_by_length: bool = True
   group_by_length: bool = True
+  # 0: automatic (training.auto_micro_batch_size).
+  micro_batch_size: int = 0
   deterministic: bool = False
   tfds_data_dir: str = None
 
@@ -74,6 +80,9 @@ class RunConfig:
       if getattr(self, name) <= 0:
         raise UserError("--%s must be a positive integer, got %r"
                         % (name, getattr(self, name)))
+    if self.micro_batch_size < 0:
+      raise UserError("--micro_batch_size must be >= 0 (0 = automatic), got %r"
+                      % self.micro_batch_size)
     if self.max_seq_length < 3:
       raise UserError("--max_seq_length=%d is too small: [CLS] and two [SEP] "
                       "need at least 3" % self.max_seq_length)

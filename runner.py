@@ -297,7 +297,8 @@ def run(cfg):
         num_labels=num_labels, is_regression=is_regression,
         global_batch_size=cfg.train_batch_size, seed=cfg.seed,
         jit_compile=cfg.jit_compile,
-        loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None)
+        loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None,
+        micro_batch_size=_micro_batch_size(cfg, bert_config, strategy))
     trainer.restore_latest()
 
   create_output_dir(cfg)
@@ -343,6 +344,20 @@ def run(cfg):
   if cfg.do_predict:
     predict(cfg, data, trainer, processor)
   return results
+
+
+def _micro_batch_size(cfg, bert_config, strategy):
+  """Examples per micro-batch of a training step (per replica)."""
+  per_replica = max(1, cfg.train_batch_size // strategy.num_replicas_in_sync)
+  if cfg.micro_batch_size:
+    size = min(cfg.micro_batch_size, per_replica)
+  else:
+    size = training.auto_micro_batch_size(
+        bert_config, cfg.train_mode, per_replica, cfg.max_seq_length, strategy)
+  if cfg.do_train and size < per_replica:
+    logging.info("Each training batch runs as micro-batches of %d examples "
+                 "(--micro_batch_size; the same numbers, less memory).", size)
+  return size
 
 
 def _bucket(cfg, strategy):

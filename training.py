@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import checkpoint_io
 import modeling
+import run_config
 import summaries
 from errors import UserError
 
@@ -73,6 +74,66 @@ def _cpu_only(strategy):
              for d in devices)
 
 
+# What the automatic micro-batch size (`auto_micro_batch_size`) lets the
+# activations kept for the backward pass of one training step take on a host
+# with CPUs only.
+ACTIVATION_BUDGET_BYTES = run_config.ACTIVATION_BUDGET_MIB << 20
+
+
+def saved_activation_bytes(bert_config, train_mode, batch_size, seq_length):
+  """Estimated bytes a training step keeps from its forward pass for backward.
+
+  Per layer and token, in float32: q, k and v (3H), the inputs of the two
+  adapters (2H), x̂ of the two LayerNorms (2H), the GELU input (I) and the
+  softmax output (heads x S); a `full` step also keeps the inputs of the
+  dense layers for their weight gradients (3H + I). Transient gradients,
+  the weights and the runtime come on top.
+
+  Args:
+    bert_config: modeling.BertConfig.
+    train_mode: one of modeling.TRAIN_MODES.
+    batch_size, seq_length: the step's examples and their padded length.
+
+  Returns:
+    int.
+  """
+  h = bert_config.hidden_size
+  per_token = (7 * h + bert_config.intermediate_size
+               + bert_config.num_attention_heads * seq_length)
+  if train_mode == "full":
+    per_token += 3 * h + bert_config.intermediate_size
+  return (4 * per_token * batch_size * seq_length
+          * bert_config.num_hidden_layers)
+
+
+def auto_micro_batch_size(bert_config, train_mode, batch_size, seq_length,
+                          strategy, budget=ACTIVATION_BUDGET_BYTES):
+  """Examples per micro-batch: the whole batch unless memory asks otherwise.
+
+  On a host with CPUs only, a step whose kept activations
+  (`saved_activation_bytes`) would exceed `budget` runs its batch in the
+  fewest equal micro-batches that fit, one after the other (same numbers:
+  see Trainer). Accelerators compile the whole step and keep the batch.
+
+  Args:
+    bert_config: modeling.BertConfig.
+    train_mode: one of modeling.TRAIN_MODES.
+    batch_size: examples per replica and step.
+    seq_length: max_seq_length.
+    strategy: the tf.distribute.Strategy of the run.
+    budget: bytes.
+
+  Returns:
+    int in [1, batch_size].
+  """
+  if not _cpu_only(strategy):
+    return batch_size
+  need = saved_activation_bytes(bert_config, train_mode, batch_size,
+                                seq_length)
+  count = min(batch_size, max(1, -(-need // budget)))
+  return -(-batch_size // count)
+
+
 class NonFiniteLossError(UserError):
   """Training produced a NaN or Inf loss."""
 
@@ -106,7 +167,7 @@ class Trainer:
 
   def __init__(self, model, optimizer, trainable, strategy, output_dir,
                num_labels, is_regression, global_batch_size, seed=0,
-               jit_compile=True, loss_scale=None):
+               jit_compile=True, loss_scale=None, micro_batch_size=None):
     """Args:
       model: modeling.BertClassifier, variables created, base loaded.
       optimizer: optimization.AdamWeightDecay (not yet built).
@@ -120,6 +181,11 @@ class Trainer:
         element-wise kernels only on CPU, see `compiles_whole_step`);
         JIT_ALWAYS: the whole step on any device; False: no XLA.
       loss_scale: None, or an initial dynamic loss scale (float16 training).
+      micro_batch_size: None: each replica's batch in one forward and
+        backward pass; else passes over slices of this many examples, one
+        after the other, their gradients summed (less activation memory;
+        the same dropout masks, so the same numbers up to the order of
+        float additions).
     """
     self.model = model
     self.optimizer = optimizer
@@ -131,6 +197,12 @@ class Trainer:
     self.global_batch_size = global_batch_size
     self.seed = int(seed)
     self.jit_compile = jit_compile
+    per_replica = max(1, global_batch_size // strategy.num_replicas_in_sync)
+    if micro_batch_size is not None and micro_batch_size < 1:
+      raise ValueError("micro_batch_size must be >= 1, got %r"
+                       % (micro_batch_size,))
+    self.micro_batch_size = min(micro_batch_size or per_replica, per_replica)
+    self._num_micro_batches = -(-per_replica // self.micro_batch_size)
     self.global_step = tf.Variable(
         0, dtype=tf.int64, trainable=False, name=GLOBAL_STEP,
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -157,12 +229,38 @@ class Trainer:
     return seed
 
   def _loss_and_grads(self, features, step):
+    seed = self._dropout_seed(step)
+    if self._num_micro_batches == 1:
+      return self._slice_loss_and_grads(features, seed)
+    # Micro-batches one after the other: slice i + 1 is cut only once the
+    # gradients of slice i exist, so their activations are never alive
+    # together. Each slice's dropout seed carries its first example's index:
+    # its masks are those the whole batch draws for it.
+    batch = tf.shape(features["input_ids"])[0]
+    size = self.micro_batch_size
+    loss, grads, done = None, None, []
+    for i in range(self._num_micro_batches):
+      start = tf.minimum(i * size, batch)
+      end = tf.minimum(start + size, batch)
+      with tf.control_dependencies(done):
+        part = {k: v[start:end] for k, v in features.items()}
+      part_loss, part_grads = self._slice_loss_and_grads(
+          part, modeling.dropout_seed_for_slice(seed, start))
+      if loss is None:
+        loss, grads = part_loss, part_grads
+      else:
+        loss += part_loss
+        grads = [_add_gradients(g, p) for g, p in zip(grads, part_grads)]
+      done = [loss] + [g for g in grads if g is not None]
+    return loss, grads
+
+  def _slice_loss_and_grads(self, features, seed):
     with tf.GradientTape() as tape:
-      logits = self.model(features, training=True,
-                          dropout_seed=self._dropout_seed(step))
+      logits = self.model(features, training=True, dropout_seed=seed)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
-      # Divided by the global batch: summing over replicas gives the mean.
+      # Divided by the global batch: summing over replicas (and
+      # micro-batches) gives the mean.
       loss = tf.reduce_sum(losses) / self.global_batch_size
       scaled = loss * self.loss_scale if self.loss_scale is not None else loss
     grads = tape.gradient(scaled, self._train_vars)
@@ -419,6 +517,17 @@ class Trainer:
           continue
         outputs[key].append(_gather(self.strategy, value))
     return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def _add_gradients(a, b):
+  """a + b for gradients that may be None or tf.IndexedSlices (embeddings)."""
+  if a is None:
+    return b
+  if isinstance(a, tf.IndexedSlices) and isinstance(b, tf.IndexedSlices):
+    return tf.IndexedSlices(tf.concat([a.values, b.values], axis=0),
+                            tf.concat([a.indices, b.indices], axis=0),
+                            a.dense_shape)
+  return tf.convert_to_tensor(a) + tf.convert_to_tensor(b)
 
 
 def _gather(strategy, value):

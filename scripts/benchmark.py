@@ -104,6 +104,11 @@ def _parse_flags(argv):
                       choices=("true", "false", "always"),
                       help="Trainer jit_compile: true (XLA where it helps), "
                       "false, or always (whole step on any device).")
+  parser.add_argument("--micro_batch_size", type=int, default=0,
+                      help="Train-step micro-batch as run_classifier's flag: "
+                      "0 = automatic (a CPU host slices a batch whose kept "
+                      "activations exceed the budget). Where that slices, "
+                      "the adapters step is also timed on the whole batch.")
   parser.add_argument("--output_dir", default="benchmark_results",
                       help="Where benchmark.json and benchmark.md go.")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -236,7 +241,21 @@ def _jit_value(text):
   return {"true": True, "false": False, "always": training.JIT_ALWAYS}[text]
 
 
-def make_trainer(config, mode, batch_size, jit_compile, output_dir):
+def resolve_micro_batch_size(config, mode, batch_size, seq_length,
+                             micro_batch_size):
+  """run_classifier's rule: 0 = training.auto_micro_batch_size."""
+  import tensorflow as tf
+  import modeling
+  import training
+  if micro_batch_size:
+    return min(micro_batch_size, batch_size)
+  return training.auto_micro_batch_size(
+      modeling.BertConfig.from_dict(config), mode, batch_size, seq_length,
+      tf.distribute.get_strategy())
+
+
+def make_trainer(config, mode, batch_size, jit_compile, output_dir,
+                 micro_batch_size=None):
   """A Trainer of a freshly initialised BertClassifier (2 labels)."""
   import tensorflow as tf
   import adapters
@@ -249,7 +268,8 @@ def make_trainer(config, mode, batch_size, jit_compile, output_dir):
   optimizer = optimization.create_optimizer(1e-4, 100000, 1000)
   return training.Trainer(model, optimizer, trainable,
                           tf.distribute.get_strategy(), output_dir, 2, False,
-                          batch_size, jit_compile=jit_compile)
+                          batch_size, jit_compile=jit_compile,
+                          micro_batch_size=micro_batch_size)
 
 
 def _timed_steps(step_fn, warmup, steps, what):
@@ -280,11 +300,15 @@ def worker_train(args):
   features = _random_features(config, batch, seq)
   peak, _ = measure_peak(args["peak_size"], args["peak_repeats"])
   progress("%s: peak %.1f GFLOP/s" % (what, peak))
+  micro = resolve_micro_batch_size(config, args["mode"], batch, seq,
+                                   args.get("micro_batch_size", 0))
   result = {"config": label, "mode": args["mode"], "batch_size": batch,
-            "max_seq_length": seq, "peak_gflops": peak}
+            "max_seq_length": seq, "peak_gflops": peak,
+            "micro_batch_size": micro}
   with tempfile.TemporaryDirectory() as tmp:
     trainer = make_trainer(config, args["mode"], batch,
-                           _jit_value(args["jit_compile"]), tmp)
+                           _jit_value(args["jit_compile"]), tmp,
+                           micro_batch_size=micro)
     result["rss_model_bytes"], _ = memory_status()
     trainer._build_train_loop()
     iterator = iter(tf.data.Dataset.from_tensors(features).repeat())
@@ -337,7 +361,10 @@ def worker_memory(args):
   rss = []
   with tempfile.TemporaryDirectory() as tmp:
     trainer = make_trainer(config, "adapters", batch,
-                           _jit_value(args["jit_compile"]), tmp)
+                           _jit_value(args["jit_compile"]), tmp,
+                           micro_batch_size=resolve_micro_batch_size(
+                               config, "adapters", batch, seq,
+                               args.get("micro_batch_size", 0)))
     train_features = [_random_features(config, batch, seq, seed=i)
                       for i in range(args["steps_per_epoch"])]
     eval_features = _random_features(config, batch, seq, seed=99)
@@ -397,7 +424,11 @@ def worker_mrpc(args):
       input_s = time.perf_counter() - start
       trainer = make_trainer(config, "adapters", batch,
                              _jit_value(args["jit_compile"]),
-                             os.path.join(tmp, name))
+                             os.path.join(tmp, name),
+                             micro_batch_size=resolve_micro_batch_size(
+                                 config, "adapters", batch,
+                                 args["max_seq_length"],
+                                 args.get("micro_batch_size", 0)))
       trainer._build_train_loop()
       iterator = iter(dataset)
       start = time.perf_counter()
@@ -468,21 +499,27 @@ def markdown(result):
     out += ["Peak measured in each train worker: %s GFLOP/s; best seen in "
             "this run %.1f." % (", ".join("%.1f" % p for p in peaks), best),
             ""]
-    out += ["| config | step | examples/s | model GFLOP/s | % of peak "
-            "(same process) | % of best peak | peak RSS |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["| config | step | micro-batch | examples/s | model GFLOP/s | "
+            "% of peak (same process) | % of best peak | peak RSS |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-      out.append("| %s | train %s | %.1f | %.1f | %.0f%% | %.0f%% | %s |" % (
-          r["config"], r["mode"], r["examples_per_s"], r["model_gflops"],
-          100 * r["peak_ratio"], 100 * r["model_gflops"] / best,
-          _gib(r["train_peak_rss_bytes"])))
+      micro = r.get("micro_batch_size", r["batch_size"])
+      out.append("| %s | train %s | %s | %.1f | %.1f | %.0f%% | %.0f%% | "
+                 "%s |" % (
+                     r["config"], r["mode"],
+                     "%d%s" % (micro, " (auto)" if r.get("auto_micro", True)
+                               else ""),
+                     r["examples_per_s"], r["model_gflops"],
+                     100 * r["peak_ratio"], 100 * r["model_gflops"] / best,
+                     _gib(r["train_peak_rss_bytes"])))
       if "eval" in r:
         e = r["eval"]
-        out.append("| %s | eval | %.1f | %.1f | %.0f%% | %.0f%% | |" % (
+        out.append("| %s | eval | | %.1f | %.1f | %.0f%% | %.0f%% | |" % (
             r["config"], e["examples_per_s"], e["model_gflops"],
             100 * e["peak_ratio"], 100 * e["model_gflops"] / best))
     for label in sorted({r["config"] for r in rows}):
-      by_mode = {r["mode"]: r for r in rows if r["config"] == label}
+      by_mode = {r["mode"]: r for r in rows
+                 if r["config"] == label and r.get("auto_micro", True)}
       if "adapters" in by_mode and "full" in by_mode:
         out.append("")
         out.append("%s: adapters / full examples/s = %.2fx" % (
@@ -544,6 +581,7 @@ def main(argv=None):
                       "gflops": gflops, "best_gflops": best}
     progress("peak: %.1f GFLOP/s (best %.1f)" % (gflops, best))
   common = {"batch_size": flags.batch_size,
+            "micro_batch_size": flags.micro_batch_size,
             "max_seq_length": flags.max_seq_length,
             "warmup_steps": flags.warmup_steps,
             "peak_size": flags.peak_size, "peak_repeats": 3,
@@ -559,8 +597,18 @@ def main(argv=None):
                     eval_steps=(min(flags.eval_steps, 3) if base
                                 else flags.eval_steps)
                     if "eval" in sections and i == 0 else 0)
+        args["micro_batch_size"] = flags.micro_batch_size
         progress("train: %s %s" % (config, mode))
         result["train"].append(run_worker("train", args))
+        result["train"][-1]["auto_micro"] = not flags.micro_batch_size
+        if (mode == "adapters" and "train" in sections
+            and result["train"][-1]["micro_batch_size"] < flags.batch_size):
+          # What slicing saves: the same step on the whole batch.
+          progress("train: %s %s, whole batch" % (config, mode))
+          whole = run_worker("train", dict(
+              args, eval_steps=0, micro_batch_size=flags.batch_size))
+          whole["auto_micro"] = False
+          result["train"].append(whole)
   if "memory" in sections:
     progress("memory: epochs of a MiniLM adapter run")
     result["memory"] = run_worker("memory", dict(

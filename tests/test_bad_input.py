@@ -271,6 +271,8 @@ def _cases(p):
        ["--max_seq_length=2", "3"], {}),
       ("batch_size_zero", {"train_batch_size": 0}, ["--train_batch_size", "0"],
        {}),
+      ("micro_batch_negative", {"micro_batch_size": -4},
+       ["--micro_batch_size", "-4"], {}),
       ("unparseable_int", {"max_seq_length": "abc"},
        ["--max_seq_length", "abc"], {}),
       ("unparseable_float", {"learning_rate": "fast"},

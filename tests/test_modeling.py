@@ -202,6 +202,13 @@ def test_dropout_mask_keyed_by_coordinates(shape):
     small = modeling._keep_mask(tf.zeros(trimmed), seed, 0.1).numpy()
     np.testing.assert_array_equal(
         small, keep[..., :trimmed[-2], :trimmed[-1]])
+  # Examples [2, 5) with their offset in the seed draw the whole batch's
+  # masks for them (micro-batches).
+  if len(shape) >= 2:
+    part = modeling._keep_mask(tf.zeros((3,) + shape[1:]),
+                               modeling.dropout_seed_for_slice(seed, 2),
+                               0.1).numpy()
+    np.testing.assert_array_equal(part, keep[2:5])
   # Same under XLA; another seed gives another mask.
   xla = tf.function(modeling._keep_mask, jit_compile=True)
   np.testing.assert_array_equal(xla(tf.zeros(shape), seed, 0.1).numpy(), keep)

@@ -1,0 +1,120 @@
+"""Trainer: micro-batches train as the whole batch; the automatic size."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adapters
+import checkpoint_io
+import modeling
+import optimization
+import training
+
+
+def _trainer(train_mode, micro_batch_size, jit_compile=True):
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
+      hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
+                                  classifier_dropout=0.2)
+  rng = np.random.default_rng(7)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    v.assign((rng.normal(0, 0.2, size=v.shape)
+              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+  trainable = modeling.set_train_mode(model, train_mode)
+  optimizer = optimization.create_optimizer(5e-2, 6, 1)
+  trainer = training.Trainer(
+      model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
+      num_labels=2, is_regression=False, global_batch_size=8, seed=3,
+      jit_compile=jit_compile, micro_batch_size=micro_batch_size)
+  return model, trainer
+
+
+def _batches():
+  rng = np.random.default_rng(1)
+  lengths = rng.integers(3, 11, size=16)
+  mask = (np.arange(10)[None, :] < lengths[:, None]).astype(np.int32)
+  data = {"input_ids": (rng.integers(1, 40, (16, 10)) * mask).astype(np.int32),
+          "input_mask": mask,
+          "segment_ids": (np.arange(10)[None, :] >= lengths[:, None] // 2
+                          ).astype(np.int32) * mask,
+          "label_ids": rng.integers(0, 2, 16).astype(np.int32)}
+  return tf.data.Dataset.from_tensor_slices(data).batch(8, drop_remainder=True)
+
+
+@pytest.mark.parametrize("train_mode,jit", [("adapters", True),
+                                            ("adapters", False),
+                                            ("full", True)])
+def test_micro_batches_train_as_the_whole_batch(train_mode, jit):
+  # Two steps of batch 8 as one pass and as slices of 3, 3 and 2 examples:
+  # the same losses and weights (dropout on; the masks of a slice are those
+  # the whole batch draws for its examples). `full` covers the embeddings'
+  # sparse gradients.
+  results = []
+  for micro in (None, 3):
+    model, trainer = _trainer(train_mode, micro, jit_compile=jit)
+    assert trainer._num_micro_batches == (1 if micro is None else 3)
+    names = checkpoint_io.checkpoint_name_map(model)
+    before = {n: v.numpy() for n, v in names.items()}
+    trainer._build_train_loop()
+    losses, _ = trainer._train_loop(iter(_batches()), tf.constant(2))
+    after = {n: v.numpy() for n, v in names.items()}
+    # The step did train: every trained variable moved.
+    for name, variable in trainer.trainable:
+      assert np.max(np.abs(after[name] - before[name])) > 0, name
+    results.append((losses.numpy(), after))
+  (whole_losses, whole), (micro_losses, micro) = results
+  np.testing.assert_allclose(micro_losses, whole_losses, rtol=1e-5)
+  for name, value in whole.items():
+    if name.endswith("key/bias"):
+      # Its exact gradient is 0 (softmax ignores a constant per query row);
+      # Adam scales the float noise it gets up to the learning rate.
+      continue
+    np.testing.assert_allclose(micro[name], value, atol=2e-6, err_msg=name)
+
+
+def test_micro_batch_seed_draws_the_whole_batch_masks():
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
+      hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
+                                  classifier_dropout=0.3)
+  features = next(iter(_batches()))
+  seed = tf.constant([5, 9], tf.int64)
+  for fused in (True, False):
+    with modeling.fused_kernels(fused):
+      whole = model(features, training=True, dropout_seed=seed).numpy()
+      for start, end in ((0, 3), (3, 8), (5, 6)):
+        part = {k: v[start:end] for k, v in features.items()}
+        logits = model(part, training=True,
+                       dropout_seed=modeling.dropout_seed_for_slice(seed, start))
+        np.testing.assert_allclose(logits.numpy(), whole[start:end], atol=1e-6)
+      # Without the offset a slice draws other masks.
+      other = model({k: v[3:8] for k, v in features.items()}, training=True,
+                    dropout_seed=seed).numpy()
+      assert np.max(np.abs(other - whole[3:8])) > 1e-4
+
+
+def test_auto_micro_batch_size():
+  strategy = tf.distribute.get_strategy()  # CPU only here.
+  base = modeling.BertConfig.from_json_file("configs/bert/bert_base_uncased.json")
+  minilm = modeling.BertConfig(
+      vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+      num_attention_heads=12, intermediate_size=1536)
+  # BERT-base, batch 32 x 128: ~1.8 GiB kept -> two slices of 16.
+  kept = training.saved_activation_bytes(base, "adapters", 32, 128)
+  assert 1 << 30 < kept <= 2 << 30
+  assert training.auto_micro_batch_size(base, "adapters", 32, 128,
+                                        strategy) == 16
+  # Full fine-tuning keeps more: three slices (11, 11, 10).
+  assert training.auto_micro_batch_size(base, "full", 32, 128, strategy) == 11
+  # The MiniLM config fits whole; so does a short sequence length.
+  assert training.auto_micro_batch_size(minilm, "adapters", 32, 128,
+                                        strategy) == 32
+  assert training.auto_micro_batch_size(base, "adapters", 32, 64,
+                                        strategy) == 32
+  # Never below one example.
+  assert training.auto_micro_batch_size(base, "full", 2, 512, strategy,
+                                        budget=1) == 1
