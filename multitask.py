@@ -40,6 +40,7 @@ import tensorflow as tf
 import adapter_io
 import adapters as adapters_lib
 import checkpoint_io
+import kernels
 import modeling
 from errors import UserError
 
@@ -376,7 +377,8 @@ class MultiTaskModel(tf.Module):
     # pylint: disable=protected-access
     flat = tf.reshape(x, [-1, hidden])  # [tasks * batch * seq, H]
     attention = shared.attention(flat, mask_adder, rows, seq)
-    attention = modeling._dense(shared.attention_output_dense, attention)
+    dense = shared.attention_output_dense
+    attention = kernels.dense(attention, dense.kernel, dense.bias)
     attention = _task_adapters(branches, index, "attention_output",
                                tf.reshape(attention, [n, -1, hidden]))
     attention = _task_layer_norm(
@@ -384,7 +386,8 @@ class MultiTaskModel(tf.Module):
         dtype)  # [tasks, batch * seq, H]
 
     intermediate = shared.intermediate(tf.reshape(attention, [-1, hidden]))
-    output = modeling._dense(shared.output_dense, intermediate)
+    dense = shared.output_dense
+    output = kernels.dense(intermediate, dense.kernel, dense.bias)
     output = _task_adapters(branches, index, "ffn_output",
                             tf.reshape(output, [n, -1, hidden]))
     return _task_layer_norm([b.output_layer_norms[index] for b in branches],
@@ -492,10 +495,10 @@ def _task_layer_norm(layers, x, residual, dtype):
       :, tf.newaxis, :]  # [tasks, 1, H]
   beta = tf.stack([tf.convert_to_tensor(l.beta) for l in layers])[
       :, tf.newaxis, :]
-  forward = (modeling._ln_forward_xla if modeling.fused_kernels_enabled()
-             else modeling._ln_forward)
-  output, _, _ = forward(x, residual, gamma, beta, layers[0].epsilon)
-  return tf.cast(output, dtype)
+  forward = (kernels.layer_norm_inference_xla
+             if kernels.fused_kernels_enabled()
+             else kernels.layer_norm_inference)
+  return tf.cast(forward(x, residual, gamma, beta, layers[0].epsilon), dtype)
 
 
 def _task_adapters(branches, index, location, x):

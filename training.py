@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import checkpoint_io
+import kernels
 import modeling
 import run_config
 import summaries
@@ -245,7 +246,7 @@ class Trainer:
       with tf.control_dependencies(done):
         part = {k: v[start:end] for k, v in features.items()}
       part_loss, part_grads = self._slice_loss_and_grads(
-          part, modeling.dropout_seed_for_slice(seed, start))
+          part, kernels.dropout_seed_for_slice(seed, start))
       if loss is None:
         loss, grads = part_loss, part_grads
       else:
@@ -274,7 +275,7 @@ class Trainer:
     # optimizer update (which may reduce across replicas) runs after it.
     compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    with modeling.fused_kernels(bool(self.jit_compile)):
+    with kernels.fused_kernels(bool(self.jit_compile)):
       loss, grads = compute(features, step)
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
@@ -476,7 +477,7 @@ class Trainer:
     model = self.model
 
     def forward(features):
-      with modeling.fused_kernels(bool(self.jit_compile)):
+      with kernels.fused_kernels(bool(self.jit_compile)):
         logits = model(features, training=False)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)

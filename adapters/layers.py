@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from activations import get_activation
+import kernels
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -23,6 +24,7 @@ class BottleneckAdapter(keras.layers.Layer):
     self.init_scale = init_scale
     self.activation = activation
     self._act = get_activation(activation)
+    self._tanh_gelu = str(activation).lower() == "gelu"
 
   def build(self, input_shape):
     hidden = int(input_shape[-1])
@@ -37,8 +39,15 @@ class BottleneckAdapter(keras.layers.Layer):
         name="biases2", shape=(1, hidden), initializer="zeros")
     super().build(input_shape)
 
-  def call(self, x):
+  def call(self, x, training=False):
     # x: [tokens, H]
+    if self._tanh_gelu:
+      # Fused kernels (the same numbers).
+      return kernels.bottleneck_adapter(
+          x, tf.convert_to_tensor(self.weights1),
+          tf.convert_to_tensor(self.biases1),
+          tf.convert_to_tensor(self.weights2),
+          tf.convert_to_tensor(self.biases2), training=bool(training))
     dtype = x.dtype
     h = tf.matmul(x, tf.cast(self.weights1, dtype)) + tf.cast(self.biases1, dtype)
     h = self._act(h)  # [tokens, m]

@@ -221,6 +221,44 @@ def measure_peak(size, repeats):
   return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
 
 
+def make_peak_probe(size):
+  """A function running one size^3 fp32 matmul and returning its GFLOP/s.
+
+  The operands are made for each call and dropped after it, so that they
+  are not resident while the model runs (its peak memory is measured too).
+  """
+  import tensorflow as tf
+  operands = tf.function(lambda: (
+      tf.random.stateless_normal([size, size], seed=[1, 2]),
+      tf.random.stateless_normal([size, size], seed=[3, 4])))
+  matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)[0, :1]))
+  matmul(*operands()).numpy()
+
+  def probe():
+    a, b = operands()
+    a.numpy()  # Made before the clock starts.
+    start = time.perf_counter()
+    matmul(a, b).numpy()
+    return 2.0 * size ** 3 / (time.perf_counter() - start) / 1e9
+  return probe
+
+
+def _paired_figures(flops, batch, times, probes):
+  """Step figures, the FLOP ratio taken pairwise with the probe before each.
+
+  On a shared machine the matmul rate drifts within minutes; the ratio of
+  each step to the peak probed just before it, and the median of those
+  ratios, measures the model's efficiency rather than the drift.
+  """
+  step_s = statistics.median(times)
+  ratios = [flops / t / 1e9 / p for t, p in zip(times, probes)]
+  return dict(step_times_s=times, step_s=step_s, probe_gflops=probes,
+              examples_per_s=batch / step_s,
+              model_gflops=flops / step_s / 1e9,
+              peak_ratio=statistics.median(ratios),
+              paired_peak_gflops=statistics.median(probes))
+
+
 def _random_features(config, batch_size, seq_length, seed=0):
   import numpy as np
   rng = np.random.default_rng(seed)
@@ -272,7 +310,8 @@ def make_trainer(config, mode, batch_size, jit_compile, output_dir,
                           micro_batch_size=micro_batch_size)
 
 
-def _timed_steps(step_fn, warmup, steps, what):
+def _timed_steps(step_fn, warmup, steps, what, probe=None):
+  """(first step s, timed step s[, peak probe GFLOP/s before each step])."""
   start = time.perf_counter()
   step_fn()
   first = time.perf_counter() - start
@@ -282,12 +321,18 @@ def _timed_steps(step_fn, warmup, steps, what):
     step_fn()
     progress("%s: warm-up step %d %.2f s" % (what, i + 1,
                                              time.perf_counter() - start))
-  times = []
+  times, probes = [], []
   for i in range(steps):
+    if probe is not None:
+      probes.append(probe())
     start = time.perf_counter()
     step_fn()
     times.append(time.perf_counter() - start)
-    progress("%s: step %d/%d %.2f s" % (what, i + 1, steps, times[-1]))
+    progress("%s: step %d/%d %.2f s%s" % (
+        what, i + 1, steps, times[-1],
+        " (peak probe %.1f GFLOP/s)" % probes[-1] if probes else ""))
+  if probe is not None:
+    return first, times, probes
   return first, times
 
 
@@ -318,19 +363,18 @@ def worker_train(args):
       losses, _ = trainer._train_loop(iterator, one)
       losses.numpy()
 
-    first, times = _timed_steps(train_step, args["warmup_steps"],
-                                args["steps"], what)
+    probe = make_peak_probe(args["peak_size"])
+    first, times, probes = _timed_steps(train_step, args["warmup_steps"],
+                                        args["steps"], what, probe=probe)
     _, result["train_peak_rss_bytes"] = memory_status()
-    step_s = statistics.median(times)
     flops = STEP_FORWARDS[args["mode"]] * forward_flops(config, batch, seq)
-    result.update(
-        first_step_s=first, step_times_s=times, step_s=step_s,
-        examples_per_s=batch / step_s, model_gflops=flops / step_s / 1e9,
-        peak_ratio=flops / step_s / 1e9 / peak)
-    progress("%s: %.1f examples/s, %.1f GFLOP/s = %.0f%% of peak; peak RSS "
-             "%.2f GiB" % (what, result["examples_per_s"],
-                           result["model_gflops"], 100 * result["peak_ratio"],
-                           result["train_peak_rss_bytes"] / 2**30))
+    result.update(_paired_figures(flops, batch, times, probes),
+                  first_step_s=first)
+    progress("%s: %.1f examples/s, %.1f GFLOP/s = %.0f%% of peak (paired); "
+             "peak RSS %.2f GiB" % (
+                 what, result["examples_per_s"], result["model_gflops"],
+                 100 * result["peak_ratio"],
+                 result["train_peak_rss_bytes"] / 2**30))
     if args.get("eval_steps"):
       trainer._build_eval_step()
       inputs = {k: tf.constant(v) for k, v in features.items()}
@@ -339,15 +383,13 @@ def worker_train(args):
         logits, _ = trainer._eval_step(inputs)
         logits.numpy()
 
-      first, times = _timed_steps(eval_step, args["warmup_steps"],
-                                  args["eval_steps"], label + " eval")
-      step_s = statistics.median(times)
-      flops = forward_flops(config, batch, seq)
-      result["eval"] = dict(
-          first_step_s=first, step_times_s=times, step_s=step_s,
-          examples_per_s=batch / step_s, model_gflops=flops / step_s / 1e9,
-          peak_ratio=flops / step_s / 1e9 / peak)
-      progress("%s eval: %.1f examples/s, %.0f%% of peak" % (
+      first, times, probes = _timed_steps(
+          eval_step, args["warmup_steps"], args["eval_steps"], label + " eval",
+          probe=probe)
+      result["eval"] = _paired_figures(forward_flops(config, batch, seq),
+                                       batch, times, probes)
+      result["eval"]["first_step_s"] = first
+      progress("%s eval: %.1f examples/s, %.0f%% of peak (paired)" % (
           label, result["eval"]["examples_per_s"],
           100 * result["eval"]["peak_ratio"]))
   return result
@@ -494,13 +536,17 @@ def markdown(result):
   if rows:
     # The machine's limit: the best matmul rate seen anywhere in this run.
     peaks = [r["peak_gflops"] for r in rows]
-    best = max(peaks + ([result["peak"]["best_gflops"]] if "peak" in result
-                        else []))
-    out += ["Peak measured in each train worker: %s GFLOP/s; best seen in "
-            "this run %.1f." % (", ".join("%.1f" % p for p in peaks), best),
-            ""]
+    probes = [p for r in rows for part in (r, r.get("eval", {}))
+              for p in part.get("probe_gflops", [])]
+    best = max(peaks + probes + ([result["peak"]["best_gflops"]]
+                                 if "peak" in result else []))
+    out += ["Peak measured in each train worker before its steps: %s "
+            "GFLOP/s; peak probes paired with the timed steps: %.1f-%.1f; "
+            "best seen in this run %.1f." % (
+                ", ".join("%.1f" % p for p in peaks),
+                min(probes or [0]), max(probes or [0]), best), ""]
     out += ["| config | step | micro-batch | examples/s | model GFLOP/s | "
-            "% of peak (same process) | % of best peak | peak RSS |",
+            "% of peak (paired) | % of best peak | peak RSS |",
             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
       micro = r.get("micro_batch_size", r["batch_size"])
@@ -527,8 +573,10 @@ def markdown(result):
             / by_mode["full"]["examples_per_s"]))
     out.append("")
     out.append("Batch %d x %d; FLOPs per layer and token 2(4H^2+2HI)+4SH, "
-               "adapters step = 2x forward, full = 3x; %% of the peak "
-               "measured in the same process." % (
+               "adapters step = 2x forward, full = 3x. %% of peak (paired): "
+               "each timed step follows a peak-sized matmul in the same "
+               "process; the median over steps of step rate / that "
+               "matmul's rate." % (
                    rows[0]["batch_size"], rows[0]["max_seq_length"]))
     out.append("")
   if "memory" in result:

@@ -8,6 +8,7 @@ of steps, then the report; checks the figures are present and consistent
 import importlib.util
 import json
 import os
+import statistics
 import sys
 
 import pytest
@@ -55,8 +56,12 @@ def test_train_eval_memory_and_report(benchmark, tiny):
   assert len(train["step_times_s"]) == 2
   flops = 2 * benchmark.forward_flops(tiny["config"], 4, 16)
   assert train["model_gflops"] == pytest.approx(flops / train["step_s"] / 1e9)
-  assert train["peak_ratio"] == pytest.approx(
-      train["model_gflops"] / train["peak_gflops"])
+  # The ratio is paired: each step against the peak probe just before it.
+  assert len(train["probe_gflops"]) == 2
+  ratios = [flops / t / 1e9 / p
+            for t, p in zip(train["step_times_s"], train["probe_gflops"])]
+  assert train["peak_ratio"] == pytest.approx(statistics.median(ratios))
+  assert train["micro_batch_size"] == 4
   assert train["examples_per_s"] == pytest.approx(4 / train["step_s"])
   assert train["train_peak_rss_bytes"] >= train["rss_model_bytes"] > 0
   assert train["eval"]["model_gflops"] == pytest.approx(
@@ -77,7 +82,7 @@ def test_train_eval_memory_and_report(benchmark, tiny):
                      "best_gflops": 2.0},
             "train": [train, full], "memory": memory}
   text = benchmark.markdown(result)
-  assert "| %s | train adapters |" % tiny["config_file"] in text
+  assert "| %s | train adapters | 4 (auto) |" % tiny["config_file"] in text
   assert "| %s | eval |" % tiny["config_file"] in text
   assert "adapters / full examples/s" in text
   json.dumps(result)  # The JSON output must serialize.

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import adapters
 import checkpoint_io
+import kernels
 import modeling
 from errors import UserError
 
@@ -164,7 +165,7 @@ def test_training_step_does_not_depend_on_padding(fused):
   seed = tf.constant([11, 5], tf.int64)
 
   def loss_and_grads(ids, mask, segs):
-    with modeling.fused_kernels(fused), tf.GradientTape() as tape:
+    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
       logits = model(features(ids, mask, segs), training=True,
                      dropout_seed=seed)
       loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -179,7 +180,7 @@ def test_training_step_does_not_depend_on_padding(fused):
   for a, b in zip(short_grads, long_grads):
     np.testing.assert_allclose(a, b, atol=1e-6)
   # A different seed gives a different loss: dropout is on.
-  with modeling.fused_kernels(fused):
+  with kernels.fused_kernels(fused):
     other = model(features(ids, mask, segs), training=True,
                   dropout_seed=tf.constant([11, 6], tf.int64)).numpy()
     same = model(features(ids, mask, segs), training=True,
@@ -187,10 +188,43 @@ def test_training_step_does_not_depend_on_padding(fused):
   assert np.max(np.abs(other - same)) > 1e-4
 
 
+@pytest.mark.parametrize("train_mode", ["adapters", "full"])
+def test_fused_kernels_give_the_plain_ops_numbers(train_mode):
+  # The compiled kernels and their hand-written gradients (GELU, LayerNorm,
+  # dropout, attention core, projections, adapters) against the same model
+  # built from plain TensorFlow ops and differentiated by TensorFlow.
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  randomize(model, seed=8)
+  trainable = [v for _, v in modeling.set_train_mode(model, train_mode)]
+  ids, mask, segs = mixed_batch(cfg, [7, 4, 2, 6], seq=7)
+  labels = tf.constant([0, 1, 1, 0])
+  seed = tf.constant([3, 4], tf.int64)
+
+  def loss_and_grads(fused):
+    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
+      logits = model(features(ids, mask, segs), training=True,
+                     dropout_seed=seed)
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels, logits))
+    grads = tape.gradient(loss, trainable)
+    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+  fused_loss, fused_grads = loss_and_grads(True)
+  plain_loss, plain_grads = loss_and_grads(False)
+  np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-6)
+  assert len(fused_grads) == len(trainable)
+  for variable, a, b in zip(trainable, fused_grads, plain_grads):
+    if not variable.path.endswith("key/bias"):  # Exactly 0 in theory.
+      assert np.max(np.abs(b)) > 0, variable.path
+    np.testing.assert_allclose(a, b, atol=1e-6 + 1e-5 * np.max(np.abs(b)),
+                               err_msg=variable.path)
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 40, 40), (6, 40, 9), (40, 7), (41,)])
 def test_dropout_mask_keyed_by_coordinates(shape):
   seed = tf.constant([1, 2], tf.int64)
-  keep = modeling._keep_mask(tf.zeros(shape), seed, 0.1).numpy()
+  keep = kernels.keep_mask(tf.zeros(shape), seed, 0.1).numpy()
   assert keep.shape == shape
   # About 10% dropped (binomial: n >= 287, 6 sigma).
   n = keep.size
@@ -199,21 +233,21 @@ def test_dropout_mask_keyed_by_coordinates(shape):
     # The mask of the first rows/columns does not depend on the padded length
     # of the last two axes.
     trimmed = shape[:-2] + (shape[-2] - 3, shape[-1] - 5)
-    small = modeling._keep_mask(tf.zeros(trimmed), seed, 0.1).numpy()
+    small = kernels.keep_mask(tf.zeros(trimmed), seed, 0.1).numpy()
     np.testing.assert_array_equal(
         small, keep[..., :trimmed[-2], :trimmed[-1]])
-  # Examples [2, 5) with their offset in the seed draw the whole batch's
+  # Examples [1, 3) with their offset in the seed draw the whole batch's
   # masks for them (micro-batches).
   if len(shape) >= 2:
-    part = modeling._keep_mask(tf.zeros((3,) + shape[1:]),
-                               modeling.dropout_seed_for_slice(seed, 2),
-                               0.1).numpy()
-    np.testing.assert_array_equal(part, keep[2:5])
+    part = kernels.keep_mask(tf.zeros((2,) + shape[1:]),
+                             kernels.dropout_seed_for_slice(seed, 1),
+                             0.1).numpy()
+    np.testing.assert_array_equal(part, keep[1:3])
   # Same under XLA; another seed gives another mask.
-  xla = tf.function(modeling._keep_mask, jit_compile=True)
+  xla = tf.function(kernels.keep_mask, jit_compile=True)
   np.testing.assert_array_equal(xla(tf.zeros(shape), seed, 0.1).numpy(), keep)
-  other = modeling._keep_mask(tf.zeros(shape), tf.constant([1, 3], tf.int64),
-                              0.1).numpy()
+  other = kernels.keep_mask(tf.zeros(shape), tf.constant([1, 3], tf.int64),
+                            0.1).numpy()
   assert (other != keep).mean() > 0.1
 
 

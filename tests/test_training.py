@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import adapters
 import checkpoint_io
+import kernels
 import modeling
 import optimization
 import training
@@ -71,7 +72,9 @@ def test_micro_batches_train_as_the_whole_batch(train_mode, jit):
       # Its exact gradient is 0 (softmax ignores a constant per query row);
       # Adam scales the float noise it gets up to the learning rate.
       continue
-    np.testing.assert_allclose(micro[name], value, atol=2e-6, err_msg=name)
+    # Sums in another order: the gradients differ in the last bits, which
+    # Adam's first steps (update ~ lr * sign) can scale up to ~1e-6.
+    np.testing.assert_allclose(micro[name], value, atol=1e-5, err_msg=name)
 
 
 def test_micro_batch_seed_draws_the_whole_batch_masks():
@@ -84,12 +87,12 @@ def test_micro_batch_seed_draws_the_whole_batch_masks():
   features = next(iter(_batches()))
   seed = tf.constant([5, 9], tf.int64)
   for fused in (True, False):
-    with modeling.fused_kernels(fused):
+    with kernels.fused_kernels(fused):
       whole = model(features, training=True, dropout_seed=seed).numpy()
       for start, end in ((0, 3), (3, 8), (5, 6)):
         part = {k: v[start:end] for k, v in features.items()}
         logits = model(part, training=True,
-                       dropout_seed=modeling.dropout_seed_for_slice(seed, start))
+                       dropout_seed=kernels.dropout_seed_for_slice(seed, start))
         np.testing.assert_allclose(logits.numpy(), whole[start:end], atol=1e-6)
       # Without the offset a slice draws other masks.
       other = model({k: v[3:8] for k, v in features.items()}, training=True,
