@@ -497,11 +497,13 @@ def _attention_scores(q, k, mask_adder, scale):
   """float32 q·kᵀ · scale + mask_adder, [batch, heads, seq, seq].
 
   Written so that TensorFlow's graph optimizer fuses the scale and the mask
-  into the oneDNN batched product (as in the original).
+  into the oneDNN batched product (as in the original). Under a mixed
+  precision policy Keras may have cast mask_adder to the compute dtype; it
+  is added in float32.
   """
   scores = tf.matmul(q, k, transpose_b=True)
   scores = tf.multiply(scores, tf.cast(scale, scores.dtype))
-  return tf.cast(scores, tf.float32) + mask_adder
+  return tf.cast(scores, tf.float32) + tf.cast(mask_adder, tf.float32)
 
 
 def _attention_probs_backward(probs, seed, scale, rate, dout):

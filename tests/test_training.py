@@ -1,5 +1,6 @@
 """Trainer: micro-batches train as the whole batch; the automatic size."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,3 +122,23 @@ def test_auto_micro_batch_size():
   # Never below one example.
   assert training.auto_micro_batch_size(base, "full", 2, 512, strategy,
                                         budget=1) == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step_runs_near_float32(policy):
+  # --mixed_precision on a CPU host: the fused kernels take the compute
+  # dtype (the mask adder Keras casts down is added in float32); the first
+  # step's loss is that of float32 to the compute dtype's precision.
+  losses = {}
+  for name in ("float32", policy):
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+      _, trainer = _trainer("adapters", None)
+      trainer._build_train_loop()
+      result, _ = trainer._train_loop(iter(_batches()), tf.constant(2))
+      losses[name] = result.numpy()
+    finally:
+      keras.mixed_precision.set_dtype_policy(previous)
+  assert np.all(np.isfinite(losses[policy]))
+  np.testing.assert_allclose(losses[policy], losses["float32"], rtol=3e-2)
