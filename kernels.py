@@ -12,6 +12,7 @@ import math
 
 import tensorflow as tf
 
+
 def fold_seed(seed, salt):
   """Derives an independent stateless seed for one dropout site.
 

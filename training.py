@@ -17,7 +17,6 @@ import tensorflow as tf
 
 import checkpoint_io
 import kernels
-import modeling
 import run_config
 import summaries
 from errors import UserError
@@ -36,7 +35,7 @@ def compiles_whole_step(jit_compile, strategy):
   With jit_compile=True that is the case on GPUs and TPUs but not on a host
   with CPUs only. There the step runs TensorFlow's own kernels and only the
   element-wise chains between the matrix products are XLA-compiled (the fused
-  kernels of modeling.py), because on CPU (measured on a 2-core AVX-512
+  kernels of kernels.py), because on CPU (measured on a 2-core AVX-512
   Xeon, TF 2.21, MiniLM config, batch 32 x 128; see scripts/benchmark.py):
     * XLA:CPU's matrix products ran at 0.5-0.8x the speed of TensorFlow's
       oneDNN kernels (e.g. a 4096^2 GEMM at 30 vs 64 GFLOP/s), and no XLA CPU
