@@ -11,8 +11,11 @@ One command, progress on stderr, a JSON file and a Markdown table out:
   3. the model FLOP/s of those steps and their ratio to the peak, counting
      forward = per layer and token 2 * (4H^2 + 2HI) + 4SH (S the padded
      sequence length; embeddings, adapters and head not counted), an
-     `adapters` step = 2 x forward, a `full` step = 3 x forward;
-  4. eval: forward throughput and its FLOP ratio;
+     `adapters` step = 2 x forward, a `full` step = 3 x forward; each timed
+     step follows a peak-sized matmul probe and the ratio is the median of
+     the per-step ratios (the machine's speed drifts when it is shared);
+  4. eval: forward throughput and its FLOP ratio; ratio: adapters / full
+     examples/s from steps of the two modes interleaved in one process;
   5. memory: the peak resident memory (VmHWM) of each training run (every
      run is its own process), and the resident memory after each of several
      epochs of a training + eval loop (growth from epoch to epoch);
@@ -23,9 +26,8 @@ One command, progress on stderr, a JSON file and a Markdown table out:
   7. tokenization: scripts/benchmark_tokenization.py's figures.
 
 Each measurement of sections 2-6 runs in a fresh process (the script calls
-itself with --worker), so peak memory and compile caches are per run; the
-FLOP ratio of a run uses the peak measured in that same process just before
-its steps (the machine may be shared: the load average is recorded).
+itself with --worker), so peak memory and compile caches are per run (the
+load average is recorded too).
 
 Example:
   python scripts/benchmark.py --output_dir=/tmp/benchmark
@@ -51,7 +53,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-SECTIONS = ("peak", "train", "eval", "memory", "mrpc", "tokenization")
+SECTIONS = ("peak", "train", "eval", "ratio", "memory", "mrpc",
+            "tokenization")
 _SHARED = os.path.join(os.path.dirname(_REPO), "shared")
 _MINILM_DIR = os.path.join(_SHARED, "bert", "minilm_l6_h384_uncased")
 # The shared MiniLM's bert_config.json, used when ../shared is absent.
@@ -87,6 +90,9 @@ def _parse_flags(argv):
                       help="Timed train steps of the BERT-base config.")
   parser.add_argument("--eval_steps", type=int, default=5,
                       help="Timed eval batches (3 for BERT-base at most).")
+  parser.add_argument("--ratio_rounds", type=int, default=5,
+                      help="Interleaved adapters/full step pairs per config "
+                      "(3 for BERT-base at most) of section ratio.")
   parser.add_argument("--peak_size", type=int, default=4096,
                       help="Side of the square matmul of the peak.")
   parser.add_argument("--peak_repeats", type=int, default=5)
@@ -496,8 +502,50 @@ def worker_mrpc(args):
   return result
 
 
+def worker_ratio(args):
+  """adapters / full examples/s from steps interleaved in one process.
+
+  Separate runs minutes apart on a shared machine see different speeds; here
+  an adapters step and a full step (each with its automatic micro-batch)
+  alternate, and the ratio of each pair's times is taken.
+  """
+  import tensorflow as tf
+  label, config = load_config(args["config"])
+  batch, seq = args["batch_size"], args["max_seq_length"]
+  features = _random_features(config, batch, seq)
+  steps = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for mode in ("adapters", "full"):
+      trainer = make_trainer(
+          config, mode, batch, _jit_value(args["jit_compile"]),
+          os.path.join(tmp, mode),
+          micro_batch_size=resolve_micro_batch_size(
+              config, mode, batch, seq, args.get("micro_batch_size", 0)))
+      trainer._build_train_loop()
+      iterator = iter(tf.data.Dataset.from_tensors(features).repeat())
+      one = tf.constant(1)
+
+      def step(trainer=trainer, iterator=iterator, one=one):
+        trainer._train_loop(iterator, one)[0].numpy()
+      for _ in range(1 + args["warmup_steps"]):
+        step()
+      steps[mode] = step
+    times = {"adapters": [], "full": []}
+    for i in range(args["rounds"]):
+      for mode in ("adapters", "full"):
+        start = time.perf_counter()
+        steps[mode]()
+        times[mode].append(time.perf_counter() - start)
+      progress("%s ratio: round %d/%d adapters %.2f s, full %.2f s" % (
+          label, i + 1, args["rounds"], times["adapters"][-1],
+          times["full"][-1]))
+  ratios = [f / a for a, f in zip(times["adapters"], times["full"])]
+  return {"config": label, "rounds": args["rounds"], "step_times_s": times,
+          "ratio": statistics.median(ratios), "ratios": ratios}
+
+
 WORKERS = {"train": worker_train, "memory": worker_memory,
-           "mrpc": worker_mrpc}
+           "mrpc": worker_mrpc, "ratio": worker_ratio}
 
 
 def run_worker(name, args):
@@ -568,7 +616,8 @@ def markdown(result):
                  if r["config"] == label and r.get("auto_micro", True)}
       if "adapters" in by_mode and "full" in by_mode:
         out.append("")
-        out.append("%s: adapters / full examples/s = %.2fx" % (
+        out.append("%s: adapters / full examples/s = %.2fx (separate "
+                   "runs)" % (
             label, by_mode["adapters"]["examples_per_s"]
             / by_mode["full"]["examples_per_s"]))
     out.append("")
@@ -579,6 +628,11 @@ def markdown(result):
                "matmul's rate." % (
                    rows[0]["batch_size"], rows[0]["max_seq_length"]))
     out.append("")
+  for r in result.get("ratio", []):
+    out += ["%s: adapters / full examples/s, steps interleaved in one process "
+            "(%d pairs): **%.2fx** (pairs %s)." % (
+                r["config"], r["rounds"], r["ratio"],
+                ", ".join("%.2f" % x for x in r["ratios"])), ""]
   if "memory" in result:
     mem = result["memory"]
     out += ["Memory, %s adapters, %d epochs of %d steps + eval: RSS %s; "
@@ -657,6 +711,14 @@ def main(argv=None):
               args, eval_steps=0, micro_batch_size=flags.batch_size))
           whole["auto_micro"] = False
           result["train"].append(whole)
+  if "ratio" in sections:
+    result["ratio"] = []
+    for config in _split(flags.configs):
+      base = load_config(config)[1]["hidden_size"] >= 768
+      progress("ratio: %s adapters / full, interleaved" % config)
+      result["ratio"].append(run_worker("ratio", dict(
+          common, config=config,
+          rounds=min(flags.ratio_rounds, 3) if base else flags.ratio_rounds)))
   if "memory" in sections:
     progress("memory: epochs of a MiniLM adapter run")
     result["memory"] = run_worker("memory", dict(

@@ -106,3 +106,18 @@ def test_flags(benchmark):
   assert flags.train_steps == 2 and flags.jit_compile == "true"
   with pytest.raises(SystemExit):
     benchmark._parse_flags(["--sections=peak,bogus"])
+
+
+def test_ratio_interleaves_the_two_modes(benchmark, tiny):
+  result = benchmark.worker_ratio(dict(
+      COMMON, config=tiny["config_file"], rounds=2))
+  assert len(result["ratios"]) == 2
+  for mode in ("adapters", "full"):
+    assert len(result["step_times_s"][mode]) == 2
+  times = result["step_times_s"]
+  assert result["ratios"] == pytest.approx(
+      [f / a for a, f in zip(times["adapters"], times["full"])])
+  text = benchmark.markdown({
+      "command": "c", "machine": benchmark.machine(),
+      "load_start": (0.0,) * 3, "load_end": (0.0,) * 3, "ratio": [result]})
+  assert "steps interleaved in one process (2 pairs)" in text
