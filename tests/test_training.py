@@ -13,13 +13,19 @@ import optimization
 import training
 
 
-def _trainer(train_mode, micro_batch_size, jit_compile=True):
+def _model(dropout, num_layers=2):
+  """A tiny BertClassifier with adapters and `dropout` everywhere."""
   config = modeling.BertConfig(
-      vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
-      hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
-  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
-                                  classifier_dropout=0.2)
+      vocab_size=40, hidden_size=16, num_hidden_layers=num_layers,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+      type_vocab_size=2, hidden_dropout_prob=dropout,
+      attention_probs_dropout_prob=dropout)
+  return modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
+                                 classifier_dropout=dropout)
+
+
+def _trainer(train_mode, micro_batch_size, jit_compile=True):
+  model = _model(0.2)
   rng = np.random.default_rng(7)
   for name, v in checkpoint_io.checkpoint_name_map(model).items():
     v.assign((rng.normal(0, 0.2, size=v.shape)
@@ -79,12 +85,7 @@ def test_micro_batches_train_as_the_whole_batch(train_mode, jit):
 
 
 def test_micro_batch_seed_draws_the_whole_batch_masks():
-  config = modeling.BertConfig(
-      vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
-      hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
-  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
-                                  classifier_dropout=0.3)
+  model = _model(0.3, num_layers=1)
   features = next(iter(_batches()))
   seed = tf.constant([5, 9], tf.int64)
   for fused in (True, False):
