@@ -199,6 +199,9 @@ class LayerNorm(keras.layers.LayerNormalization):
     elif training:
       outputs = kernels.fused_layer_norm(inputs, residual, gamma, beta,
                                          self.epsilon)
+    elif kernels.onednn_kernels_enabled():
+      outputs = kernels.onednn_layer_norm(inputs, residual, gamma, beta,
+                                          self.epsilon)
     else:
       outputs = kernels.layer_norm_inference_xla(inputs, residual, gamma,
                                                  beta, self.epsilon)

@@ -475,16 +475,18 @@ class Trainer:
   def _build_eval_step(self):
     model = self.model
 
+    whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
+
     def forward(features):
-      with kernels.fused_kernels(bool(self.jit_compile)):
+      with kernels.fused_kernels(bool(self.jit_compile),
+                                 onednn=not whole_step_xla):
         logits = model(features, training=False)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       return logits, losses
 
     forward = tf.function(
-        forward, jit_compile=compiles_whole_step(self.jit_compile,
-                                                 self.strategy),
+        forward, jit_compile=whole_step_xla,
         reduce_retracing=True)
     strategy = self.strategy
 

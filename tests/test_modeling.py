@@ -140,6 +140,61 @@ def test_forward_matches_numpy_reference_tiny():
   assert np.max(np.abs(other - ref_logits)) > 1e-3
 
 
+needs_onednn = pytest.mark.skipif(
+    not kernels.onednn_layer_norm_available(),
+    reason="this TensorFlow build has no usable oneDNN LayerNorm kernel")
+
+
+@needs_onednn
+def test_onednn_inference_path_matches_numpy_reference():
+  # The CPU eval step's LayerNorms are TensorFlow's oneDNN kernel.
+  cfg = tiny_config()
+  model = modeling.BertClassifier(cfg, 3, adapters.AdapterConfig(size=8))
+  randomize(model, seed=2)
+  ids, mask, segs = mixed_batch(cfg, [9, 4, 1, 7], seq=9)
+
+  @tf.function
+  def forward(inputs):
+    with kernels.fused_kernels(True, onednn=True):
+      return model(inputs)
+
+  logits = forward(features(ids, mask, segs))
+  graph = forward.get_concrete_function(features(ids, mask, segs)).graph
+  op_types = {op.type for f in [graph] + [
+      g.graph for g in graph._functions.values()]  # pylint: disable=protected-access
+              for op in f.get_operations()}
+  assert "_MklLayerNorm" in op_types
+  _, _, ref_logits = np_bert(weights_by_name(model), cfg, ids,
+                             mask.astype(np.float64), segs)
+  assert np.max(np.abs(logits.numpy() - ref_logits)) <= 1e-5
+
+
+@needs_onednn
+def test_onednn_layer_norm_value_and_gradient():
+  rng = np.random.default_rng(5)
+  x, residual, dy = (tf.constant(rng.normal(2.0, 3.0, [37, 24]), tf.float32)
+                     for _ in range(3))
+  gamma, beta = (tf.constant(rng.normal(1.0, 0.5, [24]), tf.float32)
+                 for _ in range(2))
+
+  def value_and_grads(layer_norm):
+    with tf.GradientTape() as tape:
+      tape.watch([x, residual, gamma, beta])
+      y = layer_norm(x, residual, gamma, beta, 1e-3)
+    return [y] + tape.gradient(y, [x, residual, gamma, beta],
+                               output_gradients=dy)
+
+  got = value_and_grads(kernels.onednn_layer_norm)
+  want = value_and_grads(lambda *a: kernels.ln_forward(*a)[0])
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5)
+  h = (x + residual).numpy()
+  np.testing.assert_allclose(
+      got[0].numpy(), (h - h.mean(-1, keepdims=True)) / np.sqrt(
+          h.var(-1, keepdims=True) + 1e-3) * gamma.numpy() + beta.numpy(),
+      atol=2e-5)
+
+
 def test_padding_does_not_change_real_positions():
   cfg = tiny_config()
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
