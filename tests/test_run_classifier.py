@@ -7,15 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-import adapters
 import checkpoint_io
-import modeling
-import optimization
 import tiny_fixtures as fx
-import training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAST = {"jit_compile": False, "bucket_by_length": False}
@@ -97,22 +92,10 @@ def test_use_tpu_without_a_tpu_is_a_clear_error(tmp_path):
 
 
 def tiny_trainer(jit_compile, train_mode="adapters", seed=0, dropout=0.1):
-  config = modeling.BertConfig(
-      vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=32, max_position_embeddings=32, type_vocab_size=2,
-      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-  model = modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
-                                  classifier_dropout=dropout)
-  rng = np.random.default_rng(seed)
-  for name, v in checkpoint_io.checkpoint_name_map(model).items():
-    v.assign((rng.normal(0, 0.2, size=v.shape)
-              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
-  trainable = modeling.set_train_mode(model, train_mode)
-  optimizer = optimization.create_optimizer(5e-2, 6, 1)
-  trainer = training.Trainer(
-      model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
-      num_labels=2, is_regression=False, global_batch_size=8, seed=3,
-      jit_compile=jit_compile)
+  model = fx.tiny_classifier(dropout=dropout)
+  trainer = fx.tiny_trainer(model, train_mode, seed=seed,
+                            jit_compile=jit_compile)
+  rng = np.random.default_rng(seed + 1)
   data = {"input_ids": rng.integers(1, 40, (32, 10)).astype(np.int32),
           "input_mask": np.ones((32, 10), np.int32),
           "segment_ids": np.zeros((32, 10), np.int32),
@@ -150,8 +133,12 @@ def test_xla_and_plain_steps_agree(tmp_path):
     trainer.output_dir = str(tmp_path / str(jit))
     trainer.train(make, 6, iterations_per_loop=6, save_checkpoints_steps=100)
     results.append({n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(model).items()})
+  # Float rounding differs (XLA fuses differently) and Adam divides by the
+  # gradient's running scale, so a component whose gradient is near 0 moves
+  # by noise x learning rate (5e-2): 1e-4 allows that; other dropout masks
+  # would move weights by ~1e-2.
   for name in results[0]:
-    np.testing.assert_allclose(results[0][name], results[1][name], atol=1e-5,
+    np.testing.assert_allclose(results[0][name], results[1][name], atol=1e-4,
                                err_msg=name)
 
 

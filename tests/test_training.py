@@ -5,38 +5,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
 import checkpoint_io
 import kernels
 import modeling
-import optimization
+import tiny_fixtures
 import training
 
 
-def _model(dropout, num_layers=2):
-  """A tiny BertClassifier with adapters and `dropout` everywhere."""
-  config = modeling.BertConfig(
-      vocab_size=40, hidden_size=16, num_hidden_layers=num_layers,
-      num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
-      type_vocab_size=2, hidden_dropout_prob=dropout,
-      attention_probs_dropout_prob=dropout)
-  return modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
-                                 classifier_dropout=dropout)
-
-
 def _trainer(train_mode, micro_batch_size, jit_compile=True):
-  model = _model(0.2)
-  rng = np.random.default_rng(7)
-  for name, v in checkpoint_io.checkpoint_name_map(model).items():
-    v.assign((rng.normal(0, 0.2, size=v.shape)
-              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
-  trainable = modeling.set_train_mode(model, train_mode)
-  optimizer = optimization.create_optimizer(5e-2, 6, 1)
-  trainer = training.Trainer(
-      model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
-      num_labels=2, is_regression=False, global_batch_size=8, seed=3,
-      jit_compile=jit_compile, micro_batch_size=micro_batch_size)
-  return model, trainer
+  model = tiny_fixtures.tiny_classifier(dropout=0.2)
+  return model, tiny_fixtures.tiny_trainer(
+      model, train_mode, seed=7, jit_compile=jit_compile,
+      micro_batch_size=micro_batch_size)
 
 
 def _batches():
@@ -85,7 +65,7 @@ def test_micro_batches_train_as_the_whole_batch(train_mode, jit):
 
 
 def test_micro_batch_seed_draws_the_whole_batch_masks():
-  model = _model(0.3, num_layers=1)
+  model = tiny_fixtures.tiny_classifier(dropout=0.3, num_layers=1)
   features = next(iter(_batches()))
   seed = tf.constant([5, 9], tf.int64)
   for fused in (True, False):

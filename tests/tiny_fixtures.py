@@ -40,6 +40,44 @@ def tiny_bert_config(vocab_size, **overrides):
   return config
 
 
+def tiny_classifier(dropout=0.1, num_layers=2):
+  """In process: a BertClassifier (vocab 40, hidden 16, 2 heads, 2 labels)
+  with adapters of size 4 and `dropout` everywhere, the classifier too."""
+  import adapters  # pylint: disable=g-import-not-at-top
+  import modeling  # pylint: disable=g-import-not-at-top
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=num_layers,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+      type_vocab_size=2, hidden_dropout_prob=dropout,
+      attention_probs_dropout_prob=dropout)
+  return modeling.BertClassifier(config, 2, adapters.AdapterConfig(size=4),
+                                 classifier_dropout=dropout)
+
+
+def tiny_trainer(model, train_mode="adapters", seed=0, jit_compile=True,
+                 micro_batch_size=None):
+  """Random weights for `model` (gammas near 1) and a Trainer of it.
+
+  Global batch 8, 6 steps of learning rate 5e-2 (1 warm-up), dropout seed 3,
+  output directory /tmp (tests that save set trainer.output_dir).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  import modeling  # pylint: disable=g-import-not-at-top
+  import optimization  # pylint: disable=g-import-not-at-top
+  import training  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    v.assign((rng.normal(0, 0.2, size=v.shape)
+              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+  trainable = modeling.set_train_mode(model, train_mode)
+  optimizer = optimization.create_optimizer(5e-2, 6, 1)
+  return training.Trainer(
+      model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
+      num_labels=2, is_regression=False, global_batch_size=8, seed=3,
+      jit_compile=jit_compile, micro_batch_size=micro_batch_size)
+
+
 def write_model(directory, seed=0, **config_overrides):
   """Writes vocab.txt, bert_config.json and bert_model.ckpt.* in `directory`.
 
