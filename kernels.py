@@ -11,6 +11,7 @@ import contextlib
 import functools
 import math
 
+import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 import tensorflow as tf
 
 
@@ -232,13 +233,15 @@ def onednn_layer_norm_available():
   """Whether TensorFlow's oneDNN LayerNorm kernel runs here and is right.
 
   Tried once per process on a small CPU tensor against `ln_forward`; any
-  failure (a build without oneDNN, an op that changed) means no.
+  failure (a build without oneDNN, an op that changed) means no. The trial
+  runs eagerly (`tf.init_scope`) also when the first question comes while a
+  function is traced, as it does in the Trainer's eval step.
   """
   try:
     from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
     if op_def_registry.get("_MklLayerNorm") is None:
       return False
-    with tf.device("/CPU:0"):
+    with tf.init_scope(), tf.device("/CPU:0"):
       x = tf.reshape(tf.range(24, dtype=tf.float32) ** 1.5, [3, 8])
       gamma = tf.linspace(0.5, 2.0, 8)
       beta = tf.linspace(-1.0, 1.0, 8)

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 
+import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import keras
 import tensorflow as tf

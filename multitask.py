@@ -33,6 +33,7 @@ import os
 import re
 import types
 
+import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import numpy as np
 import tensorflow as tf

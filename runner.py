@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 
+import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import keras
 import numpy as np

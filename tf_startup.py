@@ -11,12 +11,50 @@ see one `error:` line, not five lines of runtime notes before it.
 (and tensorflow-text) load and the devices are listed, then restores it and
 copies back every captured line that is not one of the known start-up notes,
 so real warnings and errors still reach the user.
+
+Importing this module also picks TensorFlow's oneDNN CPU kernels on x86-64
+hosts (`prefer_onednn`), which must happen before TensorFlow loads: library
+modules that build or train the model import it first.
 """
 
 import os
+import platform
 import re
 import sys
 import tempfile
+
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def prefer_onednn(environ=None, machine=None):
+  """Asks for TensorFlow's oneDNN CPU kernels unless the user chose already.
+
+  TensorFlow turns its oneDNN graph rewrites on by default only on x86 CPUs
+  with AVX512-VNNI, AVX512-BF16 or AMX. Elsewhere (an AVX-512 Skylake Xeon,
+  say) batched products such as attention's run through Eigen one small
+  matrix at a time; with oneDNN, measured on a 2-core Skylake VM (TF 2.21,
+  MiniLM, batch 32 x 128): attention's products 8-14 -> 28-48 GFLOP/s, the
+  adapters train step 3.8 -> 2.85 s, the eval step 1.85 -> 1.05 s.
+
+  Sets TF_ENABLE_ONEDNN_OPTS=1 on x86-64 when the variable is unset; a value
+  the user set (0 too) is kept. It takes effect only if TensorFlow has not
+  been imported yet in this process.
+
+  Args:
+    environ: the environment to change (os.environ by default).
+    machine: platform.machine() (for tests).
+
+  Returns:
+    The value TF_ENABLE_ONEDNN_OPTS now has, or None if unset.
+  """
+  environ = os.environ if environ is None else environ
+  machine = platform.machine() if machine is None else machine
+  if ONEDNN_ENV not in environ and machine.lower() in ("x86_64", "amd64"):
+    environ[ONEDNN_ENV] = "1"
+  return environ.get(ONEDNN_ENV)
+
+
+prefer_onednn()
 
 # Start-up notes of the TensorFlow/XLA runtime that say nothing about the job.
 _NOISE = re.compile(

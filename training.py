@@ -11,6 +11,7 @@ import collections
 import os
 import time
 
+import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import numpy as np
 import tensorflow as tf

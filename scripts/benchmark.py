@@ -52,6 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
+import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 
 SECTIONS = ("peak", "train", "eval", "ratio", "memory", "mrpc",
             "tokenization")

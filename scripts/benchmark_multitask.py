@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
+import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 import tensorflow as tf  # noqa: E402
 
 import adapter_io  # noqa: E402

@@ -170,6 +170,22 @@ def test_onednn_inference_path_matches_numpy_reference():
 
 
 @needs_onednn
+def test_onednn_probe_answers_inside_a_trace():
+  # The first question usually comes while the eval step is being traced;
+  # the probe must still run (eagerly) and say yes.
+  kernels.onednn_layer_norm_available.cache_clear()
+  seen = []
+
+  @tf.function
+  def traced():
+    seen.append(kernels.onednn_layer_norm_available())
+    return tf.constant(0)
+
+  traced()
+  assert seen == [True]
+
+
+@needs_onednn
 def test_onednn_layer_norm_value_and_gradient():
   rng = np.random.default_rng(5)
   x, residual, dy = (tf.constant(rng.normal(2.0, 3.0, [37, 24]), tf.float32)

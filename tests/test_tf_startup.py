@@ -54,3 +54,30 @@ def test_verbose_keeps_everything():
       "tf = tf_startup.import_quietly(verbose=True)\n"
       "sys.stderr.write('done\\n')\n")
   assert stderr.splitlines()[-1] == "done"
+
+
+def test_prefer_onednn_sets_the_default_on_x86_only():
+  env = {}
+  assert tf_startup.prefer_onednn(env, machine="x86_64") == "1"
+  assert env == {tf_startup.ONEDNN_ENV: "1"}
+  chosen = {tf_startup.ONEDNN_ENV: "0"}  # The user's choice is kept.
+  assert tf_startup.prefer_onednn(chosen, machine="x86_64") == "0"
+  other = {}
+  assert tf_startup.prefer_onednn(other, machine="aarch64") is None
+  assert other == {}
+
+
+def test_library_import_asks_for_onednn_before_tensorflow_loads():
+  env = dict(os.environ)
+  env.pop(tf_startup.ONEDNN_ENV, None)
+  proc = subprocess.run(
+      [sys.executable, "-c",
+       "import os, platform, sys\n"
+       "import modeling\n"
+       "assert 'tensorflow' in sys.modules\n"
+       "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"],
+      capture_output=True, text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  machine, value = proc.stdout.split()
+  assert value == ("1" if machine.lower() in ("x86_64", "amd64") else "None")
