@@ -75,9 +75,15 @@ def test_library_import_asks_for_onednn_before_tensorflow_loads():
        "import os, platform, sys\n"
        "import modeling\n"
        "assert 'tensorflow' in sys.modules\n"
-       "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"],
+       "from tensorflow.python.util import _pywrap_util_port\n"
+       "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'),\n"
+       "      _pywrap_util_port.IsMklEnabled())"],
       capture_output=True, text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
       timeout=300)
   assert proc.returncode == 0, proc.stderr
-  machine, value = proc.stdout.split()
-  assert value == ("1" if machine.lower() in ("x86_64", "amd64") else "None")
+  machine, value, enabled = proc.stdout.split()
+  if machine.lower() in ("x86_64", "amd64"):
+    # Set in time: TensorFlow loaded with its oneDNN rewrites on.
+    assert (value, enabled) == ("1", "True")
+  else:
+    assert value == "None"
