@@ -24,6 +24,8 @@ import sys
 import tempfile
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# platform.machine() of the hosts whose TensorFlow builds have oneDNN kernels.
+X86_64_MACHINES = ("x86_64", "amd64")
 
 
 def prefer_onednn(environ=None, machine=None):
@@ -49,7 +51,7 @@ def prefer_onednn(environ=None, machine=None):
   """
   environ = os.environ if environ is None else environ
   machine = platform.machine() if machine is None else machine
-  if ONEDNN_ENV not in environ and machine.lower() in ("x86_64", "amd64"):
+  if ONEDNN_ENV not in environ and machine.lower() in X86_64_MACHINES:
     environ[ONEDNN_ENV] = "1"
   return environ.get(ONEDNN_ENV)
 

@@ -82,7 +82,7 @@ def test_library_import_asks_for_onednn_before_tensorflow_loads():
       timeout=300)
   assert proc.returncode == 0, proc.stderr
   machine, value, enabled = proc.stdout.split()
-  if machine.lower() in ("x86_64", "amd64"):
+  if machine.lower() in tf_startup.X86_64_MACHINES:
     # Set in time: TensorFlow loaded with its oneDNN rewrites on.
     assert (value, enabled) == ("1", "True")
   else:
