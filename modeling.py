@@ -214,6 +214,21 @@ def _dense(layer, x):
   return kernels.dense(x, layer.kernel, layer.bias)
 
 
+def first_positions(x, batch, seq, k):
+  """The rows of the first k positions of each example.
+
+  Args:
+    x: [batch * seq, H] token rows, example-major.
+    batch, seq: scalar int32 tensors; k: python int, k <= seq.
+
+  Returns:
+    [batch * k, H].
+  """
+  hidden = tf.shape(x)[-1]
+  rows = tf.reshape(x, [batch, seq, hidden])[:, :k, :]  # [batch, k, H]
+  return tf.reshape(rows, [batch * k, hidden])
+
+
 def _layer_norm(name):
   # Statistics always in float32 (mixed precision keeps LayerNorm in float32).
   return LayerNorm(axis=-1, epsilon=LAYER_NORM_EPSILON, name=name,
@@ -283,36 +298,68 @@ class BertSelfAttention(keras.layers.Layer):
     for layer in (self.query, self.key, self.value):
       layer.build((None, c.hidden_size))
 
-  def _project_heads(self, x, batch, seq):
+  def _split_heads(self, x, batch, seq, parts):
+    """[batch * seq, parts * H] -> `parts` tensors [batch, heads, seq, size]."""
+    x = tf.reshape(x, [batch, seq, parts, self.num_heads, self.head_size])
+    x = tf.transpose(x, [2, 0, 3, 1, 4])  # [parts, batch, heads, seq, size]
+    # unstack, not x[i]: the gradient of a slice is a zero-filled copy of
+    # the whole tensor per slice, that of unstack one stack.
+    return tf.unstack(x, num=parts, axis=0)
+
+  def _project_heads(self, x, batch, seq, output_range=None):
     """The query, key and value projections as one matrix product.
 
+    Args:
+      x: [batch * seq, H].
+      output_range: None, or k: queries of the first k positions only.
+
     Returns:
-      q, k, v: [batch, heads, seq, head_size] each.
+      q: [batch, heads, seq or k, head_size]; k, v: [batch, heads, seq,
+      head_size].
     """
     # One [H, 3H] product instead of three [H, H] ones: a wider matrix runs
     # closer to the machine's peak, and the backward pass gets one product
     # too. The kernels stay three variables (the checkpoint layout).
     layers = (self.query, self.key, self.value)
-    qkv = kernels.fused_projection(
-        x, [tf.convert_to_tensor(l.kernel) for l in layers],
-        [tf.convert_to_tensor(l.bias) for l in layers])
-    qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_size])
-    qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, size]
-    # unstack, not qkv[i]: the gradient of a slice is a zero-filled copy of
-    # the whole tensor per slice, that of unstack one stack.
-    return tf.unstack(qkv, num=3, axis=0)
+    kernels_ = [tf.convert_to_tensor(l.kernel) for l in layers]
+    biases = [tf.convert_to_tensor(l.bias) for l in layers]
+    if output_range is None:
+      qkv = kernels.fused_projection(x, kernels_, biases)  # [rows, 3H]
+      return self._split_heads(qkv, batch, seq, 3)
+    k, v = self._split_heads(
+        kernels.fused_projection(x, kernels_[1:], biases[1:]), batch, seq, 2)
+    q = kernels.fused_projection(first_positions(x, batch, seq, output_range),
+                                 kernels_[:1], biases[:1])
+    q, = self._split_heads(q, batch, output_range, 1)
+    return q, k, v
 
-  def call(self, x, mask_adder, batch, seq, training=False, seed=None):
-    # x: [batch * seq, H]; mask_adder: [batch, 1, 1, seq] float32
-    q, k, v = self._project_heads(x, batch, seq)
+  def call(self, x, mask_adder, batch, seq, training=False, seed=None,
+           output_range=None):
+    """Attention context before the output projection.
+
+    Args:
+      x: [batch * seq, H].
+      mask_adder: [batch, 1, 1, seq] float32.
+      batch, seq: scalar int32 tensors.
+      training: python bool.
+      seed: optional stateless dropout seed.
+      output_range: None (every position attends), or a python int k: only
+        the first k positions of each example attend (their rows are the
+        same numbers as in the whole computation, dropout masks included).
+
+    Returns:
+      [batch * rows, H] with rows = seq, or k with output_range.
+    """
+    rows = seq if output_range is None else output_range
+    q, k, v = self._project_heads(x, batch, seq, output_range)
     # Scaled, masked softmax (float32, also under mixed precision), dropout,
     # times v.
     context = kernels.attention_context(
         q, k, v, mask_adder, 1.0 / math.sqrt(self.head_size),
         self.config.attention_probs_dropout_prob, training,
-        seed)  # [batch, heads, seq, head_size]
+        seed)  # [batch, heads, rows, head_size]
     context = tf.transpose(context, [0, 2, 1, 3])
-    return tf.reshape(context, [batch * seq, self.config.hidden_size])
+    return tf.reshape(context, [batch * rows, self.config.hidden_size])
 
   def get_config(self):
     base = super().get_config()
@@ -377,29 +424,46 @@ class TransformerBlock(keras.layers.Layer):
     layer = self.adapters.get(location)
     return x if layer is None else layer(x, training=training)
 
-  def call(self, x, mask_adder, batch, seq, training=False, seed=None):
+  def call(self, x, mask_adder, batch, seq, training=False, seed=None,
+           output_range=None):
+    """One layer: [batch * seq, H] -> [batch * seq, H].
+
+    With output_range k (a python int), only the first k positions of each
+    example are computed after the keys and values: the output is
+    [batch * k, H], the same numbers as those rows of the whole output
+    (dropout masks included). The classifier needs the first ([CLS]) row of
+    the last layer only: the rest of that layer is work nobody reads
+    (TF Model Garden's `output_range`).
+    """
     # x: [batch * seq, H]
     c = self.config
+    rows, residual = seq, x
+    attention_args = {}
+    if output_range is not None:
+      rows = output_range
+      residual = first_positions(x, batch, seq, output_range)  # [batch * k, H]
+      attention_args["output_range"] = output_range
     attention = self.attention(x, mask_adder, batch, seq, training=training,
-                               seed=kernels.fold_seed(seed, 0))
+                               seed=kernels.fold_seed(seed, 0),
+                               **attention_args)  # [batch * rows, H]
     attention = _dense(self.attention_output_dense, attention)
     attention = kernels.token_dropout(attention, c.hidden_dropout_prob,
                                       training, kernels.fold_seed(seed, 1),
-                                      batch, seq)
+                                      batch, rows)
     attention = self.adapter_hook("attention_output", attention,
                                   training=training)
-    attention = self.attention_layer_norm(attention, residual=x,
+    attention = self.attention_layer_norm(attention, residual=residual,
                                           training=training)
     attention = tf.cast(attention, self.compute_dtype)
 
     intermediate = self.intermediate(attention, training=training)
     output = _dense(self.output_dense, intermediate)
     output = kernels.token_dropout(output, c.hidden_dropout_prob, training,
-                                   kernels.fold_seed(seed, 2), batch, seq)
+                                   kernels.fold_seed(seed, 2), batch, rows)
     output = self.adapter_hook("ffn_output", output, training=training)
     output = self.output_layer_norm(output, residual=attention,
                                     training=training)
-    return tf.cast(output, self.compute_dtype)  # [batch * seq, H]
+    return tf.cast(output, self.compute_dtype)  # [batch * rows, H]
 
   def get_config(self):
     base = super().get_config()
@@ -449,7 +513,14 @@ class BertModel(keras.layers.Layer):
     ]
     self.pooler = BertPooler(self.config, name="pooler")
 
-  def call(self, input_ids, input_mask, segment_ids, training=False, seed=None):
+  def call(self, input_ids, input_mask, segment_ids, training=False, seed=None,
+           output_range=None):
+    """Returns (sequence_output, pooled_output).
+
+    output_range: None, or a python int k: the last layer computes the
+    first k positions only and sequence_output is [batch, k, H] (the pooled
+    output needs k = 1; same numbers as the whole computation).
+    """
     shape = tf.shape(input_ids)
     batch, seq = shape[0], shape[1]
     embedded = self.embeddings(input_ids, segment_ids, training=training,
@@ -458,10 +529,14 @@ class BertModel(keras.layers.Layer):
     mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
     mask_adder = (1.0 - mask) * MASK_ADDER
     x = tf.reshape(embedded, [batch * seq, self.config.hidden_size])
+    last = len(self.blocks) - 1
     for i, block in enumerate(self.blocks):
+      block_args = {"output_range": output_range} if (
+          i == last and output_range is not None) else {}
       x = block(x, mask_adder, batch, seq, training=training,
-                seed=kernels.fold_seed(seed, i + 1))
-    sequence_output = tf.reshape(x, [batch, seq, self.config.hidden_size])
+                seed=kernels.fold_seed(seed, i + 1), **block_args)
+    rows = seq if output_range is None or not self.blocks else output_range
+    sequence_output = tf.reshape(x, [batch, rows, self.config.hidden_size])
     pooled_output = self.pooler(sequence_output)
     return sequence_output, pooled_output
 
@@ -533,15 +608,21 @@ class BertClassifier(keras.Model):
                                      name="classifier")
     self.built = True
 
-  def encode(self, features, training=False, dropout_seed=None):
-    """Returns (sequence_output, pooled_output) for a feature dict."""
+  def encode(self, features, training=False, dropout_seed=None,
+             output_range=None):
+    """Returns (sequence_output, pooled_output) for a feature dict.
+
+    output_range: see BertModel.call (None: every position's output).
+    """
     return self.bert(features["input_ids"], features["input_mask"],
                      features["segment_ids"], training=training,
-                     seed=kernels.fold_seed(dropout_seed, 0))
+                     seed=kernels.fold_seed(dropout_seed, 0),
+                     output_range=output_range)
 
   def call(self, features, training=False, dropout_seed=None):
+    # Only the [CLS] row of the last layer reaches the pooler.
     _, pooled = self.encode(features, training=training,
-                            dropout_seed=dropout_seed)
+                            dropout_seed=dropout_seed, output_range=1)
     return self.classifier(pooled, training=training,
                            seed=kernels.fold_seed(dropout_seed, 1))
 

@@ -363,21 +363,35 @@ class MultiTaskModel(tf.Module):
                          None, dtype)  # [tasks, batch * seq, H]
     if num_tasks > 1:
       mask_adder = tf.tile(mask_adder, [num_tasks, 1, 1, 1])
+    last = len(base.blocks) - 1
     for i, shared in enumerate(base.blocks):
-      x = self._block(i, shared, branches, x, mask_adder, rows, seq)
-    sequence_output = tf.reshape(x, [rows, seq, hidden])
+      # The pooler reads the first ([CLS]) row of the last layer only.
+      x = self._block(i, shared, branches, x, mask_adder, rows, seq,
+                      output_range=1 if i == last else None)
+    sequence_output = tf.reshape(x, [rows, -1, hidden])  # [rows, 1, H]
     pooled = base.pooler(sequence_output)  # [tasks * batch, H]
     return _unstack(pooled, num_tasks)
 
-  def _block(self, index, shared, branches, x, mask_adder, rows, seq):
-    """TransformerBlock.call (inference) with shared dense layers."""
+  def _block(self, index, shared, branches, x, mask_adder, rows, seq,
+             output_range=None):
+    """TransformerBlock.call (inference) with shared dense layers.
+
+    With output_range k, only the first k positions of each example after
+    the keys and values (see TransformerBlock.call).
+    """
     # x: [tasks, batch * seq, H]
     dtype = shared.compute_dtype
     hidden = self.config.hidden_size
     n = len(branches)
     # pylint: disable=protected-access
     flat = tf.reshape(x, [-1, hidden])  # [tasks * batch * seq, H]
-    attention = shared.attention(flat, mask_adder, rows, seq)
+    attention_args = {}
+    if output_range is not None:
+      attention_args["output_range"] = output_range
+      x = tf.reshape(modeling.first_positions(flat, rows, seq, output_range),
+                     [n, -1, hidden])  # [tasks, batch * k, H]
+    attention = shared.attention(flat, mask_adder, rows, seq,
+                                 **attention_args)
     dense = shared.attention_output_dense
     attention = kernels.dense(attention, dense.kernel, dense.bias)
     attention = _task_adapters(branches, index, "attention_output",

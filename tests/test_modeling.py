@@ -292,6 +292,53 @@ def test_fused_kernels_give_the_plain_ops_numbers(train_mode):
                                err_msg=variable.path)
 
 
+@pytest.mark.parametrize("train_mode,fused", [("adapters", True),
+                                              ("full", True),
+                                              ("adapters", False)])
+def test_output_range_gives_the_whole_computations_rows(train_mode, fused):
+  # The classifier's last layer computes the [CLS] row only (output_range=1):
+  # loss and every gradient are those of the whole computation, dropout on;
+  # encode(output_range=k) returns the first k rows of the whole output.
+  cfg = tiny_config(num_hidden_layers=3)
+  model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
+  randomize(model, seed=12)
+  trainable = [v for _, v in modeling.set_train_mode(model, train_mode)]
+  ids, mask, segs = mixed_batch(cfg, [7, 4, 2, 6], seq=7)
+  inputs = features(ids, mask, segs)
+  labels = tf.constant([0, 1, 1, 0])
+  seed = tf.constant([9, 2], tf.int64)
+
+  def loss_and_grads(whole):
+    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
+      if whole:
+        _, pooled = model.encode(inputs, training=True, dropout_seed=seed)
+        logits = model.classifier(pooled, training=True,
+                                  seed=kernels.fold_seed(seed, 1))
+      else:
+        logits = model(inputs, training=True, dropout_seed=seed)
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels, logits))
+    grads = tape.gradient(loss, trainable)
+    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+  short_loss, short_grads = loss_and_grads(False)
+  whole_loss, whole_grads = loss_and_grads(True)
+  np.testing.assert_allclose(short_loss, whole_loss, rtol=1e-6)
+  for variable, a, b in zip(trainable, short_grads, whole_grads):
+    np.testing.assert_allclose(a, b, atol=1e-6 + 1e-5 * np.max(np.abs(b)),
+                               err_msg=variable.path)
+  for training in (False, True):
+    with kernels.fused_kernels(fused):
+      whole, pooled = model.encode(inputs, training=training,
+                                   dropout_seed=seed)
+      first, first_pooled = model.encode(inputs, training=training,
+                                         dropout_seed=seed, output_range=2)
+    assert first.shape == (4, 2, cfg.hidden_size)
+    np.testing.assert_allclose(first.numpy(), whole.numpy()[:, :2], atol=1e-5)
+    np.testing.assert_allclose(first_pooled.numpy(), pooled.numpy(),
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 40, 40), (6, 40, 9), (40, 7), (41,)])
 def test_dropout_mask_keyed_by_coordinates(shape):
   seed = tf.constant([1, 2], tf.int64)
