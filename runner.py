@@ -362,9 +362,26 @@ def _micro_batch_size(cfg, bert_config, strategy):
 
 
 def _bucket(cfg, strategy):
-  """Whether batches are trimmed to length buckets (not on TPU: fixed shapes)."""
-  return cfg.bucket_by_length and not isinstance(strategy,
-                                                 tf.distribute.TPUStrategy)
+  """The length buckets batches are trimmed to, or False (fixed shapes).
+
+  Never on TPU (one compiled shape). Finer buckets where a new width only
+  compiles the small element-wise kernels (CPU) than where it compiles the
+  whole step (see `bucket_granularity`).
+  """
+  if not cfg.bucket_by_length or isinstance(strategy,
+                                            tf.distribute.TPUStrategy):
+    return False
+  return input_pipeline.default_bucket_boundaries(
+      cfg.max_seq_length, bucket_granularity(cfg.jit_compile, strategy))
+
+
+def bucket_granularity(jit_compile, strategy):
+  """Width step of the length buckets: 16 if a width compiles the whole step.
+
+  With 8 (CPU) a GLUE epoch pays ~6% less padding than with 16 (MRPC: mean
+  width 58.7 against 62.7 tokens) for a few more small kernel compilations.
+  """
+  return 16 if training.compiles_whole_step(jit_compile, strategy) else 8
 
 
 def evaluate(cfg, data, trainer, processor):

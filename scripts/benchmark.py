@@ -442,6 +442,7 @@ def worker_mrpc(args):
   import tensorflow as tf
   import input_pipeline
   import run_config
+  import runner
   label, config = load_config(args["config"])
   batch, seq = args["batch_size"], args["max_seq_length"]
   result = {"config": label, "mode": "adapters", "batch_size": batch,
@@ -460,7 +461,12 @@ def worker_mrpc(args):
                   timed_steps=steps)
     progress("mrpc: %d examples, %d steps an epoch, timing %d" % (
         num_examples, epoch_steps, steps))
-    for name, bucket in (("fixed", False), ("bucketed", True)):
+    # run_classifier's buckets for this device and --jit_compile.
+    boundaries = input_pipeline.default_bucket_boundaries(
+        seq, runner.bucket_granularity(_jit_value(args["jit_compile"]),
+                                       tf.distribute.get_strategy()))
+    result["bucket_boundaries"] = list(boundaries)
+    for name, bucket in (("fixed", False), ("bucketed", boundaries)):
       # The same length-grouped batches (run_classifier's default stream);
       # "fixed" pads each to max_seq_length, "bucketed" trims it.
       dataset = data.train_dataset(
@@ -496,6 +502,7 @@ def worker_mrpc(args):
           first_step_s=first, wall_s=wall, examples_per_s=steps * batch / wall,
           epoch_s=wall / steps * epoch_steps,
           mean_padded_length=sum(widths[1:]) / max(len(widths) - 1, 1),
+          widths=len(set(widths)),
           input_batches_per_s=(steps + 1) / input_s)
       del trainer
   result["bucketed_speedup"] = (result["fixed"]["epoch_s"]
@@ -650,12 +657,15 @@ def markdown(result):
       v = r[name]
       out.append("| %s | %.1f | %.1f | %.0f s |" % (
           name, v["mean_padded_length"], v["examples_per_s"], v["epoch_s"]))
-    out += ["", "Bucketed epoch %.2fx faster (%s). Input pipeline alone: "
+    out += ["", "Bucketed epoch %.2fx faster (%s; %d batch widths, bucket "
+            "step %d). Input pipeline alone: "
             "%.0f (fixed) / %.0f (bucketed) batches/s." % (
                 r["bucketed_speedup"],
                 "whole epoch" if r["timed_steps"] >= r["epoch_steps"]
                 else "timed %d of %d steps, epoch extrapolated" % (
                     r["timed_steps"], r["epoch_steps"]),
+                r["bucketed"].get("widths", 0),
+                r.get("bucket_boundaries", [0])[0],
                 r["fixed"]["input_batches_per_s"],
                 r["bucketed"]["input_batches_per_s"]), ""]
   if "tokenization" in result:

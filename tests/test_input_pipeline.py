@@ -250,6 +250,20 @@ def test_eval_counts_every_example_exactly_once(eval_file_408, bucket):
   assert not padding.any()
 
 
+def test_default_bucket_boundaries():
+  assert input_pipeline.default_bucket_boundaries(128) == tuple(
+      range(16, 129, 16))
+  assert input_pipeline.default_bucket_boundaries(128, 8) == tuple(
+      range(8, 129, 8))
+  assert input_pipeline.default_bucket_boundaries(100, 8) == tuple(
+      range(8, 97, 8)) + (100,)
+  assert input_pipeline.default_bucket_boundaries(512) == (
+      tuple(range(16, 129, 16)) + tuple(range(160, 257, 32))
+      + tuple(range(320, 513, 64)))
+  with pytest.raises(ValueError, match="divide 128"):
+    input_pipeline.default_bucket_boundaries(128, 12)
+
+
 def test_eval_static_shapes_without_bucketing(eval_file_408):
   spec = input_pipeline.eval_dataset(eval_file_408, 32).element_spec
   assert spec["input_ids"].shape.as_list() == [32, 64]

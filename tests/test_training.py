@@ -123,3 +123,13 @@ def test_mixed_precision_step_runs_near_float32(policy):
       keras.mixed_precision.set_dtype_policy(previous)
   assert np.all(np.isfinite(losses[policy]))
   np.testing.assert_allclose(losses[policy], losses["float32"], rtol=3e-2)
+
+
+def test_bucket_granularity_follows_what_a_width_compiles():
+  import runner  # pylint: disable=g-import-not-at-top
+  strategy = tf.distribute.get_strategy()
+  cpu_only = not tf.config.list_physical_devices("GPU")
+  # CPU: only small kernels compile per width -> finer buckets.
+  assert runner.bucket_granularity(True, strategy) == (8 if cpu_only else 16)
+  assert runner.bucket_granularity(False, strategy) == 8
+  assert runner.bucket_granularity(training.JIT_ALWAYS, strategy) == 16
