@@ -99,6 +99,19 @@ def test_mrpc_fixed_and_bucketed(benchmark, tiny):
   assert result["fixed"]["mean_padded_length"] == 64
   assert result["bucketed"]["mean_padded_length"] == 16
   assert result["bucketed_speedup"] > 0
+  bucketed = result["bucketed"]
+  assert bucketed["warm_widths"] == bucketed["widths"] - 1
+  assert bucketed["first_epoch_s"] >= bucketed["epoch_s"]
+
+
+def test_warm_batches_match_the_stream_spec(benchmark):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  spec = {"input_ids": tf.TensorSpec([4, None], tf.int32),
+          "label_ids": tf.TensorSpec([4], tf.int32)}
+  warm = benchmark._warm_batches(spec, [8, 24])
+  assert warm.element_spec == spec
+  shapes = [b["input_ids"].shape for b in warm.as_numpy_iterator()]
+  assert shapes == [(4, 8), (4, 24)]
 
 
 def test_flags(benchmark):
