@@ -121,6 +121,15 @@ def features(ids, mask, segs):
           "segment_ids": tf.constant(segs)}
 
 
+def loss_and_grads(logits_fn, labels, variables, fused):
+  """(mean cross-entropy of logits_fn(), its gradients) as numpy."""
+  with kernels.fused_kernels(fused), tf.GradientTape() as tape:
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, logits_fn()))
+  grads = tape.gradient(loss, variables)
+  return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
 def test_forward_matches_numpy_reference_tiny():
   cfg = tiny_config()
   model = modeling.BertClassifier(cfg, 3, adapters.AdapterConfig(size=8))
@@ -235,18 +244,15 @@ def test_training_step_does_not_depend_on_padding(fused):
   labels = tf.constant([0, 1, 1])
   seed = tf.constant([11, 5], tf.int64)
 
-  def loss_and_grads(ids, mask, segs):
-    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
-      logits = model(features(ids, mask, segs), training=True,
-                     dropout_seed=seed)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits))
-    return loss.numpy(), [g.numpy() for g in
-                          tape.gradient(loss, model.trainable_variables)]
+  def run(ids, mask, segs):
+    return loss_and_grads(
+        lambda: model(features(ids, mask, segs), training=True,
+                      dropout_seed=seed),
+        labels, model.trainable_variables, fused)
 
   pad = lambda a: np.pad(a, ((0, 0), (0, 9)))
-  short_loss, short_grads = loss_and_grads(ids, mask, segs)
-  long_loss, long_grads = loss_and_grads(pad(ids), pad(mask), pad(segs))
+  short_loss, short_grads = run(ids, mask, segs)
+  long_loss, long_grads = run(pad(ids), pad(mask), pad(segs))
   np.testing.assert_allclose(short_loss, long_loss, rtol=1e-6)
   for a, b in zip(short_grads, long_grads):
     np.testing.assert_allclose(a, b, atol=1e-6)
@@ -272,17 +278,14 @@ def test_fused_kernels_give_the_plain_ops_numbers(train_mode):
   labels = tf.constant([0, 1, 1, 0])
   seed = tf.constant([3, 4], tf.int64)
 
-  def loss_and_grads(fused):
-    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
-      logits = model(features(ids, mask, segs), training=True,
-                     dropout_seed=seed)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits))
-    grads = tape.gradient(loss, trainable)
-    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+  def run(fused):
+    return loss_and_grads(
+        lambda: model(features(ids, mask, segs), training=True,
+                      dropout_seed=seed),
+        labels, trainable, fused)
 
-  fused_loss, fused_grads = loss_and_grads(True)
-  plain_loss, plain_grads = loss_and_grads(False)
+  fused_loss, fused_grads = run(True)
+  plain_loss, plain_grads = run(False)
   np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-6)
   assert len(fused_grads) == len(trainable)
   for variable, a, b in zip(trainable, fused_grads, plain_grads):
@@ -308,21 +311,15 @@ def test_output_range_gives_the_whole_computations_rows(train_mode, fused):
   labels = tf.constant([0, 1, 1, 0])
   seed = tf.constant([9, 2], tf.int64)
 
-  def loss_and_grads(whole):
-    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
-      if whole:
-        _, pooled = model.encode(inputs, training=True, dropout_seed=seed)
-        logits = model.classifier(pooled, training=True,
-                                  seed=kernels.fold_seed(seed, 1))
-      else:
-        logits = model(inputs, training=True, dropout_seed=seed)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits))
-    grads = tape.gradient(loss, trainable)
-    return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+  def whole():
+    _, pooled = model.encode(inputs, training=True, dropout_seed=seed)
+    return model.classifier(pooled, training=True,
+                            seed=kernels.fold_seed(seed, 1))
 
-  short_loss, short_grads = loss_and_grads(False)
-  whole_loss, whole_grads = loss_and_grads(True)
+  short_loss, short_grads = loss_and_grads(
+      lambda: model(inputs, training=True, dropout_seed=seed), labels,
+      trainable, fused)
+  whole_loss, whole_grads = loss_and_grads(whole, labels, trainable, fused)
   np.testing.assert_allclose(short_loss, whole_loss, rtol=1e-6)
   for variable, a, b in zip(trainable, short_grads, whole_grads):
     np.testing.assert_allclose(a, b, atol=1e-6 + 1e-5 * np.max(np.abs(b)),
