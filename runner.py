@@ -368,11 +368,17 @@ def _bucket(cfg, strategy):
   compiles the small element-wise kernels (CPU) than where it compiles the
   whole step (see `bucket_granularity`).
   """
-  if not cfg.bucket_by_length or isinstance(strategy,
-                                            tf.distribute.TPUStrategy):
+  if not cfg.bucket_by_length:
+    return False
+  return bucket_boundaries(cfg.max_seq_length, cfg.jit_compile, strategy)
+
+
+def bucket_boundaries(max_seq_length, jit_compile, strategy):
+  """run_classifier's length buckets under `strategy`, or False on TPU."""
+  if isinstance(strategy, tf.distribute.TPUStrategy):
     return False
   return input_pipeline.default_bucket_boundaries(
-      cfg.max_seq_length, bucket_granularity(cfg.jit_compile, strategy))
+      max_seq_length, bucket_granularity(jit_compile, strategy))
 
 
 def bucket_granularity(jit_compile, strategy):

@@ -462,9 +462,8 @@ def worker_mrpc(args):
     progress("mrpc: %d examples, %d steps an epoch, timing %d" % (
         num_examples, epoch_steps, steps))
     # run_classifier's buckets for this device and --jit_compile.
-    boundaries = input_pipeline.default_bucket_boundaries(
-        seq, runner.bucket_granularity(_jit_value(args["jit_compile"]),
-                                       tf.distribute.get_strategy()))
+    boundaries = runner.bucket_boundaries(
+        seq, _jit_value(args["jit_compile"]), tf.distribute.get_strategy())
     result["bucket_boundaries"] = list(boundaries)
     for name, bucket in (("fixed", False), ("bucketed", boundaries)):
       # The same length-grouped batches (run_classifier's default stream);
