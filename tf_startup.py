@@ -13,10 +13,12 @@ copies back every captured line that is not one of the known start-up notes,
 so real warnings and errors still reach the user.
 
 Importing this module also picks TensorFlow's oneDNN CPU kernels on x86-64
-hosts (`prefer_onednn`), which must happen before TensorFlow loads: library
-modules that build or train the model import it first.
+hosts (`prefer_onednn`) and XLA:CPU's faster-compiling emitters
+(`prefer_fast_xla_cpu_compiles`), which must happen before TensorFlow loads:
+library modules that build or train the model import it first.
 """
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -56,7 +58,55 @@ def prefer_onednn(environ=None, machine=None):
   return environ.get(ONEDNN_ENV)
 
 
+XLA_FLAGS_ENV = "XLA_FLAGS"
+# XLA:CPU's loop emitters instead of its newer MLIR fusion emitters.
+LEGACY_CPU_EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# TensorFlow releases whose XLA knows that flag (XLA aborts the process on a
+# flag it does not know, so it is set only where it was tried).
+_EMITTER_FLAG_RELEASES = ("2.21.",)
+
+
+def _installed_tensorflow_version():
+  try:
+    return importlib.metadata.version("tensorflow")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def prefer_fast_xla_cpu_compiles(environ=None, tf_version=None):
+  """Asks XLA:CPU for its loop emitters, which compile faster.
+
+  Every XLA-compiled kernel (kernels.py) is compiled again for each new
+  batch width, so with length bucketing a run's first epoch pays for ~14
+  compiles per width. Measured on a 2-core Skylake VM (TF 2.21, MiniLM
+  adapters step): 1.8-2.0 s of compiles per new width instead of 2.7-3.7 s,
+  with the same step time; a lone LayerNorm kernel also runs ~20% faster.
+  GPU compiles are not affected (the flag is XLA:CPU's).
+
+  Appends the flag to XLA_FLAGS unless the user already chose
+  xla_cpu_use_fusion_emitters there, and only on TensorFlow releases where
+  it was tried. It takes effect only if XLA has not started in this process.
+
+  Args:
+    environ: the environment to change (os.environ by default).
+    tf_version: the installed tensorflow version (for tests).
+
+  Returns:
+    The value XLA_FLAGS now has, or None if unset.
+  """
+  environ = os.environ if environ is None else environ
+  if tf_version is None:
+    tf_version = _installed_tensorflow_version()
+  flags = environ.get(XLA_FLAGS_ENV, "")
+  if (tf_version and tf_version.startswith(_EMITTER_FLAG_RELEASES)
+      and "xla_cpu_use_fusion_emitters" not in flags):
+    environ[XLA_FLAGS_ENV] = " ".join(
+        part for part in (flags, LEGACY_CPU_EMITTERS_FLAG) if part)
+  return environ.get(XLA_FLAGS_ENV)
+
+
 prefer_onednn()
+prefer_fast_xla_cpu_compiles()
 
 # Start-up notes of the TensorFlow/XLA runtime that say nothing about the job.
 _NOISE = re.compile(

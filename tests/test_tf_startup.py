@@ -87,3 +87,45 @@ def test_library_import_asks_for_onednn_before_tensorflow_loads():
     assert (value, enabled) == ("1", "True")
   else:
     assert value == "None"
+
+
+def test_prefer_fast_xla_cpu_compiles_appends_the_flag_once():
+  flag = tf_startup.LEGACY_CPU_EMITTERS_FLAG
+  env = {}
+  assert tf_startup.prefer_fast_xla_cpu_compiles(env, "2.21.0") == flag
+  assert tf_startup.prefer_fast_xla_cpu_compiles(env, "2.21.0") == flag
+  # The user's other flags are kept; the flag goes after them.
+  theirs = {tf_startup.XLA_FLAGS_ENV: "--xla_dump_to=/tmp/d"}
+  assert (tf_startup.prefer_fast_xla_cpu_compiles(theirs, "2.21.1")
+          == "--xla_dump_to=/tmp/d " + flag)
+  # A choice of emitters the user made is theirs.
+  chosen = {tf_startup.XLA_FLAGS_ENV: "--xla_cpu_use_fusion_emitters=true"}
+  assert (tf_startup.prefer_fast_xla_cpu_compiles(chosen, "2.21.0")
+          == "--xla_cpu_use_fusion_emitters=true")
+  # A release where the flag was not tried (XLA would abort on an unknown
+  # flag): nothing set.
+  untried = {}
+  assert tf_startup.prefer_fast_xla_cpu_compiles(untried, "2.22.0") is None
+  assert untried == {}
+
+
+def test_installed_xla_accepts_the_emitter_flag():
+  """A fresh process that imports the library compiles with the flag set."""
+  env = dict(os.environ)
+  env.pop(tf_startup.XLA_FLAGS_ENV, None)
+  proc = subprocess.run(
+      [sys.executable, "-c",
+       "import os\n"
+       "import kernels\n"
+       "import tensorflow as tf\n"
+       "f = tf.function(lambda x: tf.tanh(x) * 2.0, jit_compile=True)\n"
+       "print(float(f(tf.constant(0.5))))\n"
+       "print(os.environ.get('XLA_FLAGS'))"],
+      capture_output=True, text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  value, flags = proc.stdout.splitlines()
+  assert abs(float(value) - 2 * 0.46211715726) < 1e-6
+  if tf_startup._installed_tensorflow_version().startswith(
+      tf_startup._EMITTER_FLAG_RELEASES):
+    assert flags == tf_startup.LEGACY_CPU_EMITTERS_FLAG
