@@ -289,20 +289,27 @@ def fused_layer_norm(x, residual, gamma, beta, epsilon):
   """float32 LayerNorm(x + residual) with a compiled forward and backward.
 
   The backward pass keeps x̂ (one [rows, H] tensor) rather than both
-  addends, which frozen layers would otherwise not keep.
+  addends, which frozen layers would otherwise not keep. The kernels see
+  [rows, H] whatever the rank of x, so that every LayerNorm of a given batch
+  shape (embeddings and layers) shares one compiled forward and backward.
   """
   inputs = (x,) if residual is None else (x, residual)
+  shape = tf.shape(x)
+  hidden = tf.shape(gamma)[-1]
 
   @tf.custom_gradient
   def layer_norm(gamma, beta, *inputs):
+    rows = [tf.reshape(t, [-1, hidden]) for t in inputs]  # [rows, H]
     y, x_hat, rstd = ln_forward_xla(
-        inputs[0], inputs[1] if residual is not None else None, gamma, beta,
+        rows[0], rows[1] if residual is not None else None, gamma, beta,
         epsilon)
 
     def grad(dy):
-      dx, dgamma, dbeta = ln_backward_xla(x_hat, rstd, gamma, dy)
+      dx, dgamma, dbeta = ln_backward_xla(x_hat, rstd, gamma,
+                                          tf.reshape(dy, [-1, hidden]))
+      dx = tf.reshape(dx, shape)
       return (dgamma, dbeta) + tuple(tf.cast(dx, t.dtype) for t in inputs)
-    return y, grad
+    return tf.reshape(y, shape), grad
   return layer_norm(gamma, beta, *inputs)
 
 

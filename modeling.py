@@ -262,8 +262,12 @@ class BertEmbeddings(keras.layers.Layer):
     seq_length = tf.shape(input_ids)[1]
     output = tf.gather(self.word_embeddings, input_ids)  # [batch, seq, H]
     output += tf.gather(self.token_type_embeddings, segment_ids)
-    output += self.position_embeddings[tf.newaxis, :seq_length, :]
-    output = self.layer_norm(output, training=training)
+    # The original's last addition, done by the LayerNorm kernel (as the
+    # layers' residual sums are), so that one compiled LayerNorm serves all.
+    positions = tf.broadcast_to(
+        self.position_embeddings[tf.newaxis, :seq_length, :],
+        tf.shape(output))  # [batch, seq, H]
+    output = self.layer_norm(output, residual=positions, training=training)
     output = kernels.dropout(output, self.config.hidden_dropout_prob, training,
                              seed)
     return tf.cast(output, self.compute_dtype)
