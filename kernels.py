@@ -627,10 +627,12 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
   When training with fused kernels on, the backward pass keeps only the
   softmax output (float32 [batch, heads, seq, seq]) and draws the dropout
   mask again from the seed, rather than also keeping the dropped-out
-  probabilities: heads · seq floats less per token and layer.
+  probabilities: heads · seq floats less per token and layer. A query of one
+  position takes plain ops (same numbers and mask).
 
   Args:
-    q, k, v: [batch, heads, seq, head_size] (any float dtype).
+    q: [batch, heads, rows, head_size]: rows = seq, or fewer positions
+      (output_range); k, v: [batch, heads, seq, head_size] (any float dtype).
     mask_adder: float32 [batch, 1, 1, seq], 0 or -10000.
     scale: python float multiplying the scores (1/sqrt(head size)).
     rate: dropout rate on the probabilities.
@@ -641,10 +643,18 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
     [batch, heads, seq, head_size] in v's dtype.
   """
   drop = bool(training and rate)
-  if not training or not fused_kernels_enabled() or (drop and seed is None):
+  # One query row (the [CLS] row of a classifier's last layer): the scores
+  # are [batch, heads, 1, seq], too small for compiled kernels to pay for
+  # their compiles, one per new batch width.
+  one_row = q.shape[2] == 1
+  if (not training or not fused_kernels_enabled() or (drop and seed is None)
+      or one_row):
     # oneDNN product (with the scale and mask fused in) and softmax.
     probs = tf.nn.softmax(_attention_scores(q, k, mask_adder, scale))
-    probs = dropout(probs, rate, training, seed)
+    if drop and seed is not None:
+      probs = _dropout_forward(probs, seed, rate)  # Same mask, plain ops.
+    else:
+      probs = dropout(probs, rate, training, seed)
     return tf.matmul(tf.cast(probs, v.dtype), v)
   if not drop:
     seed, rate = None, 0.0
