@@ -25,14 +25,19 @@ def test_filter_drops_start_up_notes_and_keeps_the_rest():
       "E0000 00:00:1795319865.430389   17852 other.cc:7] a real error"]
 
 
-def _stderr_of(code):
-  env = dict(os.environ)
-  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # As a user's shell has it.
+def _run_fresh(code, unset):
+  """Runs python code in a fresh process without the variables `unset`."""
+  env = {k: v for k, v in os.environ.items() if k not in unset}
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
                         text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr
-  return proc.stderr
+  return proc
+
+
+def _stderr_of(code):
+  # Without TF_CPP_MIN_LOG_LEVEL, as a user's shell has it.
+  return _run_fresh(code, unset=("TF_CPP_MIN_LOG_LEVEL",)).stderr
 
 
 def test_import_quietly_in_a_fresh_process():
@@ -68,19 +73,14 @@ def test_prefer_onednn_sets_the_default_on_x86_only():
 
 
 def test_library_import_asks_for_onednn_before_tensorflow_loads():
-  env = dict(os.environ)
-  env.pop(tf_startup.ONEDNN_ENV, None)
-  proc = subprocess.run(
-      [sys.executable, "-c",
-       "import os, platform, sys\n"
-       "import modeling\n"
-       "assert 'tensorflow' in sys.modules\n"
-       "from tensorflow.python.util import _pywrap_util_port\n"
-       "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'),\n"
-       "      _pywrap_util_port.IsMklEnabled())"],
-      capture_output=True, text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
-      timeout=300)
-  assert proc.returncode == 0, proc.stderr
+  proc = _run_fresh(
+      "import os, platform, sys\n"
+      "import modeling\n"
+      "assert 'tensorflow' in sys.modules\n"
+      "from tensorflow.python.util import _pywrap_util_port\n"
+      "print(platform.machine(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'),\n"
+      "      _pywrap_util_port.IsMklEnabled())",
+      unset=(tf_startup.ONEDNN_ENV,))
   machine, value, enabled = proc.stdout.split()
   if machine.lower() in tf_startup.X86_64_MACHINES:
     # Set in time: TensorFlow loaded with its oneDNN rewrites on.
@@ -111,19 +111,14 @@ def test_prefer_fast_xla_cpu_compiles_appends_the_flag_once():
 
 def test_installed_xla_accepts_the_emitter_flag():
   """A fresh process that imports the library compiles with the flag set."""
-  env = dict(os.environ)
-  env.pop(tf_startup.XLA_FLAGS_ENV, None)
-  proc = subprocess.run(
-      [sys.executable, "-c",
-       "import os\n"
-       "import kernels\n"
-       "import tensorflow as tf\n"
-       "f = tf.function(lambda x: tf.tanh(x) * 2.0, jit_compile=True)\n"
-       "print(float(f(tf.constant(0.5))))\n"
-       "print(os.environ.get('XLA_FLAGS'))"],
-      capture_output=True, text=True, env=env, cwd=tiny_fixtures.REPO_ROOT,
-      timeout=300)
-  assert proc.returncode == 0, proc.stderr
+  proc = _run_fresh(
+      "import os\n"
+      "import kernels\n"
+      "import tensorflow as tf\n"
+      "f = tf.function(lambda x: tf.tanh(x) * 2.0, jit_compile=True)\n"
+      "print(float(f(tf.constant(0.5))))\n"
+      "print(os.environ.get('XLA_FLAGS'))",
+      unset=(tf_startup.XLA_FLAGS_ENV,))
   value, flags = proc.stdout.splitlines()
   assert abs(float(value) - 2 * 0.46211715726) < 1e-6
   if tf_startup._installed_tensorflow_version().startswith(
