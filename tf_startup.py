@@ -77,10 +77,11 @@ def prefer_fast_xla_cpu_compiles(environ=None, tf_version=None):
   """Asks XLA:CPU for its loop emitters, which compile faster.
 
   Every XLA-compiled kernel (kernels.py) is compiled again for each new
-  batch width, so with length bucketing a run's first epoch pays for ~14
+  batch width, so with length bucketing a run's first epoch pays for ~10
   compiles per width. Measured on a 2-core Skylake VM (TF 2.21, MiniLM
-  adapters step): 1.8-2.0 s of compiles per new width instead of 2.7-3.7 s,
-  with the same step time; a lone LayerNorm kernel also runs ~20% faster.
+  adapters step, then 14 kernels a width): 1.8-2.0 s of compiles per new
+  width instead of 2.7-3.7 s, with the same step time; a lone LayerNorm
+  kernel also ran ~20% faster.
   GPU compiles are not affected (the flag is XLA:CPU's).
 
   Appends the flag to XLA_FLAGS unless the user already chose
