@@ -96,11 +96,12 @@ def prefer_fast_xla_cpu_compiles(environ=None, tf_version=None):
     The value XLA_FLAGS now has, or None if unset.
   """
   environ = os.environ if environ is None else environ
-  if tf_version is None:
-    tf_version = _installed_tensorflow_version()
   flags = environ.get(XLA_FLAGS_ENV, "")
-  if (tf_version and tf_version.startswith(_EMITTER_FLAG_RELEASES)
-      and "xla_cpu_use_fusion_emitters" not in flags):
+  if "xla_cpu_use_fusion_emitters" in flags:
+    return flags  # The user's choice.
+  if tf_version is None:  # Looked up only when it decides.
+    tf_version = _installed_tensorflow_version()
+  if tf_version and tf_version.startswith(_EMITTER_FLAG_RELEASES):
     environ[XLA_FLAGS_ENV] = " ".join(
         part for part in (flags, LEGACY_CPU_EMITTERS_FLAG) if part)
   return environ.get(XLA_FLAGS_ENV)
