@@ -608,14 +608,39 @@ def _attention_scores(q, k, mask_adder, scale):
   return tf.cast(scores, tf.float32) + tf.cast(mask_adder, tf.float32)
 
 
-def _attention_probs_backward(probs, seed, scale, rate, dout):
-  """d(scores) of dropout(softmax(scores · scale)) from the softmax output."""
+def _attention_probs_backward(probs, seed, scale, rate, dout, dcontext,
+                              context):
+  """The backward pass of dropout(softmax(scores · scale)) · v at the probs.
+
+  Args:
+    probs: float32 [batch, heads, rows, seq], the softmax output.
+    seed: int64 [3] dropout seed, or None (no dropout).
+    scale: the scores' scale.
+    rate: dropout rate.
+    dout: [batch, heads, rows, seq], d(context)·vᵀ: the gradient of the
+      dropped-out probabilities.
+    dcontext, context: [batch, heads, rows, head_size], the gradient and the
+      value of the attention output.
+
+  Returns:
+    (the dropped-out probabilities again (float32; `probs` itself without
+    dropout), d(scores) float32). One pass over the [.., rows, seq] tensors:
+    the softmax gradient's row sums Σ_j probs·d(probs) equal
+    Σ_d d(context)·context (both are Σ_j dropped_j · d(context)·v_j), a sum
+    over head_size instead of seq, so they need no pass of their own.
+  """
+  delta = tf.reduce_sum(tf.cast(dcontext, tf.float32)
+                        * tf.cast(context, tf.float32), axis=-1,
+                        keepdims=True)  # [batch, heads, rows, 1]
   dprobs = tf.cast(dout, tf.float32)
+  dropped = probs
   if seed is not None:
-    dprobs = _dropout_forward(dprobs, seed, rate)
-  dscores = probs * (dprobs - tf.reduce_sum(dprobs * probs, axis=-1,
-                                            keepdims=True))
-  return dscores * scale
+    keep = keep_mask(probs, seed, rate)
+    inverse = tf.constant(1.0 / (1.0 - rate), tf.float32)
+    dropped = tf.where(keep, probs * inverse, tf.zeros_like(probs))
+    dprobs = tf.where(keep, dprobs * inverse, tf.zeros_like(dprobs))
+  dscores = probs * (dprobs - delta)
+  return dropped, dscores * scale
 
 
 _attention_probs_grad_xla = _xla_kernel(_attention_probs_backward)
@@ -624,11 +649,13 @@ _attention_probs_grad_xla = _xla_kernel(_attention_probs_backward)
 def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
   """dropout(softmax(q·kᵀ · scale + mask_adder)) · v, the attention core.
 
-  When training with fused kernels on, the backward pass keeps only the
-  softmax output (float32 [batch, heads, seq, seq]) and draws the dropout
-  mask again from the seed, rather than also keeping the dropped-out
-  probabilities: heads · seq floats less per token and layer. A query of one
-  position takes plain ops (same numbers and mask).
+  When training with fused kernels on, the backward pass keeps the softmax
+  output (float32 [batch, heads, seq, seq]) and the context, and draws the
+  dropout mask again from the seed, rather than also keeping the dropped-out
+  probabilities: heads · seq floats less per token and layer. Its one
+  compiled kernel over the [.., seq, seq] tensors gives both the dropped-out
+  probabilities (for d(v)) and d(scores) (`_attention_probs_backward`). A
+  query of one position takes plain ops (same numbers and mask).
 
   Args:
     q: [batch, heads, rows, head_size]: rows = seq, or fewer positions
@@ -666,19 +693,19 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
   @tf.custom_gradient
   def core(q, k, v):
     probs = tf.nn.softmax(_attention_scores(q, k, mask_adder, scale))
+    context = tf.matmul(dropped(probs), v)  # [batch, heads, rows, size]
 
     def grad(dcontext):
-      # The same mask again, from the seed. The control dependency keeps
-      # TensorFlow's graph optimizer from merging this with the forward
-      # dropout (which would keep its output alive after all).
-      with tf.control_dependencies([dcontext]):
-        out = dropped(tf.identity(probs))
-      dv = tf.matmul(out, dcontext, transpose_a=True)
+      # [batch, heads, rows, seq]
       dout = tf.matmul(dcontext, v, transpose_b=True)
-      dscores = tf.cast(_attention_probs_grad_xla(probs, _seed3(seed), scale, rate,
-                                                  dout), q.dtype)
+      # The same dropout mask again, drawn from the seed in the kernel that
+      # computes d(scores).
+      out, dscores = _attention_probs_grad_xla(
+          probs, _seed3(seed), scale, rate, dout, dcontext, context)
+      dscores = tf.cast(dscores, q.dtype)
+      dv = tf.matmul(tf.cast(out, v.dtype), dcontext, transpose_a=True)
       dq = tf.matmul(dscores, k)
       dk = tf.matmul(dscores, q, transpose_a=True)
       return dq, dk, dv
-    return tf.matmul(dropped(probs), v), grad
+    return context, grad
   return core(q, k, v)

@@ -84,11 +84,11 @@ ACTIVATION_BUDGET_BYTES = run_config.ACTIVATION_BUDGET_MIB << 20
 def saved_activation_bytes(bert_config, train_mode, batch_size, seq_length):
   """Estimated bytes a training step keeps from its forward pass for backward.
 
-  Per layer and token, in float32: q, k and v (3H), the inputs of the two
-  adapters (2H), x̂ of the two LayerNorms (2H), the GELU input (I) and the
-  softmax output (heads x S); a `full` step also keeps the inputs of the
-  dense layers for their weight gradients (3H + I). Transient gradients,
-  the weights and the runtime come on top.
+  Per layer and token, in float32: q, k, v and the attention context (4H),
+  the inputs of the two adapters (2H), x̂ of the two LayerNorms (2H), the
+  GELU input (I) and the softmax output (heads x S); a `full` step also
+  keeps the inputs of the dense layers for their weight gradients (3H + I).
+  Transient gradients, the weights and the runtime come on top.
 
   Args:
     bert_config: modeling.BertConfig.
@@ -99,7 +99,7 @@ def saved_activation_bytes(bert_config, train_mode, batch_size, seq_length):
     int.
   """
   h = bert_config.hidden_size
-  per_token = (7 * h + bert_config.intermediate_size
+  per_token = (8 * h + bert_config.intermediate_size
                + bert_config.num_attention_heads * seq_length)
   if train_mode == "full":
     per_token += 3 * h + bert_config.intermediate_size
