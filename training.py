@@ -275,7 +275,8 @@ class Trainer:
     # optimizer update (which may reduce across replicas) runs after it.
     compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    with kernels.fused_kernels(bool(self.jit_compile)):
+    with kernels.fused_kernels(bool(self.jit_compile),
+                               cpu_host=not self._whole_step_xla):
       loss, grads = compute(features, step)
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
@@ -480,7 +481,7 @@ class Trainer:
 
     def forward(features):
       with kernels.fused_kernels(bool(self.jit_compile),
-                                 onednn=not whole_step_xla):
+                                 cpu_host=not whole_step_xla):
         logits = model(features, training=False)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)

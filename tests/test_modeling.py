@@ -122,8 +122,13 @@ def features(ids, mask, segs):
 
 
 def loss_and_grads(logits_fn, labels, variables, fused):
-  """(mean cross-entropy of logits_fn(), its gradients) as numpy."""
-  with kernels.fused_kernels(fused), tf.GradientTape() as tape:
+  """(mean cross-entropy of logits_fn(), its gradients) as numpy.
+
+  fused: True, False, or "cpu_host" (the kernels' CPU-host forms, as the
+  Trainer traces them on a host with CPUs only).
+  """
+  with kernels.fused_kernels(bool(fused), cpu_host=fused == "cpu_host"), \
+      tf.GradientTape() as tape:
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels, logits_fn()))
   grads = tape.gradient(loss, variables)
@@ -164,7 +169,7 @@ def test_onednn_inference_path_matches_numpy_reference():
 
   @tf.function
   def forward(inputs):
-    with kernels.fused_kernels(True, onednn=True):
+    with kernels.fused_kernels(True, cpu_host=True):
       return model(inputs)
 
   logits = forward(features(ids, mask, segs))
@@ -220,6 +225,27 @@ def test_onednn_layer_norm_value_and_gradient():
       atol=2e-5)
 
 
+def test_layer_norm_cpu_form_matches():
+  # The XLA:CPU form of the LayerNorm kernels (row means as products)
+  # gives the numbers of the reductions: output, x̂, 1 / std and gradients.
+  rng = np.random.default_rng(6)
+  x, residual, dy = (tf.constant(rng.normal(2.0, 3.0, [37, 24]), tf.float32)
+                     for _ in range(3))
+  gamma, beta = (tf.constant(rng.normal(1.0, 0.5, [24]), tf.float32)
+                 for _ in range(2))
+  forward = kernels.ln_forward(x, residual, gamma, beta, 1e-3)
+  backward = kernels.ln_backward(forward[1], forward[2], gamma, dy)
+  forward_cpu = kernels.ln_forward_cpu_xla(x, residual, gamma, beta, 1e-3)
+  backward_cpu = kernels.ln_backward_cpu_xla(forward[1], forward[2], gamma, dy)
+  for name, a, b in zip(["y", "x_hat", "rstd", "dx", "dgamma", "dbeta"],
+                        list(forward_cpu) + list(backward_cpu),
+                        list(forward) + list(backward)):
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                               atol=1e-5 * np.max(np.abs(b.numpy())),
+                               err_msg=name)
+
+
 def test_padding_does_not_change_real_positions():
   cfg = tiny_config()
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
@@ -265,11 +291,15 @@ def test_training_step_does_not_depend_on_padding(fused):
   assert np.max(np.abs(other - same)) > 1e-4
 
 
-@pytest.mark.parametrize("train_mode", ["adapters", "full"])
-def test_fused_kernels_give_the_plain_ops_numbers(train_mode):
+@pytest.mark.parametrize("train_mode,form", [("adapters", True),
+                                             ("full", True),
+                                             ("adapters", "cpu_host"),
+                                             ("full", "cpu_host")])
+def test_fused_kernels_give_the_plain_ops_numbers(train_mode, form):
   # The compiled kernels and their hand-written gradients (GELU, LayerNorm,
-  # dropout, attention core, projections, adapters) against the same model
-  # built from plain TensorFlow ops and differentiated by TensorFlow.
+  # dropout, attention core, projections, adapters), in their general and
+  # their CPU-host forms, against the same model built from plain
+  # TensorFlow ops and differentiated by TensorFlow.
   cfg = tiny_config()
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
   randomize(model, seed=8)
@@ -284,7 +314,7 @@ def test_fused_kernels_give_the_plain_ops_numbers(train_mode):
                       dropout_seed=seed),
         labels, trainable, fused)
 
-  fused_loss, fused_grads = run(True)
+  fused_loss, fused_grads = run(form)
   plain_loss, plain_grads = run(False)
   np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-6)
   assert len(fused_grads) == len(trainable)
