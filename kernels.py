@@ -438,9 +438,13 @@ def bottleneck_adapter(x, w1, b1, w2, b2, training=False):
       dh = tf.matmul(dy, tf.cast(w2, dtype), transpose_b=True)  # [rows, m]
       h, dpre, db1 = _gelu_grad_and_bias_grad_xla(pre, dh)
       dw2 = tf.matmul(h, dy, transpose_a=True)  # [m, H]
-      dw1 = tf.matmul(x, dpre, transpose_a=True)  # [H, m]
+      # As (dpreᵀ · x)ᵀ and dpre · (w1ᵀ): oneDNN's products of these shapes
+      # ran 1.7x and 1.1x faster than dw1 = xᵀ · dpre ([H, m], summed over
+      # rows) and dpre · w1ᵀ with a transposed operand (2-core CPU, 4096
+      # rows, H 384, m 64).
+      dw1 = tf.transpose(tf.matmul(dpre, x, transpose_a=True))  # [H, m]
       dx, db2 = _residual_grad_and_bias_grad_xla(
-          dy, tf.matmul(dpre, tf.cast(w1, dtype), transpose_b=True))
+          dy, tf.matmul(dpre, tf.transpose(tf.cast(w1, dtype))))
       return (dx, tf.cast(dw1, w1.dtype), tf.reshape(tf.cast(db1, b1.dtype),
                                                      tf.shape(b1)),
               tf.cast(dw2, w2.dtype), tf.reshape(tf.cast(db2, b2.dtype),
