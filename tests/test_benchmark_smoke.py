@@ -102,6 +102,12 @@ def test_mrpc_fixed_and_bucketed(benchmark, tiny):
   bucketed = result["bucketed"]
   assert bucketed["warm_widths"] == bucketed["widths"] - 1
   assert bucketed["first_epoch_s"] >= bucketed["epoch_s"]
+  # A first epoch adds the compiles only: the warm steps' own time (run
+  # again, compiled) is taken out, as those steps belong to the epoch.
+  assert bucketed["compile_s"] == max(
+      bucketed["warm_s"] - bucketed["warm_rerun_s"], 0.0)
+  assert abs(bucketed["first_epoch_s"] - bucketed["epoch_s"]
+             - bucketed["compile_s"]) < 1e-9
 
 
 def test_warm_batches_match_the_stream_spec(benchmark):
