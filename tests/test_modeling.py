@@ -199,13 +199,19 @@ def test_onednn_probe_answers_inside_a_trace():
   assert seen == [True]
 
 
-@needs_onednn
-def test_onednn_layer_norm_value_and_gradient():
-  rng = np.random.default_rng(5)
+def _layer_norm_inputs(seed):
+  """x, residual, dy [37, 24] and gamma, beta [24] of a LayerNorm test."""
+  rng = np.random.default_rng(seed)
   x, residual, dy = (tf.constant(rng.normal(2.0, 3.0, [37, 24]), tf.float32)
                      for _ in range(3))
   gamma, beta = (tf.constant(rng.normal(1.0, 0.5, [24]), tf.float32)
                  for _ in range(2))
+  return x, residual, dy, gamma, beta
+
+
+@needs_onednn
+def test_onednn_layer_norm_value_and_gradient():
+  x, residual, dy, gamma, beta = _layer_norm_inputs(5)
 
   def value_and_grads(layer_norm):
     with tf.GradientTape() as tape:
@@ -228,11 +234,7 @@ def test_onednn_layer_norm_value_and_gradient():
 def test_layer_norm_cpu_form_matches():
   # The XLA:CPU form of the LayerNorm kernels (row means as products)
   # gives the numbers of the reductions: output, x̂, 1 / std and gradients.
-  rng = np.random.default_rng(6)
-  x, residual, dy = (tf.constant(rng.normal(2.0, 3.0, [37, 24]), tf.float32)
-                     for _ in range(3))
-  gamma, beta = (tf.constant(rng.normal(1.0, 0.5, [24]), tf.float32)
-                 for _ in range(2))
+  x, residual, dy, gamma, beta = _layer_norm_inputs(6)
   forward = kernels.ln_forward(x, residual, gamma, beta, 1e-3)
   backward = kernels.ln_backward(forward[1], forward[2], gamma, dy)
   forward_cpu = kernels.ln_forward_cpu_xla(x, residual, gamma, beta, 1e-3)
