@@ -87,14 +87,15 @@ def truncated_lengths(len_a, len_b, max_seq_length):
   `min(len_a, max_seq_length - 2)` tokens.
 
   Args:
-    len_a: int64 Tensor [batch], wordpieces of text a.
-    len_b: int64 Tensor [batch], wordpieces of text b (0: no text b).
-    max_seq_length: int or int64 scalar Tensor, at least 3.
+    len_a: int32 or int64 Tensor [batch], wordpieces of text a.
+    len_b: Tensor [batch] of len_a's dtype, wordpieces of text b (0: no
+      text b).
+    max_seq_length: int or integer scalar Tensor, at least 3.
 
   Returns:
-    (keep_a, keep_b), int64 Tensors [batch].
+    (keep_a, keep_b), Tensors [batch] of len_a's dtype.
   """
-  max_seq_length = tf.cast(max_seq_length, tf.int64)
+  max_seq_length = tf.cast(max_seq_length, len_a.dtype)
   budget = max_seq_length - 3
   half_up = (budget + 1) // 2
   has_b = len_b > 0
@@ -106,15 +107,13 @@ def truncated_lengths(len_a, len_b, max_seq_length):
   return keep_a, keep_b
 
 
-def _ragged_fill(value, lengths, dtype):
-  """Ragged [batch, (lengths)] filled with `value`."""
-  total = tf.reduce_sum(lengths)
-  return tf.RaggedTensor.from_row_lengths(
-      tf.fill([total], tf.cast(value, dtype)), lengths)
-
-
 def pack_pairs(ids_a, ids_b, max_seq_length, cls_id, sep_id):
   """Truncates and packs wordpiece ids as `[CLS] a [SEP] b [SEP]`, in graph.
+
+  Each output position is selected from the padded inputs by its index (no
+  ragged concatenation: along axis 1 it runs integer ops that TensorFlow's
+  oneDNN rewrite rejects with an error line on CPUs without AVX-512, for
+  int64 and int32 row splits alike).
 
   Args:
     ids_a: int32 RaggedTensor [batch, (la)], wordpieces of text a.
@@ -130,17 +129,36 @@ def pack_pairs(ids_a, ids_b, max_seq_length, cls_id, sep_id):
   len_a = ids_a.row_lengths()  # [batch]
   len_b = ids_b.row_lengths()  # [batch]
   keep_a, keep_b = truncated_lengths(len_a, len_b, max_seq_length)
-  ids_a = tf.RaggedTensor.from_tensor(ids_a.to_tensor(), lengths=keep_a)
-  ids_b = tf.RaggedTensor.from_tensor(ids_b.to_tensor(), lengths=keep_b)
-  ones = tf.ones_like(len_a)
-  has_b = tf.cast(len_b > 0, tf.int64)
-  input_ids = tf.concat([
-      _ragged_fill(cls_id, ones, tf.int32), ids_a,
-      _ragged_fill(sep_id, ones, tf.int32), ids_b,
-      _ragged_fill(sep_id, has_b, tf.int32)], axis=1)
-  segment_ids = tf.concat([
-      _ragged_fill(0, keep_a + 2, tf.int32),
-      _ragged_fill(1, keep_b + has_b, tf.int32)], axis=1)
+  has_b = tf.cast(len_b > 0, len_b.dtype)
+  lengths = keep_a + keep_b + 2 + has_b  # [batch]
+  # One zero column each, so that the gathers below have a column to read
+  # when every row of a batch is empty.
+  dense_a = tf.pad(ids_a.to_tensor(), [[0, 0], [0, 1]])  # [batch, max_a + 1]
+  dense_b = tf.pad(ids_b.to_tensor(), [[0, 0], [0, 1]])  # [batch, max_b + 1]
+  width = tf.maximum(tf.reduce_max(lengths), 0)
+  ka = keep_a[:, tf.newaxis]  # [batch, 1]
+  kb = keep_b[:, tf.newaxis]  # [batch, 1]
+  pos = (tf.range(width, dtype=lengths.dtype)[tf.newaxis, :]
+         + tf.zeros_like(ka))  # [batch, width]
+  start_b = ka + 2  # [batch, 1]
+  from_a = tf.gather(
+      dense_a, tf.clip_by_value(pos - 1, 0, tf.shape(dense_a, lengths.dtype)[1]
+                                - 1), batch_dims=1)  # [batch, width]
+  from_b = tf.gather(
+      dense_b, tf.clip_by_value(pos - start_b, 0,
+                                tf.shape(dense_b, lengths.dtype)[1] - 1),
+      batch_dims=1)  # [batch, width]
+  in_a = (pos >= 1) & (pos <= ka)
+  in_b = (pos >= start_b) & (pos < start_b + kb)
+  is_sep = (pos == ka + 1) | ((pos == start_b + kb) & (has_b[:, None] > 0))
+  zeros = tf.zeros_like(from_a)
+  dense_ids = tf.where(
+      pos == 0, tf.cast(cls_id, tf.int32) + zeros,
+      tf.where(in_a, from_a, tf.where(in_b, from_b, tf.where(
+          is_sep, tf.cast(sep_id, tf.int32) + zeros, zeros))))
+  dense_segments = tf.cast(pos >= start_b, tf.int32) + zeros
+  input_ids = tf.RaggedTensor.from_tensor(dense_ids, lengths=lengths)
+  segment_ids = tf.RaggedTensor.from_tensor(dense_segments, lengths=lengths)
   return input_ids, segment_ids
 
 

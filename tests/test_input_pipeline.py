@@ -104,12 +104,14 @@ def fixture_examples(seed, count, pairs=True, max_words=14):
 # --- Truncation and packing. -------------------------------------------------
 
 
-def test_truncated_lengths_equal_the_popping_loop():
+@pytest.mark.parametrize("dtype", [tf.int32, tf.int64])
+def test_truncated_lengths_equal_the_popping_loop(dtype):
   for max_seq_length in (3, 4, 5, 8, 9, 16):
     pairs = [(la, lb) for la in range(21) for lb in range(21)]
     keep_a, keep_b = input_pipeline.truncated_lengths(
-        tf.constant([p[0] for p in pairs], tf.int64),
-        tf.constant([p[1] for p in pairs], tf.int64), max_seq_length)
+        tf.constant([p[0] for p in pairs], dtype),
+        tf.constant([p[1] for p in pairs], dtype), max_seq_length)
+    assert keep_a.dtype == dtype and keep_b.dtype == dtype
     for (la, lb), ka, kb in zip(pairs, keep_a.numpy(), keep_b.numpy()):
       a, b = list(range(la)), list(range(lb))
       if lb:
@@ -117,6 +119,25 @@ def test_truncated_lengths_equal_the_popping_loop():
       else:
         a = a[:max_seq_length - 2]
       assert (ka, kb) == (len(a), len(b)), (max_seq_length, la, lb)
+
+
+def test_pack_pairs_values_and_empty_batches():
+  ids_a = tf.ragged.constant([[5, 6, 7], [8], [9, 10]], tf.int32)
+  ids_b = tf.ragged.constant([[11], [], [12, 13, 14, 15]], tf.int32)
+  input_ids, segment_ids = input_pipeline.pack_pairs(ids_a, ids_b, 6, 1, 2)
+  assert input_ids.to_list() == [[1, 5, 6, 2, 11, 2], [1, 8, 2],
+                                 [1, 9, 10, 2, 12, 2]]
+  assert segment_ids.to_list() == [[0, 0, 0, 0, 1, 1], [0, 0, 0],
+                                   [0, 0, 0, 0, 1, 1]]
+  # Every row empty (both texts tokenized to nothing), and no rows at all.
+  empty = tf.ragged.constant([[], []], tf.int32)
+  input_ids, segment_ids = input_pipeline.pack_pairs(empty, empty, 6, 1, 2)
+  assert input_ids.to_list() == [[1, 2], [1, 2]]
+  assert segment_ids.to_list() == [[0, 0], [0, 0]]
+  none = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32),
+                                          tf.zeros([0], tf.int64))
+  input_ids, _ = input_pipeline.pack_pairs(none, none, 6, 1, 2)
+  assert input_ids.to_list() == []
 
 
 EDGE_EXAMPLES = [
