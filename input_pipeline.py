@@ -138,25 +138,26 @@ def pack_pairs(ids_a, ids_b, max_seq_length, cls_id, sep_id):
   width = tf.maximum(tf.reduce_max(lengths), 0)
   ka = keep_a[:, tf.newaxis]  # [batch, 1]
   kb = keep_b[:, tf.newaxis]  # [batch, 1]
+  hb = has_b[:, tf.newaxis]  # [batch, 1]
+  start_b = ka + 2  # [batch, 1]
   pos = (tf.range(width, dtype=lengths.dtype)[tf.newaxis, :]
          + tf.zeros_like(ka))  # [batch, width]
-  start_b = ka + 2  # [batch, 1]
-  from_a = tf.gather(
-      dense_a, tf.clip_by_value(pos - 1, 0, tf.shape(dense_a, lengths.dtype)[1]
-                                - 1), batch_dims=1)  # [batch, width]
-  from_b = tf.gather(
-      dense_b, tf.clip_by_value(pos - start_b, 0,
-                                tf.shape(dense_b, lengths.dtype)[1] - 1),
-      batch_dims=1)  # [batch, width]
+
+  def take(dense, first):
+    """dense[row, pos - first], the index clipped into the row."""
+    last = tf.shape(dense, lengths.dtype)[1] - 1
+    return tf.gather(dense, tf.clip_by_value(pos - first, 0, last),
+                     batch_dims=1)  # [batch, width]
+
   in_a = (pos >= 1) & (pos <= ka)
   in_b = (pos >= start_b) & (pos < start_b + kb)
-  is_sep = (pos == ka + 1) | ((pos == start_b + kb) & (has_b[:, None] > 0))
-  zeros = tf.zeros_like(from_a)
+  is_sep = (pos == ka + 1) | ((pos == start_b + kb) & (hb > 0))
   dense_ids = tf.where(
-      pos == 0, tf.cast(cls_id, tf.int32) + zeros,
-      tf.where(in_a, from_a, tf.where(in_b, from_b, tf.where(
-          is_sep, tf.cast(sep_id, tf.int32) + zeros, zeros))))
-  dense_segments = tf.cast(pos >= start_b, tf.int32) + zeros
+      pos == 0, tf.cast(cls_id, tf.int32),
+      tf.where(in_a, take(dense_a, 1), tf.where(
+          in_b, take(dense_b, start_b),
+          tf.where(is_sep, tf.cast(sep_id, tf.int32), 0))))
+  dense_segments = tf.cast(pos >= start_b, tf.int32)  # [batch, width]
   input_ids = tf.RaggedTensor.from_tensor(dense_ids, lengths=lengths)
   segment_ids = tf.RaggedTensor.from_tensor(dense_segments, lengths=lengths)
   return input_ids, segment_ids

@@ -495,17 +495,18 @@ def worker_mrpc(args):
       # steps: in a first epoch those steps are among the epoch's own, so
       # first_epoch_s adds only the compiles.
       others = sorted(set(widths[1:]) - {widths[0]})
-      warm = rerun = 0.0
-      if others:
-        for attempt in range(2):
-          start = time.perf_counter()
-          trainer._train_loop(
-              iter(_warm_batches(dataset.element_spec, others)),
-              tf.constant(len(others)))[0].numpy()
-          if attempt == 0:
-            warm = time.perf_counter() - start
-          else:
-            rerun = time.perf_counter() - start
+
+      def run_other_widths():
+        """Seconds of one step at each of `others` (0 when there are none)."""
+        if not others:
+          return 0.0
+        start = time.perf_counter()
+        trainer._train_loop(iter(_warm_batches(dataset.element_spec, others)),
+                            tf.constant(len(others)))[0].numpy()
+        return time.perf_counter() - start
+
+      warm = run_other_widths()  # compiles, then runs
+      rerun = run_other_widths()  # runs, compiled
       compile_s = max(warm - rerun, 0.0)
       progress("mrpc %s: %d more widths compiled (one step each) in %.1f s; "
                "the same steps compiled %.1f s: compiles %.1f s"
