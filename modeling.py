@@ -14,16 +14,16 @@ import copy
 import json
 import math
 
-import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
+from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import keras
 import tensorflow as tf
 
-from activations import ACTIVATIONS
-from activations import get_activation
+from compute.activations import ACTIVATIONS
+from compute.activations import get_activation
 import adapters as adapters_lib
-from errors import UserError
-import kernels
+from training.errors import UserError
+from compute import kernels
 
 LAYER_NORM_EPSILON = 1e-12
 MASK_ADDER = -10000.0
@@ -664,7 +664,7 @@ def set_train_mode(model, train_mode):
   Returns:
     The list of (checkpoint_name, variable) that are trainable.
   """
-  import checkpoint_io  # Avoids a cycle: checkpoint_io imports modeling.
+  from storage import checkpoint_io  # Avoids a cycle: checkpoint_io imports modeling.
   trainable = []
   for name, variable in checkpoint_io.checkpoint_name_map(model).items():
     variable.trainable = is_trainable_name(name, train_mode)

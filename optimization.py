@@ -22,7 +22,7 @@ import re
 
 import tensorflow as tf
 
-import errors
+from training import errors
 
 _ADAPTER_NAME_PATTERN = "adapters"
 

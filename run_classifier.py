@@ -19,9 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-import cli  # noqa: E402
-from errors import UserError  # noqa: E402
-import run_config  # noqa: E402
+from training import cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
+from training import run_config  # noqa: E402
 
 flags.adopt_module_key_flags(logging)
 FLAGS = flags.FLAGS
@@ -162,11 +162,11 @@ def main(argv):
     if not FLAGS[name].value:
       raise UserError("--%s is required" % name)
   cfg = config_from_flags().validate()
-  import glue_processors  # pylint: disable=g-import-not-at-top
+  from data import glue_processors  # pylint: disable=g-import-not-at-top
   glue_processors.get_processor(cfg.task_name)  # An unknown task fails fast.
-  import tf_startup  # pylint: disable=g-import-not-at-top
+  from compute import tf_startup  # pylint: disable=g-import-not-at-top
   tf_startup.import_quietly(verbose=FLAGS.verbose)
-  import runner  # Imports TensorFlow; flags are checked by now.
+  from training import runner  # Imports TensorFlow; flags are checked by now.
   runner.run(cfg)
 
 

@@ -64,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-import errors
+from training import errors
 
 # Words longer than this many characters become the unknown token.
 MAX_INPUT_CHARS_PER_WORD = 200

@@ -3,7 +3,7 @@
 import dataclasses
 import json
 
-from errors import UserError
+from training.errors import UserError
 
 # Named places in a transformer block where an adapter can sit (Houlsby et al.
 # 2019, Fig. 2): after the attention output projection and after the
@@ -39,7 +39,7 @@ class AdapterConfig:
     if unknown:
       raise UserError("unknown adapter location(s) %s; expected a subset of %s"
                       % (", ".join(unknown), ", ".join(LOCATIONS)))
-    from activations import get_activation  # Validates the name.
+    from compute.activations import get_activation  # Validates the name.
     get_activation(self.activation)
 
   @property

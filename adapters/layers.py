@@ -3,8 +3,8 @@
 import keras
 import tensorflow as tf
 
-from activations import get_activation
-import kernels
+from compute.activations import get_activation
+from compute import kernels
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -81,7 +81,7 @@ def make_adapter(config, name):
   Returns:
     A Keras layer mapping [tokens, H] -> [tokens, H].
   """
-  from errors import UserError
+  from training.errors import UserError
   if config.kind not in ADAPTER_TYPES:
     raise UserError("unknown adapter kind %r; known: %s"
                     % (config.kind, ", ".join(sorted(ADAPTER_TYPES))))

@@ -53,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
-import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
+from compute import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 
 SECTIONS = ("peak", "train", "eval", "ratio", "memory", "mrpc",
             "tokenization")
@@ -283,19 +283,19 @@ def _random_features(config, batch_size, seq_length, seed=0):
 
 
 def _jit_value(text):
-  import training
-  return {"true": True, "false": False, "always": training.JIT_ALWAYS}[text]
+  from training import trainer as trainer_lib
+  return {"true": True, "false": False, "always": trainer_lib.JIT_ALWAYS}[text]
 
 
 def resolve_micro_batch_size(config, mode, batch_size, seq_length,
                              micro_batch_size):
-  """run_classifier's rule: 0 = training.auto_micro_batch_size."""
+  """run_classifier's rule: 0 = trainer_lib.auto_micro_batch_size."""
   import tensorflow as tf
   import modeling
-  import training
+  from training import trainer as trainer_lib
   if micro_batch_size:
     return min(micro_batch_size, batch_size)
-  return training.auto_micro_batch_size(
+  return trainer_lib.auto_micro_batch_size(
       modeling.BertConfig.from_dict(config), mode, batch_size, seq_length,
       tf.distribute.get_strategy())
 
@@ -307,12 +307,12 @@ def make_trainer(config, mode, batch_size, jit_compile, output_dir,
   import adapters
   import modeling
   import optimization
-  import training
+  from training import trainer as trainer_lib
   model = modeling.BertClassifier(modeling.BertConfig.from_dict(config), 2,
                                   adapters.AdapterConfig())
   trainable = modeling.set_train_mode(model, mode)
   optimizer = optimization.create_optimizer(1e-4, 100000, 1000)
-  return training.Trainer(model, optimizer, trainable,
+  return trainer_lib.Trainer(model, optimizer, trainable,
                           tf.distribute.get_strategy(), output_dir, 2, False,
                           batch_size, jit_compile=jit_compile,
                           micro_batch_size=micro_batch_size)
@@ -441,9 +441,9 @@ def worker_memory(args):
 def worker_mrpc(args):
   """MRPC training steps with fixed padding, then with length buckets."""
   import tensorflow as tf
-  import input_pipeline
-  import run_config
-  import runner
+  from data import input_pipeline
+  from training import run_config
+  from training import runner
   label, config = load_config(args["config"])
   batch, seq = args["batch_size"], args["max_seq_length"]
   result = {"config": label, "mode": "adapters", "batch_size": batch,
@@ -732,7 +732,7 @@ def main(argv=None):
   if flags.worker:
     print(json.dumps(WORKERS[flags.worker](json.loads(flags.worker_args))))
     return 0
-  import atomic_io
+  from storage import atomic_io
   sections = _split(flags.sections)
   started = time.time()
   result = {"command": " ".join(["python", "scripts/benchmark.py"]

@@ -33,16 +33,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
-import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
+from compute import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 import tensorflow as tf  # noqa: E402
 
-import adapter_io  # noqa: E402
+from storage import adapter_io  # noqa: E402
 import adapters  # noqa: E402
-import checkpoint_io  # noqa: E402
-import glue_processors  # noqa: E402
+from storage import checkpoint_io  # noqa: E402
+from data import glue_processors  # noqa: E402
 import modeling  # noqa: E402
-import multitask  # noqa: E402
-import run_config  # noqa: E402
+from adapters import multitask  # noqa: E402
+from training import run_config  # noqa: E402
 
 flags.DEFINE_string("bert_dir", None,
                     "Directory with bert_config.json and bert_model.ckpt.")

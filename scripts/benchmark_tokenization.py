@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
+from compute import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 import tensorflow as tf  # noqa: E402
 
-import errors  # noqa: E402
+from training import errors  # noqa: E402
 import tokenization  # noqa: E402
 
 _SHARED = os.path.join(os.path.dirname(_REPO), "shared")

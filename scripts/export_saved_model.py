@@ -49,19 +49,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
+from compute import tf_startup  # noqa: E402,F401  (before TensorFlow: oneDNN kernels)
 import tensorflow as tf  # noqa: E402
 
-import adapter_io  # noqa: E402
+from storage import adapter_io  # noqa: E402
 import adapters  # noqa: E402
-import checkpoint_io  # noqa: E402
-import glue_processors  # noqa: E402
-import input_pipeline  # noqa: E402
+from storage import checkpoint_io  # noqa: E402
+from data import glue_processors  # noqa: E402
+from data import input_pipeline  # noqa: E402
 import modeling  # noqa: E402
-import multitask  # noqa: E402
+from adapters import multitask  # noqa: E402
 import tokenization  # noqa: E402
-import cli  # noqa: E402
-from errors import UserError  # noqa: E402
+from training import cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
 
 flags.DEFINE_string("bert_config_file", None,
                     "The base model's bert_config.json (default: the one "

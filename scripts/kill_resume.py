@@ -49,7 +49,7 @@ from absl import flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from atomic_io import atomic_write_text  # noqa: E402
+from storage.atomic_io import atomic_write_text  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Folder for both runs (created; must "

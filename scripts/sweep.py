@@ -73,11 +73,11 @@ sys.path.insert(0, REPO_ROOT)
 
 from absl import flags  # noqa: E402
 
-import atomic_io  # noqa: E402
-import glue_metrics  # noqa: E402
-import glue_processors  # noqa: E402
-import cli  # noqa: E402
-from errors import UserError  # noqa: E402
+from storage import atomic_io  # noqa: E402
+from data import glue_metrics  # noqa: E402
+from data import glue_processors  # noqa: E402
+from training import cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
 
 RUN_CLASSIFIER = os.path.join(REPO_ROOT, "run_classifier.py")
 DEFAULT_SWEEP_CONFIG = os.path.join(REPO_ROOT, "configs", "paper_sweep.json")

@@ -35,11 +35,11 @@ def main():
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
   import adapters  # pylint: disable=g-import-not-at-top
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
-  import distribution  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from training import distribution  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   import optimization  # pylint: disable=g-import-not-at-top
-  import training  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
 
   if args.strategy == "one":
     strategy = distribution.resolve_strategy("one_device")
@@ -74,7 +74,7 @@ def main():
       v.assign((value + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
     trainable = modeling.set_train_mode(model, "adapters")
     optimizer = optimization.create_optimizer(5e-2, STEPS, 1)
-    trainer = training.Trainer(
+    trainer = trainer_lib.Trainer(
         model, optimizer, trainable, strategy, args.out + ".ckpt", num_labels=2,
         is_regression=False, global_batch_size=GLOBAL_BATCH, seed=3,
         jit_compile=args.jit_compile == "true")

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapter_io
+from storage import adapter_io
 import adapters
-import checkpoint_io
-import glue_processors
+from storage import checkpoint_io
+from data import glue_processors
 import modeling
 import optimization
-import run_config
-import training
-from errors import UserError
+from training import run_config
+from training import trainer as trainer_lib
+from training.errors import UserError
 from test_modeling import randomize, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,7 @@ def trained(tmp_path_factory):
   trainable = modeling.set_train_mode(model, "adapters")
   optimizer = optimization.create_optimizer(1e-2, 3, 0)
   output_dir = str(tmp_path / "run")
-  trainer = training.Trainer(
+  trainer = trainer_lib.Trainer(
       model, optimizer, trainable, tf.distribute.get_strategy(), output_dir,
       num_labels=2, is_regression=False, global_batch_size=4, seed=3,
       jit_compile=False)

@@ -3,7 +3,7 @@
 `atomic_open` is tested directly (errors, permissions, leftovers), then
 through processes killed at random moments while they write: result files
 (`atomic_write_bytes` / `atomic_write_text`) and checkpoints
-(`training.Trainer.save`, i.e. `checkpoint_io.save_checkpoint` and the
+(`trainer_lib.Trainer.save`, i.e. `checkpoint_io.save_checkpoint` and the
 `checkpoint` state file).
 """
 
@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-import atomic_io
-from atomic_io import atomic_open, atomic_write_bytes, atomic_write_text
+from storage import atomic_io
+from storage.atomic_io import atomic_open, atomic_write_bytes, atomic_write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,7 +133,7 @@ _CONTENT_SIZE = 3 * 1024 * 1024
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from atomic_io import atomic_write_bytes, atomic_write_text
+    from storage.atomic_io import atomic_write_bytes, atomic_write_text
     path, start, text = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "text"
     size = %d
 
@@ -209,7 +209,7 @@ _CHECKPOINT_WRITER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    import training
+    from training import trainer as trainer_lib
 
     output_dir = sys.argv[2]
     start = int(sys.argv[3])
@@ -226,7 +226,7 @@ _CHECKPOINT_WRITER = textwrap.dedent("""
       step = int(trainer.global_step.assign_add(1).numpy())
       for v in variables:
         v.assign(tf.fill(v.shape, float(step)))
-      training.Trainer.save(trainer)
+      trainer_lib.Trainer.save(trainer)
       if step == start + 1:
         print("saved", flush=True)
 """)
@@ -254,7 +254,7 @@ def _check_checkpoints(output_dir):
 
 
 def test_sigkilled_checkpoint_saves_leave_a_loadable_latest(tmp_path):
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   rng = random.Random(77)
   output_dir = str(tmp_path / "out")
   os.makedirs(output_dir)
@@ -297,7 +297,7 @@ def test_overwriting_a_prefix_never_pairs_new_data_with_old_index(tmp_path):
   """save_checkpoint removes the old index before moving new data in."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   prefix = str(tmp_path / "model.ckpt-4")
   checkpoint_io.save_checkpoint(prefix, {"w": np.full((3,), 1.0, np.float32)})
   calls = []
@@ -321,7 +321,7 @@ def test_overwriting_a_prefix_never_pairs_new_data_with_old_index(tmp_path):
 
 
 def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True).stdout.strip()
   prefix = "." + checkpoint_io.TMP_DIR_PREFIX
@@ -359,10 +359,10 @@ def test_remove_orphans_removes_dead_writers_files_only(tmp_path):
 def test_killed_feature_conversion_leaves_nothing_after_the_next_run(tmp_path):
   """A conversion killed mid-write leaves `<record>.tmp-<pid>`; the next
   conversion of that record removes it and writes the record."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top
   import tiny_fixtures  # pylint: disable=g-import-not-at-top
   import tokenization  # pylint: disable=g-import-not-at-top
-  import glue_processors  # pylint: disable=g-import-not-at-top
+  from data import glue_processors  # pylint: disable=g-import-not-at-top
   job = tiny_fixtures.make_job(str(tmp_path / "job"))
   processor = glue_processors.get_processor("MRPC")
   examples = processor.get_examples("dev", job["data_dir"])

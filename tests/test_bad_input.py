@@ -35,7 +35,7 @@ import sys
 
 import pytest
 
-import tf_startup
+from compute import tf_startup
 import tiny_fixtures
 
 REPO_ROOT = tiny_fixtures.REPO_ROOT
@@ -54,7 +54,7 @@ import sys
 sys.path.insert(0, %r)
 from absl import logging
 logging.use_absl_handler()  # Before TensorFlow, as under app.run.
-import tf_startup
+from compute import tf_startup
 tf = tf_startup.import_quietly()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
@@ -149,9 +149,9 @@ def _replace_line(path, line_number, new_line):
 def _build_inputs(root):
   """Writes the good job and every broken variant; returns a dict of paths."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import adapter_io  # pylint: disable=g-import-not-at-top
+  from storage import adapter_io  # pylint: disable=g-import-not-at-top
   import adapters  # pylint: disable=g-import-not-at-top
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -215,7 +215,7 @@ def _build_inputs(root):
   trainable = modeling.set_train_mode(model, "adapters")
   for _, variable in trainable:
     variable.assign(tf.fill(variable.shape, 0.01))
-  import glue_processors  # pylint: disable=g-import-not-at-top
+  from data import glue_processors  # pylint: disable=g-import-not-at-top
   p["adapter_other_base"] = adapter_io.save_adapter(
       model, trainable, os.path.join(root, "other_adapter", "adapter"),
       adapter_config=adapter_config,

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 import adapters
-import checkpoint_io
+from storage import checkpoint_io
 import modeling
-from errors import UserError
+from training.errors import UserError
 from test_modeling import features, mixed_batch, randomize, tiny_config
 
 # Every name of a 1-layer model with adapters at both locations and a head,

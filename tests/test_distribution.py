@@ -13,8 +13,8 @@ import cloud_tpu_client
 import pytest
 import tensorflow as tf
 
-import distribution
-import errors
+from training import distribution
+from training import errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -308,7 +308,7 @@ _WORKER_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    import distribution
+    from training import distribution
     import optimization
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]

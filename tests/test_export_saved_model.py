@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapter_io
+from storage import adapter_io
 import adapters
-import checkpoint_io
-import glue_processors
+from storage import checkpoint_io
+from data import glue_processors
 import modeling
-import multitask
-import run_config
+from adapters import multitask
+from training import run_config
 import tokenization
-from errors import UserError
+from training.errors import UserError
 from test_modeling import randomize, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

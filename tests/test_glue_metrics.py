@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-import glue_metrics
-from errors import UserError
+from data import glue_metrics
+from training.errors import UserError
 
 
 def test_binary_metrics_by_hand():

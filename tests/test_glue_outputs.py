@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import glue_outputs
+from data import glue_outputs
 
 
 def test_test_results_one_line_per_real_example(tmp_path):

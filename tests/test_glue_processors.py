@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-import glue_processors
-from errors import UserError
-from glue_processors import InputExample
+from data import glue_processors
+from training.errors import UserError
+from data.glue_processors import InputExample
 
 
 def write_tsv(path, rows, bom=False, line_end="\n"):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import glue_processors
-import input_pipeline
+from data import glue_processors
+from data import input_pipeline
 import tokenization
-from errors import UserError
-from glue_processors import InputExample
+from training.errors import UserError
+from data.glue_processors import InputExample
 
 # A tiny WordPiece vocabulary: specials, some words, pieces, every letter.
 _WORDS = ("the a cat dog sat on mat run play is was it he she big small house "

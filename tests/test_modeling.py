@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 
 import adapters
-import checkpoint_io
-import kernels
+from storage import checkpoint_io
+from compute import kernels
 import modeling
-from errors import UserError
+from training.errors import UserError
 
 
 def tiny_config(**overrides):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapter_io
+from storage import adapter_io
 import adapters
-import checkpoint_io
-import glue_processors
+from storage import checkpoint_io
+from data import glue_processors
 import modeling
-import multitask
-import run_config
-from errors import UserError
+from adapters import multitask
+from training import run_config
+from training.errors import UserError
 from test_modeling import randomize, tiny_config
 
 # (task, adapter size, train mode): different heads, sizes and modes.

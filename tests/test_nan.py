@@ -93,7 +93,7 @@ def test_nan_stops_with_a_clear_message(runs, name):
 def test_last_good_checkpoint_loads_and_is_finite(runs, name):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import adapters  # pylint: disable=g-import-not-at-top
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   proc, flags = runs[name]
   kept = re.search(r"the last good checkpoint (\S+) is kept", proc.stderr)

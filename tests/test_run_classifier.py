@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-import checkpoint_io
+from storage import checkpoint_io
 import tiny_fixtures as fx
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 import tensorflow as tf
 
-import errors
+from training import errors
 import tokenization
 
 # A tiny vocabulary; the hard-case fixture adds every character it needs.

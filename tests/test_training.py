@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import checkpoint_io
-import kernels
+from storage import checkpoint_io
+from compute import kernels
 import modeling
 import tiny_fixtures
-import training
+from training import trainer as trainer_lib
 
 
 def _trainer(train_mode, micro_batch_size, jit_compile=True):
@@ -89,19 +89,19 @@ def test_auto_micro_batch_size():
       vocab_size=30522, hidden_size=384, num_hidden_layers=6,
       num_attention_heads=12, intermediate_size=1536)
   # BERT-base, batch 32 x 128: ~1.8 GiB kept -> two slices of 16.
-  kept = training.saved_activation_bytes(base, "adapters", 32, 128)
+  kept = trainer_lib.saved_activation_bytes(base, "adapters", 32, 128)
   assert 1 << 30 < kept <= 2 << 30
-  assert training.auto_micro_batch_size(base, "adapters", 32, 128,
+  assert trainer_lib.auto_micro_batch_size(base, "adapters", 32, 128,
                                         strategy) == 16
   # Full fine-tuning keeps more: three slices (11, 11, 10).
-  assert training.auto_micro_batch_size(base, "full", 32, 128, strategy) == 11
+  assert trainer_lib.auto_micro_batch_size(base, "full", 32, 128, strategy) == 11
   # The MiniLM config fits whole; so does a short sequence length.
-  assert training.auto_micro_batch_size(minilm, "adapters", 32, 128,
+  assert trainer_lib.auto_micro_batch_size(minilm, "adapters", 32, 128,
                                         strategy) == 32
-  assert training.auto_micro_batch_size(base, "adapters", 32, 64,
+  assert trainer_lib.auto_micro_batch_size(base, "adapters", 32, 64,
                                         strategy) == 32
   # Never below one example.
-  assert training.auto_micro_batch_size(base, "full", 2, 512, strategy,
+  assert trainer_lib.auto_micro_batch_size(base, "full", 2, 512, strategy,
                                         budget=1) == 1
 
 
@@ -126,10 +126,10 @@ def test_mixed_precision_step_runs_near_float32(policy):
 
 
 def test_bucket_granularity_follows_what_a_width_compiles():
-  import runner  # pylint: disable=g-import-not-at-top
+  from training import runner  # pylint: disable=g-import-not-at-top
   strategy = tf.distribute.get_strategy()
   cpu_only = not tf.config.list_physical_devices("GPU")
   # CPU: only small kernels compile per width -> finer buckets.
   assert runner.bucket_granularity(True, strategy) == (8 if cpu_only else 16)
   assert runner.bucket_granularity(False, strategy) == 8
-  assert runner.bucket_granularity(training.JIT_ALWAYS, strategy) == 16
+  assert runner.bucket_granularity(trainer_lib.JIT_ALWAYS, strategy) == 16

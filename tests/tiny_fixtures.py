@@ -62,17 +62,17 @@ def tiny_trainer(model, train_mode="adapters", seed=0, jit_compile=True,
   output directory /tmp (tests that save set trainer.output_dir).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   import optimization  # pylint: disable=g-import-not-at-top
-  import training  # pylint: disable=g-import-not-at-top
+  from training import trainer  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   for name, v in checkpoint_io.checkpoint_name_map(model).items():
     v.assign((rng.normal(0, 0.2, size=v.shape)
               + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
   trainable = modeling.set_train_mode(model, train_mode)
   optimizer = optimization.create_optimizer(5e-2, 6, 1)
-  return training.Trainer(
+  return trainer_lib.Trainer(
       model, optimizer, trainable, tf.distribute.get_strategy(), "/tmp",
       num_labels=2, is_regression=False, global_batch_size=8, seed=3,
       jit_compile=jit_compile, micro_batch_size=micro_batch_size)
@@ -84,7 +84,7 @@ def write_model(directory, seed=0, **config_overrides):
   Returns:
     dict with vocab_file, bert_config_file, init_checkpoint.
   """
-  import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   vocab_file, vocab_size = write_vocab(directory)

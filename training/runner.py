@@ -11,28 +11,28 @@ import os
 import tempfile
 import time
 
-import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
+from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
-import adapter_io
+from storage import adapter_io
 import adapters
-import checkpoint_io
-import distribution
-import glue_metrics
-import glue_outputs
-import glue_processors
-import input_pipeline
+from storage import checkpoint_io
+from training import distribution
+from data import glue_metrics
+from data import glue_outputs
+from data import glue_processors
+from data import input_pipeline
 import modeling
 import optimization
-import run_config
-import summaries
+from training import run_config
+from training import summaries
 import tokenization
-import training
-from atomic_io import atomic_write_text
-from errors import UserError
+from training import trainer as trainer_lib
+from storage.atomic_io import atomic_write_text
+from training.errors import UserError
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -293,7 +293,7 @@ def run(cfg):
         cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
         weight_decay_rate=cfg.weight_decay_rate,
         adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
-    trainer = training.Trainer(
+    trainer = trainer_lib.Trainer(
         model, optimizer, trainable, strategy, cfg.output_dir,
         num_labels=num_labels, is_regression=is_regression,
         global_batch_size=cfg.train_batch_size, seed=cfg.seed,
@@ -353,7 +353,7 @@ def _micro_batch_size(cfg, bert_config, strategy):
   if cfg.micro_batch_size:
     size = min(cfg.micro_batch_size, per_replica)
   else:
-    size = training.auto_micro_batch_size(
+    size = trainer_lib.auto_micro_batch_size(
         bert_config, cfg.train_mode, per_replica, cfg.max_seq_length, strategy)
   if cfg.do_train and size < per_replica:
     logging.info("Each training batch runs as micro-batches of %d examples "
@@ -387,7 +387,7 @@ def bucket_granularity(jit_compile, strategy):
   With 8 (CPU) a GLUE epoch pays ~6% less padding than with 16 (MRPC: mean
   width 58.7 against 62.7 tokens) for a few more small kernel compilations.
   """
-  return 16 if training.compiles_whole_step(jit_compile, strategy) else 8
+  return 16 if trainer_lib.compiles_whole_step(jit_compile, strategy) else 8
 
 
 def evaluate(cfg, data, trainer, processor):

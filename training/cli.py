@@ -12,7 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
-from errors import UserError
+from training.errors import UserError
 
 _VERBOSE_ARGS = ("--verbose", "--verbose=true", "--verbose=True",
                  "--verbose=1")

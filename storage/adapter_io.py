@@ -33,10 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 import adapters as adapters_lib
-import checkpoint_io
+from storage import checkpoint_io
 import modeling
-from atomic_io import atomic_write_text
-from errors import UserError
+from storage.atomic_io import atomic_write_text
+from training.errors import UserError
 
 ADAPTER_CHECKPOINT = "adapter.ckpt"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

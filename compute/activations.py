@@ -8,7 +8,7 @@ import math
 
 import tensorflow as tf
 
-from errors import UserError
+from training.errors import UserError
 
 
 def gelu(x):

@@ -21,7 +21,7 @@ from absl import logging
 import cloud_tpu_client
 import tensorflow as tf
 
-import errors
+from training import errors
 
 VALID_DISTRIBUTIONS = ("auto", "tpu", "mirrored", "multi_worker", "one_device")
 

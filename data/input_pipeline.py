@@ -41,10 +41,10 @@ import os
 
 import tensorflow as tf
 
-import atomic_io
-import glue_processors
-from atomic_io import atomic_write_text
-from errors import UserError
+from storage import atomic_io
+from data import glue_processors
+from storage.atomic_io import atomic_write_text
+from training.errors import UserError
 
 # Bump when the stored features or their meaning change.
 FORMAT_VERSION = 1

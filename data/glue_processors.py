@@ -22,7 +22,7 @@ import math
 import os
 from typing import Optional, Union
 
-from errors import UserError
+from training.errors import UserError
 
 TRAIN = "train"
 DEV = "dev"

@@ -11,16 +11,16 @@ import collections
 import os
 import time
 
-import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
+from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import checkpoint_io
-import kernels
-import run_config
-import summaries
-from errors import UserError
+from storage import checkpoint_io
+from compute import kernels
+from training import run_config
+from training import summaries
+from training.errors import UserError
 
 KEEP_CHECKPOINT_MAX = 5
 GLOBAL_STEP = "global_step"

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 
-from errors import UserError
+from training.errors import UserError
 
 MIXED_PRECISION = ("none", "bfloat16", "float16")
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -17,7 +17,7 @@ GROUP_WINDOW_BATCHES = 32
 TRAIN_MODES = ("adapters", "full", "head")
 # --micro_batch_size=0: on a CPU host, a training step's batch is cut into
 # micro-batches when the activations it keeps for the backward pass would
-# exceed this (see training.auto_micro_batch_size).
+# exceed this (see trainer.auto_micro_batch_size).
 ACTIVATION_BUDGET_MIB = 1024
 
 
@@ -63,7 +63,7 @@ class RunConfig:
   distribution: str = "auto"
   bucket_by_length: bool = True
   group_by_length: bool = True
-  # 0: automatic (training.auto_micro_batch_size).
+  # 0: automatic (trainer.auto_micro_batch_size).
   micro_batch_size: int = 0
   deterministic: bool = False
   tfds_data_dir: str = None

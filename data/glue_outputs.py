@@ -20,8 +20,8 @@ import os
 
 import numpy as np
 
-import glue_processors
-from atomic_io import atomic_open
+from data import glue_processors
+from storage.atomic_io import atomic_open
 
 STSB_MIN_SCORE = 0.0
 STSB_MAX_SCORE = 5.0

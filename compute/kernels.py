@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 
-import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
+from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 import tensorflow as tf
 
 
@@ -56,7 +56,7 @@ def dropout_seed_for_slice(seed, first_example):
 # element-wise ops between two of them (GELU, residual + LayerNorm, dropout,
 # the softmax gradient) is one small XLA-compiled function with a hand-written
 # gradient that is compiled too. Measured on a 2-core AVX-512 CPU (TF 2.21;
-# see training.compiles_whole_step and scripts/benchmark.py):
+# see training.trainer.compiles_whole_step and scripts/benchmark.py):
 #   * XLA:CPU's matrix products ran at 0.5-0.8x the speed of the oneDNN ones,
 #     so a whole-step XLA cluster is slower on CPU;
 #   * op by op, each element-wise op is one pass over memory: GELU forward

@@ -33,17 +33,17 @@ import os
 import re
 import types
 
-import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
+from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import adapter_io
+from storage import adapter_io
 import adapters as adapters_lib
-import checkpoint_io
-import kernels
+from storage import checkpoint_io
+from compute import kernels
 import modeling
-from errors import UserError
+from training.errors import UserError
 
 
 def task_key(name):

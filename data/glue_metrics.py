@@ -15,8 +15,8 @@ is 0.0 (again scikit-learn's convention). Metrics of an empty set raise.
 
 import numpy as np
 
-import glue_processors
-from errors import UserError
+from data import glue_processors
+from training.errors import UserError
 
 
 def accuracy(predictions, labels):

@@ -17,9 +17,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-import atomic_io
-from atomic_io import atomic_write_text
-from errors import UserError
+from storage import atomic_io
+from storage.atomic_io import atomic_write_text
+from training.errors import UserError
 
 ADAPTER_VARIABLES = ("weights1", "biases1", "weights2", "biases2")
 # Reference-toolkit locations of the two adapters in a layer.

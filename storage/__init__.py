@@ -1,0 +1,1 @@
+"""Files: checkpoints by original name, adapter directories, atomic writes."""
