@@ -1,4 +1,4 @@
-"""BERT with adapters as Keras 3 layers.
+"""BERT with named adapters and heads, as Keras 3 layers.
 
 The numbers are those of google-research/bert `modeling.py` with the adapter
 insertions of google-research/adapter-bert: tanh-approximated GELU, additive
@@ -6,13 +6,30 @@ insertions of google-research/adapter-bert: tanh-approximated GELU, additive
 [batch * seq, hidden] matrices, and a classifier head with `output_weights`
 [num_labels, hidden] so logits = pooled · Wᵀ + b.
 
-Variable names follow Keras; their checkpoint names (the interface with
-Google's checkpoints) are defined once, in `checkpoint_io.checkpoint_name_map`.
+`BertAdapterModel` holds one frozen base and any number of named adapters and
+heads, in AdapterHub's manner (`add_adapter`, `set_active_adapters`,
+`train_adapter`, `add_classification_head`, `save_adapter`, `load_adapter`)
+and is a Keras model (`compile`, `fit`, `evaluate`, `predict`).
+
+Adapters sit at named hook points (`adapters.registry`); each hook point
+dispatches to the active setup (`adapters.composition.ActiveSetup`), handed
+down every call with the kernel policy (`compute.kernels.KernelPolicy`).
+
+Each layer declares the checkpoint names of its variables (the interface
+with Google's checkpoints, e.g.
+`bert/encoder/layer_0/attention/output/adapters/weights1`) and a tag saying
+what each variable belongs to (the base, a LayerNorm copy, an adapter, a
+head); `ModelView.checkpoint_variables` composes them for one adapter and
+head, as the reference toolkit's model had them.
 """
 
+import collections
+import contextlib
 import copy
 import json
 import math
+import os
+from typing import NamedTuple
 
 from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
@@ -22,8 +39,10 @@ import tensorflow as tf
 from compute.activations import ACTIVATIONS
 from compute.activations import get_activation
 import adapters as adapters_lib
-from training.errors import UserError
+from adapters import composition
+from adapters import registry
 from compute import kernels
+from training.errors import UserError
 
 LAYER_NORM_EPSILON = 1e-12
 MASK_ADDER = -10000.0
@@ -170,17 +189,47 @@ def _as_bert_config(config):
   return config if isinstance(config, BertConfig) else BertConfig.from_dict(config)
 
 
-def _as_adapter_config(adapter_config):
-  """An AdapterConfig from None (no adapters), a dict or an AdapterConfig."""
-  if adapter_config is None:
-    return adapters_lib.AdapterConfig(size=0)
-  if isinstance(adapter_config, dict):
-    return adapters_lib.AdapterConfig.from_dict(adapter_config)
-  return adapter_config
+class Tag(NamedTuple):
+  """What a variable belongs to; trainability is chosen by tags.
+
+  kind: "base" (the pre-trained weights), "layer_norm" (a LayerNorm: the
+  base's when owner is None, else the copy an adapter trains), "adapter" or
+  "head"; owner: the adapter's or head's name.
+  """
+  kind: str
+  owner: str = None
+
+
+BASE = Tag("base")
+BASE_LAYER_NORM = Tag("layer_norm")
+NO_ADAPTERS = composition.ActiveSetup()
 
 
 def _initializer(config):
   return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
+
+
+@contextlib.contextmanager
+def _unlocked(layer):
+  """Lets a built Keras layer take new sublayers (an adapter added later)."""
+  tracker = getattr(layer, "_tracker", None)
+  locked = tracker is not None and tracker.locked
+  if locked:
+    tracker.unlock()
+  try:
+    yield
+  finally:
+    if locked:
+      tracker.lock()
+
+
+def _scoped(scope, items):
+  return [(scope + "/" + name, variable, tag) for name, variable, tag in items]
+
+
+def _dense_variables(scope, layer, tag=BASE):
+  return [(scope + "/kernel", layer.kernel, tag),
+          (scope + "/bias", layer.bias, tag)]
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -191,27 +240,202 @@ class LayerNorm(keras.layers.LayerNormalization):
   residual)` normalizes x + residual in one fused kernel.
   """
 
-  def call(self, inputs, residual=None, training=False):
-    gamma = tf.convert_to_tensor(self.gamma)
-    beta = tf.convert_to_tensor(self.beta)
-    if not kernels.fused_kernels_enabled():
-      outputs, _, _ = kernels.ln_forward(inputs, residual, gamma, beta,
-                                         self.epsilon)
-    elif training:
-      outputs = kernels.fused_layer_norm(inputs, residual, gamma, beta,
-                                         self.epsilon)
-    elif kernels.onednn_kernels_enabled():
-      outputs = kernels.onednn_layer_norm(inputs, residual, gamma, beta,
-                                          self.epsilon)
-    else:
-      outputs = kernels.layer_norm_inference_xla(inputs, residual, gamma,
-                                                 beta, self.epsilon)
+  def call(self, inputs, residual=None, training=False, policy=None):
+    outputs = kernels.policy_or_default(policy).layer_norm(
+        inputs, residual, tf.convert_to_tensor(self.gamma),
+        tf.convert_to_tensor(self.beta), self.epsilon, training)
     return tf.cast(outputs, self.compute_dtype)
 
+  def checkpoint_variables(self, scope, tag):
+    return [(scope + "/gamma", self.gamma, tag),
+            (scope + "/beta", self.beta, tag)]
 
-def _dense(layer, x):
-  """x · kernel + bias of a keras Dense `layer` (see kernels.dense)."""
-  return kernels.dense(x, layer.kernel, layer.bias)
+
+def _layer_norm(name):
+  # Statistics always in float32 (mixed precision keeps LayerNorm in float32).
+  return LayerNorm(axis=-1, epsilon=LAYER_NORM_EPSILON, name=name,
+                   dtype="float32")
+
+
+def _copy_layer_norm(base, name):
+  """A new LayerNorm holding the values of `base`."""
+  layer = _layer_norm(name)
+  layer.build(base.gamma.shape)
+  layer.gamma.assign(base.gamma)
+  layer.beta.assign(base.beta)
+  return layer
+
+
+def stacked_layer_norm(layers, x, residual, policy):
+  """Each branch's LayerNorm(x + residual) on its slice (inference).
+
+  Args:
+    layers: one LayerNorm per branch, in stacking order.
+    x: [n or 1, rows, H] (a leading 1 broadcasts over the branches).
+    residual: None or [n, rows, H].
+    policy: the KernelPolicy.
+
+  Returns:
+    float32 [n, rows, H].
+  """
+  gamma = tf.stack([tf.convert_to_tensor(l.gamma) for l in layers])[
+      :, tf.newaxis, :]  # [n, 1, H]
+  beta = tf.stack([tf.convert_to_tensor(l.beta) for l in layers])[
+      :, tf.newaxis, :]
+  forward = (kernels.layer_norm_inference_xla if policy.fused
+             else kernels.layer_norm_inference)
+  return forward(x, residual, gamma, beta, layers[0].epsilon)
+
+
+class _LayerNorms:
+  """A layer's LayerNorm at one place: the base's and each adapter's copy."""
+
+  def __init__(self, owner, attribute, copies_attribute):
+    self.owner = owner
+    self.attribute = attribute  # e.g. "attention_layer_norm"
+    self.copies = copies_attribute  # e.g. "attention_layer_norms"
+
+  def of(self, name):
+    if name is None:
+      return getattr(self.owner, self.attribute)
+    return getattr(self.owner, self.copies)[name]
+
+
+def _apply_layer_norm(norms, x, residual, setup, training, policy, dtype):
+  """LayerNorm(x + residual) with each branch's LayerNorms.
+
+  x and residual are [n * rows, H] (branch-major) when the setup runs n
+  branches side by side.
+  """
+  if not setup.parallel:
+    out = norms.of(setup.branches[0].layer_norms)(
+        x, residual=residual, training=training, policy=policy)
+    return tf.cast(out, dtype)
+  n = len(setup.branches)
+  hidden = tf.shape(x)[-1]
+  layers = [norms.of(b.layer_norms) for b in setup.branches]
+  out = stacked_layer_norm(
+      layers, tf.reshape(x, [n, -1, hidden]),
+      None if residual is None else tf.reshape(residual, [n, -1, hidden]),
+      policy)
+  return tf.cast(tf.reshape(out, [-1, hidden]), dtype)
+
+
+# ---------------------------------------------------------------------------
+# Hook points.
+# ---------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class AdapterHook(keras.layers.Layer):
+  """A named hook point holding each adapter's layer placed there.
+
+  Called with the active setup, it applies the layers of that setup's
+  adapters (in Stack order) and is the identity where none has a layer. With
+  several branches side by side, the tensors are [n * rows, ...]
+  (branch-major) and each branch's layers see their slice.
+  """
+
+  def __init__(self, point, **kwargs):
+    super().__init__(**kwargs)
+    self.point = point
+    self.layers_by_adapter = {}
+    self.built = True  # No variables of its own; its adapters are built.
+
+  def add(self, name, layer):
+    with _unlocked(self):
+      self.layers_by_adapter[name] = layer
+
+  def remove(self, name):
+    with _unlocked(self):
+      self.layers_by_adapter.pop(name, None)
+
+  def is_active(self, setup):
+    return any(n in self.layers_by_adapter
+               for b in setup.branches for n in b.adapters)
+
+  def checkpoint_variables(self, scope, adapter_names):
+    items = []
+    for name in adapter_names:
+      layer = self.layers_by_adapter.get(name)
+      if layer is not None:
+        items += [(scope + "/" + rel, variable, Tag("adapter", name))
+                  for rel, variable in layer.checkpoint_variables()]
+    return items
+
+  def _branch_layers(self, branch):
+    return [self.layers_by_adapter[n] for n in branch.adapters
+            if n in self.layers_by_adapter]
+
+  def call(self, *args, setup=None, training=False, policy=None):
+    setup = setup or NO_ADAPTERS
+    if not self.is_active(setup):
+      return args[0] if len(args) == 1 else args
+    if self.point in registry.RESIDUAL_HOOKS:
+      return self._residual(args[0], setup, training, policy)
+    if self.point in registry.PROJECTION_HOOKS:
+      return self._projection(args[0], args[1], setup, training, policy)
+    # attention_keys_values: (k, v, mask_adder).
+    if setup.parallel:
+      raise UserError("adapters at %s cannot yet run side by side "
+                      "(Parallel)" % self.point)
+    for layer in self._branch_layers(setup.branches[0]):
+      args = layer(*args, training=training, policy=policy)
+    return args
+
+  def _residual(self, x, setup, training, policy):
+    if not setup.parallel:
+      for layer in self._branch_layers(setup.branches[0]):
+        x = layer(x, training=training, policy=policy)
+      return x
+    n = len(setup.branches)
+    hidden = tf.shape(x)[-1]
+    parts = tf.reshape(x, [n, -1, hidden])  # [n, rows, H]
+    per_branch = [self._branch_layers(b) for b in setup.branches]
+    if (not training and all(len(l) == 1 for l in per_branch)
+        and hasattr(per_branch[0][0], "call_batched")
+        and len({l[0].batch_key() for l in per_branch}) == 1):
+      out = type(per_branch[0][0]).call_batched([l[0] for l in per_branch],
+                                                parts)
+    else:
+      outs = []
+      for layers, part in zip(per_branch, tf.unstack(parts, n)):
+        for layer in layers:
+          part = layer(part, training=training, policy=policy)
+        outs.append(part)
+      out = tf.stack(outs)
+    return tf.reshape(out, [-1, hidden])
+
+  def _projection(self, x, projected, setup, training, policy):
+    if not setup.parallel:
+      for layer in self._branch_layers(setup.branches[0]):
+        projected = layer(x, projected, training=training, policy=policy)
+      return projected
+    n = len(setup.branches)
+    xs = tf.split(x, n, axis=0)
+    ps = tf.split(projected, n, axis=0)
+    outs = []
+    for branch, xi, pi in zip(setup.branches, xs, ps):
+      for layer in self._branch_layers(branch):
+        pi = layer(xi, pi, training=training, policy=policy)
+      outs.append(pi)
+    return tf.concat(outs, axis=0)
+
+  def get_config(self):
+    base = super().get_config()
+    base["point"] = self.point
+    return base
+
+
+def _add_hooks(layer, points):
+  """Gives `layer` one AdapterHook attribute per point (named as the point)."""
+  for point in points:
+    setattr(layer, point, AdapterHook(point, name=point))
+
+
+# ---------------------------------------------------------------------------
+# Layers.
+# ---------------------------------------------------------------------------
 
 
 def first_positions(x, batch, seq, k):
@@ -229,17 +453,32 @@ def first_positions(x, batch, seq, k):
   return tf.reshape(rows, [batch * k, hidden])
 
 
-def _layer_norm(name):
-  # Statistics always in float32 (mixed precision keeps LayerNorm in float32).
-  return LayerNorm(axis=-1, epsilon=LAYER_NORM_EPSILON, name=name,
-                   dtype="float32")
+def _adapter_items(adapters):
+  """[(name, config)] from None, a dict or a list of pairs."""
+  if not adapters:
+    return []
+  items = adapters.items() if isinstance(adapters, dict) else adapters
+  return [(name, _as_adapter_config(config)) for name, config in items]
+
+
+def _as_adapter_config(config):
+  if config is None:
+    return adapters_lib.AdapterConfig()
+  if isinstance(config, dict):
+    return adapters_lib.config_from_dict(config)
+  if isinstance(config, str):
+    return adapters_lib.get_preset(config)
+  return config
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class BertEmbeddings(keras.layers.Layer):
-  """Word + token-type + position embeddings, then LayerNorm and dropout."""
+  """Word + token-type + position embeddings, then LayerNorm and dropout.
 
-  def __init__(self, config, **kwargs):
+  Hook point: `embedding_output` (after the dropout).
+  """
+
+  def __init__(self, config, adapters=None, **kwargs):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
     c = self.config
@@ -256,9 +495,48 @@ class BertEmbeddings(keras.layers.Layer):
         autocast=False)
     self.layer_norm = _layer_norm("LayerNorm")
     self.layer_norm.build((None, None, c.hidden_size))
+    self.layer_norms = {}  # Each adapter's copy, by adapter name.
+    self._norms = _LayerNorms(self, "layer_norm", "layer_norms")
+    _add_hooks(self, registry.MODEL_HOOKS)
+    self.adapter_configs = {}
+    for name, adapter_config in _adapter_items(adapters):
+      self.add_adapter(name, adapter_config)
 
-  def call(self, input_ids, segment_ids, training=False, seed=None):
-    # input_ids, segment_ids: [batch, seq]
+  def add_adapter(self, name, adapter_config):
+    """Adds adapter `name`'s layers (and LayerNorm copy, if it trains one)."""
+    with _unlocked(self):
+      self.adapter_configs[name] = adapter_config
+      if registry.owns_layer_norms(adapter_config):
+        self.layer_norms[name] = _copy_layer_norm(self.layer_norm, "LayerNorm")
+      for point, layer in registry.layers_for(
+          adapter_config, self.config, "embeddings").items():
+        getattr(self, point).add(name, layer)
+
+  def delete_adapter(self, name):
+    with _unlocked(self):
+      self.adapter_configs.pop(name, None)
+      self.layer_norms.pop(name, None)
+      for point in registry.MODEL_HOOKS:
+        getattr(self, point).remove(name)
+
+  def checkpoint_variables(self, branch):
+    """[(name under `embeddings/`, variable, tag)] of one branch."""
+    owner = branch.layer_norms
+    items = [("word_embeddings", self.word_embeddings, BASE),
+             ("token_type_embeddings", self.token_type_embeddings, BASE),
+             ("position_embeddings", self.position_embeddings, BASE)]
+    items += self._norms.of(owner).checkpoint_variables(
+        "LayerNorm", Tag("layer_norm", owner))
+    items += _strip_scope(self.embedding_output.checkpoint_variables(
+        registry.HOOK_SCOPES["embedding_output"], branch.adapters),
+        "embeddings/")
+    return items
+
+  def call(self, input_ids, segment_ids, setup=None, training=False,
+           seed=None, policy=None):
+    """[batch, seq] ids -> [n * batch, seq, H] (n branches side by side)."""
+    setup = setup or NO_ADAPTERS
+    policy = kernels.policy_or_default(policy)
     seq_length = tf.shape(input_ids)[1]
     output = tf.gather(self.word_embeddings, input_ids)  # [batch, seq, H]
     output += tf.gather(self.token_type_embeddings, segment_ids)
@@ -267,15 +545,37 @@ class BertEmbeddings(keras.layers.Layer):
     positions = tf.broadcast_to(
         self.position_embeddings[tf.newaxis, :seq_length, :],
         tf.shape(output))  # [batch, seq, H]
-    output = self.layer_norm(output, residual=positions, training=training)
-    output = kernels.dropout(output, self.config.hidden_dropout_prob, training,
-                             seed)
-    return tf.cast(output, self.compute_dtype)
+    if setup.parallel:
+      # The lookups once; each branch's LayerNorm on the same sum.
+      shape = tf.shape(output)
+      summed = tf.reshape(output + positions, [1, -1, shape[-1]])
+      output = stacked_layer_norm(
+          [self._norms.of(b.layer_norms) for b in setup.branches], summed,
+          None, policy)  # [n, batch * seq, H]
+      output = tf.reshape(output, [-1, shape[1], shape[2]])
+    else:
+      output = self._norms.of(setup.branches[0].layer_norms)(
+          output, residual=positions, training=training, policy=policy)
+    output = policy.dropout(output, self.config.hidden_dropout_prob, training,
+                            seed)
+    output = tf.cast(output, self.compute_dtype)
+    if self.embedding_output.is_active(setup):
+      shape = tf.shape(output)
+      output = tf.reshape(self.embedding_output(
+          tf.reshape(output, [-1, shape[-1]]), setup=setup,
+          training=training, policy=policy), shape)
+    return output
 
   def get_config(self):
     base = super().get_config()
     base["config"] = self.config.to_dict()
+    base["adapters"] = [[n, c.to_dict()] for n, c in self.adapter_configs.items()]
     return base
+
+
+def _strip_scope(items, prefix):
+  return [(n[len(prefix):] if n.startswith(prefix) else n, v, t)
+          for n, v, t in items]
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -283,7 +583,8 @@ class BertSelfAttention(keras.layers.Layer):
   """Multi-head self-attention with [H, H] query/key/value kernels.
 
   Works on [batch * seq, H] matrices as the original; returns the context
-  before the output projection.
+  before the output projection. Hook points: `query`, `key`, `value` (each
+  projection) and `attention_keys_values` (the per-head keys and values).
   """
 
   def __init__(self, config, **kwargs):
@@ -301,6 +602,22 @@ class BertSelfAttention(keras.layers.Layer):
                                     name="value")
     for layer in (self.query, self.key, self.value):
       layer.build((None, c.hidden_size))
+    self.hooks = {point: AdapterHook(point, name=point + "_hook")
+                  for point in ("query", "key", "value",
+                                "attention_keys_values")}
+
+  def checkpoint_variables(self, branch):
+    """[(name under `attention/self/`, variable, tag)] of one branch."""
+    items = []
+    for part in ("query", "key", "value"):
+      items += _dense_variables(part, getattr(self, part))
+      items += _strip_scope(self.hooks[part].checkpoint_variables(
+          registry.HOOK_SCOPES[part], branch.adapters), "attention/self/")
+    items += _strip_scope(self.hooks["attention_keys_values"]
+                          .checkpoint_variables(
+                              registry.HOOK_SCOPES["attention_keys_values"],
+                              branch.adapters), "attention/self/")
+    return items
 
   def _split_heads(self, x, batch, seq, parts):
     """[batch * seq, parts * H] -> `parts` tensors [batch, heads, seq, size]."""
@@ -310,7 +627,7 @@ class BertSelfAttention(keras.layers.Layer):
     # the whole tensor per slice, that of unstack one stack.
     return tf.unstack(x, num=parts, axis=0)
 
-  def _project_heads(self, x, batch, seq, output_range=None):
+  def _project_heads(self, x, batch, seq, output_range, policy):
     """The query, key and value projections as one matrix product.
 
     Args:
@@ -328,37 +645,68 @@ class BertSelfAttention(keras.layers.Layer):
     kernels_ = [tf.convert_to_tensor(l.kernel) for l in layers]
     biases = [tf.convert_to_tensor(l.bias) for l in layers]
     if output_range is None:
-      qkv = kernels.fused_projection(x, kernels_, biases)  # [rows, 3H]
+      qkv = policy.projection(x, kernels_, biases)  # [rows, 3H]
       return self._split_heads(qkv, batch, seq, 3)
     k, v = self._split_heads(
-        kernels.fused_projection(x, kernels_[1:], biases[1:]), batch, seq, 2)
-    q = kernels.fused_projection(first_positions(x, batch, seq, output_range),
-                                 kernels_[:1], biases[:1])
+        policy.projection(x, kernels_[1:], biases[1:]), batch, seq, 2)
+    q = policy.projection(first_positions(x, batch, seq, output_range),
+                          kernels_[:1], biases[:1])
     q, = self._split_heads(q, batch, output_range, 1)
     return q, k, v
 
-  def call(self, x, mask_adder, batch, seq, training=False, seed=None,
-           output_range=None):
+  def _project_heads_hooked(self, x, batch, seq, output_range, setup,
+                            training, policy):
+    """As _project_heads, each projection passed through its hook point."""
+    hidden = self.config.hidden_size
+    qkv = tf.split(policy.projection(
+        x, [tf.convert_to_tensor(l.kernel) for l in (self.query, self.key,
+                                                      self.value)],
+        [tf.convert_to_tensor(l.bias) for l in (self.query, self.key,
+                                                self.value)]), 3, axis=1)
+    q, k, v = [self.hooks[p](x, t, setup=setup, training=training,
+                             policy=policy)
+               for p, t in zip(("query", "key", "value"), qkv)]
+    rows = seq
+    if output_range is not None:
+      q = first_positions(q, batch, seq, output_range)
+      rows = output_range
+    q, = self._split_heads(tf.reshape(q, [-1, hidden]), batch, rows, 1)
+    k, v = self._split_heads(tf.concat([k, v], axis=1), batch, seq, 2)
+    return q, k, v
+
+  def call(self, x, mask_adder, batch, seq, setup=None, training=False,
+           seed=None, output_range=None, policy=None):
     """Attention context before the output projection.
 
     Args:
       x: [batch * seq, H].
       mask_adder: [batch, 1, 1, seq] float32.
       batch, seq: scalar int32 tensors.
+      setup: the ActiveSetup (None: no adapters).
       training: python bool.
       seed: optional stateless dropout seed.
       output_range: None (every position attends), or a python int k: only
         the first k positions of each example attend (their rows are the
         same numbers as in the whole computation, dropout masks included).
+      policy: the KernelPolicy.
 
     Returns:
       [batch * rows, H] with rows = seq, or k with output_range.
     """
+    setup = setup or NO_ADAPTERS
+    policy = kernels.policy_or_default(policy)
     rows = seq if output_range is None else output_range
-    q, k, v = self._project_heads(x, batch, seq, output_range)
+    if any(self.hooks[p].is_active(setup) for p in ("query", "key", "value")):
+      q, k, v = self._project_heads_hooked(x, batch, seq, output_range,
+                                           setup, training, policy)
+    else:
+      q, k, v = self._project_heads(x, batch, seq, output_range, policy)
+    if self.hooks["attention_keys_values"].is_active(setup):
+      k, v, mask_adder = self.hooks["attention_keys_values"](
+          k, v, mask_adder, setup=setup, training=training, policy=policy)
     # Scaled, masked softmax (float32, also under mixed precision), dropout,
     # times v.
-    context = kernels.attention_context(
+    context = policy.attention_context(
         q, k, v, mask_adder, 1.0 / math.sqrt(self.head_size),
         self.config.attention_probs_dropout_prob, training,
         seed)  # [batch, heads, rows, head_size]
@@ -373,20 +721,20 @@ class BertSelfAttention(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class TransformerBlock(keras.layers.Layer):
-  """One BERT layer with adapter hooks at named locations.
+  """One BERT layer with adapter hook points.
 
-  attention -> output dense -> dropout -> [adapter "attention_output"] ->
+  attention -> output dense -> dropout -> [hook "attention_output"] ->
   LayerNorm(+input) -> intermediate dense (act) -> output dense -> dropout ->
-  [adapter "ffn_output"] -> LayerNorm(+attention output).
+  [hook "ffn_output"] -> LayerNorm(+attention output).
 
   The attention part is pluggable through `attention_cls` (any layer with
-  BertSelfAttention's call signature); adapters come from `adapter_config`.
+  BertSelfAttention's call signature). An adapter that trains LayerNorms
+  holds its own copy of both.
   """
 
-  def __init__(self, config, adapter_config=None, attention_cls=None, **kwargs):
+  def __init__(self, config, adapters=None, attention_cls=None, **kwargs):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
-    self.adapter_config = _as_adapter_config(adapter_config)
     c = self.config
     h = c.hidden_size
     init = _initializer(c)
@@ -400,36 +748,83 @@ class TransformerBlock(keras.layers.Layer):
                                            name="output_dense")
     self.output_layer_norm = _layer_norm("output_LayerNorm")
     self.intermediate_act = get_activation(c.hidden_act)
-    # "gelu" (the tanh form) gets the fast kernels of `gelu` above.
+    # "gelu" (the tanh form) gets the fast kernels.
     self._fast_gelu = str(c.hidden_act).lower() == "gelu"
-    # Adapters by location; absent locations have no layer and no variables.
-    self.adapters = {}
-    if self.adapter_config.enabled:
-      for location in self.adapter_config.locations:
-        layer = adapters_lib.make_adapter(self.adapter_config,
-                                          name="adapter_" + location)
-        layer.build((None, h))
-        self.adapters[location] = layer
-    self.attention_output_dense.build((None, h))
+    _add_hooks(self, ("attention_output", "ffn_output"))
+    # Each adapter's LayerNorm copies, by adapter name.
+    self.attention_layer_norms = {}
+    self.output_layer_norms = {}
+    self._attention_norms = _LayerNorms(self, "attention_layer_norm",
+                                        "attention_layer_norms")
+    self._output_norms = _LayerNorms(self, "output_layer_norm",
+                                     "output_layer_norms")
+    self.adapter_configs = {}
     self.attention_layer_norm.build((None, h))
+    self.output_layer_norm.build((None, h))
+    # Adapters given here are built before the dense layers: the order in
+    # which the random initial values are drawn is the toolkit's of before.
+    for name, adapter_config in _adapter_items(adapters):
+      self.add_adapter(name, adapter_config)
+    self.attention_output_dense.build((None, h))
     self.intermediate_dense.build((None, h))
     self.output_dense.build((None, c.intermediate_size))
-    self.output_layer_norm.build((None, h))
 
-  def intermediate(self, x, training=False):
+  def _index(self):
+    return int(self.name.rsplit("_", 1)[-1]) if "_" in self.name else 0
+
+  def add_adapter(self, name, adapter_config):
+    """Adds adapter `name`'s layers (and LayerNorm copies, if it trains them)."""
+    with _unlocked(self):
+      self.adapter_configs[name] = adapter_config
+      if registry.owns_layer_norms(adapter_config):
+        self.attention_layer_norms[name] = _copy_layer_norm(
+            self.attention_layer_norm, "attention_output_LayerNorm")
+        self.output_layer_norms[name] = _copy_layer_norm(
+            self.output_layer_norm, "output_LayerNorm")
+      for point, layer in registry.layers_for(
+          adapter_config, self.config, self._index()).items():
+        hook = (self.attention.hooks[point] if point in self.attention.hooks
+                else getattr(self, point))
+        hook.add(name, layer)
+
+  def delete_adapter(self, name):
+    with _unlocked(self):
+      self.adapter_configs.pop(name, None)
+      self.attention_layer_norms.pop(name, None)
+      self.output_layer_norms.pop(name, None)
+      for hook in (list(self.attention.hooks.values())
+                   + [self.attention_output, self.ffn_output]):
+        hook.remove(name)
+
+  def checkpoint_variables(self, branch):
+    """[(name under `encoder/layer_<i>/`, variable, tag)] of one branch."""
+    owner = branch.layer_norms
+    ln_tag = Tag("layer_norm", owner)
+    items = _scoped("attention/self",
+                    self.attention.checkpoint_variables(branch))
+    items += _dense_variables("attention/output/dense",
+                              self.attention_output_dense)
+    items += self.attention_output.checkpoint_variables(
+        registry.HOOK_SCOPES["attention_output"], branch.adapters)
+    items += self._attention_norms.of(owner).checkpoint_variables(
+        "attention/output/LayerNorm", ln_tag)
+    items += _dense_variables("intermediate/dense", self.intermediate_dense)
+    items += _dense_variables("output/dense", self.output_dense)
+    items += self.ffn_output.checkpoint_variables(
+        registry.HOOK_SCOPES["ffn_output"], branch.adapters)
+    items += self._output_norms.of(owner).checkpoint_variables(
+        "output/LayerNorm", ln_tag)
+    return items
+
+  def intermediate(self, x, training=False, policy=None):
     """The intermediate dense layer and its activation: [rows, H] -> [rows, I]."""
     intermediate = _dense(self.intermediate_dense, x)
     if self._fast_gelu:
-      return kernels.gelu(intermediate, training=training)
+      return kernels.policy_or_default(policy).gelu(intermediate, training)
     return self.intermediate_act(intermediate)
 
-  def adapter_hook(self, location, x, training=False):
-    """Applies the adapter at `location` if there is one (identity otherwise)."""
-    layer = self.adapters.get(location)
-    return x if layer is None else layer(x, training=training)
-
-  def call(self, x, mask_adder, batch, seq, training=False, seed=None,
-           output_range=None):
+  def call(self, x, mask_adder, batch, seq, setup=None, training=False,
+           seed=None, output_range=None, policy=None):
     """One layer: [batch * seq, H] -> [batch * seq, H].
 
     With output_range k (a python int), only the first k positions of each
@@ -437,43 +832,49 @@ class TransformerBlock(keras.layers.Layer):
     [batch * k, H], the same numbers as those rows of the whole output
     (dropout masks included). The classifier needs the first ([CLS]) row of
     the last layer only: the rest of that layer is work nobody reads
-    (TF Model Garden's `output_range`).
+    (TF Model Garden's `output_range`). With n branches side by side,
+    `batch` counts n * examples (branch-major).
     """
     # x: [batch * seq, H]
     c = self.config
+    setup = setup or NO_ADAPTERS
+    policy = kernels.policy_or_default(policy)
+    hooks = dict(setup=setup, training=training, policy=policy)
     rows, residual = seq, x
     attention_args = {}
     if output_range is not None:
       rows = output_range
       residual = first_positions(x, batch, seq, output_range)  # [batch * k, H]
       attention_args["output_range"] = output_range
-    attention = self.attention(x, mask_adder, batch, seq, training=training,
-                               seed=kernels.fold_seed(seed, 0),
-                               **attention_args)  # [batch * rows, H]
+    attention = self.attention(x, mask_adder, batch, seq, seed=kernels.fold_seed(seed, 0),
+                               **hooks, **attention_args)  # [batch * rows, H]
     attention = _dense(self.attention_output_dense, attention)
-    attention = kernels.token_dropout(attention, c.hidden_dropout_prob,
-                                      training, kernels.fold_seed(seed, 1),
-                                      batch, rows)
-    attention = self.adapter_hook("attention_output", attention,
-                                  training=training)
-    attention = self.attention_layer_norm(attention, residual=residual,
-                                          training=training)
-    attention = tf.cast(attention, self.compute_dtype)
+    attention = policy.token_dropout(attention, c.hidden_dropout_prob,
+                                     training, kernels.fold_seed(seed, 1),
+                                     batch, rows)
+    attention = self.attention_output(attention, **hooks)
+    attention = _apply_layer_norm(self._attention_norms, attention, residual,
+                                  setup, training, policy, self.compute_dtype)
 
-    intermediate = self.intermediate(attention, training=training)
+    intermediate = self.intermediate(attention, training=training,
+                                     policy=policy)
     output = _dense(self.output_dense, intermediate)
-    output = kernels.token_dropout(output, c.hidden_dropout_prob, training,
-                                   kernels.fold_seed(seed, 2), batch, rows)
-    output = self.adapter_hook("ffn_output", output, training=training)
-    output = self.output_layer_norm(output, residual=attention,
-                                    training=training)
-    return tf.cast(output, self.compute_dtype)  # [batch * rows, H]
+    output = policy.token_dropout(output, c.hidden_dropout_prob, training,
+                                  kernels.fold_seed(seed, 2), batch, rows)
+    output = self.ffn_output(output, **hooks)
+    return _apply_layer_norm(self._output_norms, output, attention, setup,
+                             training, policy, self.compute_dtype)
 
   def get_config(self):
     base = super().get_config()
     base["config"] = self.config.to_dict()
-    base["adapter_config"] = self.adapter_config.to_dict()
+    base["adapters"] = [[n, c.to_dict()] for n, c in self.adapter_configs.items()]
     return base
+
+
+def _dense(layer, x):
+  """x · kernel + bias of a keras Dense `layer` (see kernels.dense)."""
+  return kernels.dense(x, layer.kernel, layer.bias)
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -500,45 +901,74 @@ class BertPooler(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class BertModel(keras.layers.Layer):
-  """The BERT encoder with adapters: embeddings, L blocks, pooler.
+  """The BERT encoder with adapter hook points: embeddings, L blocks, pooler.
 
-  Call with input_ids, input_mask, segment_ids ([batch, seq] int); returns
-  (sequence_output [batch, seq, H], pooled_output [batch, H]).
+  Call with input_ids, input_mask, segment_ids ([batch, seq] int) and the
+  active setup; returns (sequence_output [n * batch, seq, H], pooled_output
+  [n * batch, H]) for n branches side by side (n = 1 but for Parallel).
   """
 
-  def __init__(self, config, adapter_config=None, **kwargs):
+  def __init__(self, config, adapters=None, **kwargs):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
-    self.adapter_config = _as_adapter_config(adapter_config)
-    self.embeddings = BertEmbeddings(self.config, name="embeddings")
+    items = _adapter_items(adapters)
+    self.embeddings = BertEmbeddings(self.config, items, name="embeddings")
     self.blocks = [
-        TransformerBlock(self.config, self.adapter_config, name="layer_%d" % i)
+        TransformerBlock(self.config, items, name="layer_%d" % i)
         for i in range(self.config.num_hidden_layers)
     ]
     self.pooler = BertPooler(self.config, name="pooler")
 
-  def call(self, input_ids, input_mask, segment_ids, training=False, seed=None,
-           output_range=None):
+  def add_adapter(self, name, adapter_config):
+    self.embeddings.add_adapter(name, adapter_config)
+    for block in self.blocks:
+      block.add_adapter(name, adapter_config)
+
+  def delete_adapter(self, name):
+    self.embeddings.delete_adapter(name)
+    for block in self.blocks:
+      block.delete_adapter(name)
+
+  def checkpoint_variables(self, branch):
+    """[(checkpoint name, variable, tag)] of one branch, in the original's
+    order (embeddings, layers, pooler)."""
+    items = _scoped("bert/embeddings",
+                    self.embeddings.checkpoint_variables(branch))
+    for i, block in enumerate(self.blocks):
+      items += _scoped("bert/encoder/layer_%d" % i,
+                       block.checkpoint_variables(branch))
+    items += _dense_variables("bert/pooler/dense", self.pooler.dense)
+    return items
+
+  def call(self, input_ids, input_mask, segment_ids, setup=None,
+           training=False, seed=None, output_range=None, policy=None):
     """Returns (sequence_output, pooled_output).
 
     output_range: None, or a python int k: the last layer computes the
     first k positions only and sequence_output is [batch, k, H] (the pooled
     output needs k = 1; same numbers as the whole computation).
     """
+    setup = setup or NO_ADAPTERS
+    policy = kernels.policy_or_default(policy)
+    n = len(setup.branches)
     shape = tf.shape(input_ids)
-    batch, seq = shape[0], shape[1]
-    embedded = self.embeddings(input_ids, segment_ids, training=training,
-                               seed=kernels.fold_seed(seed, 0))
+    batch, seq = shape[0] * n, shape[1]
+    embedded = self.embeddings(input_ids, segment_ids, setup=setup,
+                               training=training,
+                               seed=kernels.fold_seed(seed, 0), policy=policy)
     # Additive mask: 0 where attended, -10000 where padded. [batch, 1, 1, seq]
     mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
     mask_adder = (1.0 - mask) * MASK_ADDER
+    if n > 1:
+      mask_adder = tf.tile(mask_adder, [n, 1, 1, 1])
     x = tf.reshape(embedded, [batch * seq, self.config.hidden_size])
     last = len(self.blocks) - 1
     for i, block in enumerate(self.blocks):
       block_args = {"output_range": output_range} if (
           i == last and output_range is not None) else {}
-      x = block(x, mask_adder, batch, seq, training=training,
-                seed=kernels.fold_seed(seed, i + 1), **block_args)
+      x = block(x, mask_adder, batch, seq, setup=setup, training=training,
+                seed=kernels.fold_seed(seed, i + 1), policy=policy,
+                **block_args)
     rows = seq if output_range is None or not self.blocks else output_range
     sequence_output = tf.reshape(x, [batch, rows, self.config.hidden_size])
     pooled_output = self.pooler(sequence_output)
@@ -547,7 +977,7 @@ class BertModel(keras.layers.Layer):
   def get_config(self):
     base = super().get_config()
     base["config"] = self.config.to_dict()
-    base["adapter_config"] = self.adapter_config.to_dict()
+    base["adapters"] = self.embeddings.get_config()["adapters"]
     return base
 
 
@@ -556,7 +986,8 @@ class ClassifierHead(keras.layers.Layer):
   """Dropout 0.1 on the pooled output, then logits = pooled · Wᵀ + b.
 
   `output_weights` is [num_labels, H] and `output_bias` [num_labels], as the
-  original run_classifier.py. Logits are float32.
+  original run_classifier.py. Logits are float32. One output is a
+  regression head (STS-B).
   """
 
   def __init__(self, num_labels, hidden_size, initializer_range=0.02,
@@ -572,9 +1003,18 @@ class ClassifierHead(keras.layers.Layer):
     self.output_bias = self.add_weight(
         name="output_bias", shape=(num_labels,), initializer="zeros")
 
-  def call(self, pooled_output, training=False, seed=None):
+  @property
+  def is_regression(self):
+    return self.num_labels == 1
+
+  def checkpoint_variables(self, tag):
+    return [("output_weights", self.output_weights, tag),
+            ("output_bias", self.output_bias, tag)]
+
+  def call(self, pooled_output, training=False, seed=None, policy=None):
     # pooled_output: [batch, H] -> logits [batch, num_labels]
-    x = kernels.dropout(pooled_output, self.dropout_rate, training, seed)
+    x = kernels.policy_or_default(policy).dropout(
+        pooled_output, self.dropout_rate, training, seed)
     x = tf.cast(x, tf.float32)
     logits = tf.matmul(x, tf.cast(self.output_weights, tf.float32),
                        transpose_b=True)
@@ -588,86 +1028,767 @@ class ClassifierHead(keras.layers.Layer):
     return base
 
 
-@keras.saving.register_keras_serializable(package="adapter_bert")
-class BertClassifier(keras.Model):
-  """BERT + adapters + classifier head, for GLUE.
+# ---------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------
 
-  Call with a dict holding `input_ids`, `input_mask`, `segment_ids`
-  ([batch, seq] int32); returns float32 logits [batch, num_labels] (one
-  output for regression). `dropout_seed`, an int [2] tensor, makes dropout
-  masks a pure function of the seed (reproducible runs and resumes).
+TRAIN_MODES = ("adapters", "full", "head")
+INPUT_NAMES = ("input_ids", "input_mask", "segment_ids")
+
+
+class ModelView:
+  """One branch of a BertAdapterModel as the reference toolkit's model had it.
+
+  The base, one adapter per hook point, the LayerNorms that branch uses and
+  its head, under google-research/adapter-bert's checkpoint names. Loading,
+  saving, adapter directories and the reference layout all go through a
+  view (`checkpoint_name_map`); it has the attributes of the reference's
+  model that they read (`config`, `adapter_config`, `num_labels`).
   """
 
-  def __init__(self, config, num_labels, adapter_config=None,
+  def __init__(self, model, branch):
+    self.model = model
+    self.branch = branch
+    self.config = model.config
+    names = branch.adapters
+    self.adapter_config = (model.adapter_configs[names[-1]] if names else
+                           adapters_lib.AdapterConfig(size=0))
+    self.head = model.heads[branch.head] if branch.head else None
+    self.num_labels = self.head.num_labels if self.head is not None else None
+
+  @property
+  def classifier(self):
+    return self.head
+
+  def checkpoint_variables(self):
+    """OrderedDict {checkpoint name: (variable, Tag)}, the original's order.
+
+    Raises:
+      UserError: if two of the branch's adapters would take one name (two
+        adapters at one hook point: the reference names hold one).
+    """
+    items = self.model.bert.checkpoint_variables(self.branch)
+    if self.head is not None:
+      items += self.head.checkpoint_variables(Tag("head", self.branch.head))
+    out = collections.OrderedDict()
+    for name, variable, tag in items:
+      if name in out:
+        raise UserError(
+            "adapters %s both have %s: a checkpoint in the reference layout "
+            "holds one adapter per hook point"
+            % (" and ".join(self.branch.adapters), name))
+      out[name] = (variable, tag)
+    return out
+
+  def checkpoint_name_map(self):
+    """OrderedDict {checkpoint name: variable}."""
+    return collections.OrderedDict(
+        (name, variable) for name, (variable, _) in
+        self.checkpoint_variables().items())
+
+  def trainable_names(self, train_mode):
+    """Checkpoint names trained in `train_mode`, chosen by the tags.
+
+    adapters: the branch's adapters, the LayerNorms it uses (its adapter's
+    copies, or the base's when none trains them) and its head; full:
+    everything in the view (original BERT fine-tuning); head: the head.
+    """
+    if train_mode not in TRAIN_MODES:
+      raise UserError("unknown train_mode %r; expected one of %s"
+                      % (train_mode, ", ".join(TRAIN_MODES)))
+    names = []
+    for name, (_, tag) in self.checkpoint_variables().items():
+      if (train_mode == "full" or tag.kind == "head"
+          or (train_mode == "adapters" and tag.kind != "base")):
+        names.append(name)
+    return names
+
+
+def _split_features(data):
+  """(features, labels or None) from a (features, labels) pair or a dict."""
+  if isinstance(data, (tuple, list)):
+    features = data[0]
+    labels = data[1] if len(data) > 1 else None
+  else:
+    features, labels = data, None
+  if labels is None and isinstance(features, dict):
+    labels = features.get("label_ids")
+  return features, labels
+
+
+def model_inputs(features):
+  """The int32 model inputs of a feature dict."""
+  missing = [k for k in INPUT_NAMES if k not in features]
+  if missing:
+    raise UserError("features lack %s; expected int32 %s [batch, seq]"
+                    % (", ".join(missing), ", ".join(INPUT_NAMES)))
+  return {k: tf.cast(features[k], tf.int32) for k in INPUT_NAMES}
+
+
+def per_example_loss(logits, labels, num_labels, is_regression):
+  """Loss per example as the original run_classifier.py.
+
+  Args:
+    logits: float32 [batch, num_labels] (one column for regression).
+    labels: int [batch] class ids, or float [batch] targets for regression.
+    num_labels: number of classes.
+    is_regression: mean squared error instead of cross-entropy.
+
+  Returns:
+    float32 [batch].
+  """
+  logits = tf.cast(logits, tf.float32)
+  if is_regression:
+    return tf.square(logits[:, 0] - tf.cast(labels, tf.float32))
+  log_probs = tf.nn.log_softmax(logits, axis=-1)
+  one_hot = tf.one_hot(tf.cast(labels, tf.int32), depth=num_labels,
+                       dtype=tf.float32)
+  return -tf.reduce_sum(one_hot * log_probs, axis=-1)
+
+
+def cpu_only_host():
+  """Whether this process sees no GPU or TPU (the Keras default strategy)."""
+  return not (tf.config.list_logical_devices("GPU")
+              or tf.config.list_logical_devices("TPU"))
+
+
+@keras.saving.register_keras_serializable(package="adapter_bert")
+class BertAdapterModel(keras.Model):
+  """One BERT base with named adapters and heads (AdapterHub's model API).
+
+  Call with a dict of int32 `input_ids`, `input_mask`, `segment_ids`
+  [batch, seq]; returns the active head's float32 logits [batch,
+  num_labels] (a dict by head name when several heads run side by side).
+  `dropout_seed`, an int [2] tensor, makes dropout masks a pure function of
+  the seed (reproducible runs and resumes); `policy` picks the kernels.
+
+  Adapters and heads are added by name; `set_active_adapters` chooses what
+  a forward pass runs; `train_adapter` freezes all but one adapter and its
+  head. The active head is the one named like the active adapter unless set
+  (`active_head`), or the only head.
+  """
+
+  def __init__(self, config, adapters=None, heads=None,
                classifier_dropout=CLASSIFIER_DROPOUT, **kwargs):
+    """Builds the model with fresh weights.
+
+    Args:
+      config: BertConfig (or its dict).
+      adapters: optional [(name, adapter config)] (or a dict) built with the
+        model; the first becomes active.
+      heads: optional [(name, num_labels)] (or a dict).
+      classifier_dropout: dropout on the pooled output before a head.
+    """
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
-    self.adapter_config = _as_adapter_config(adapter_config)
-    self.num_labels = num_labels
     self.classifier_dropout = classifier_dropout
-    self.bert = BertModel(self.config, self.adapter_config, name="bert")
-    self.classifier = ClassifierHead(num_labels, self.config.hidden_size,
-                                     self.config.initializer_range,
-                                     dropout_rate=classifier_dropout,
-                                     name="classifier")
+    items = _adapter_items(adapters)
+    for name, _ in items:
+      _check_name(name, "adapter")
+    self.adapter_configs = dict(items)
+    self.bert = BertModel(self.config, items, name="bert")
+    self.heads = {}
+    for name, num_labels in (heads.items() if isinstance(heads, dict)
+                             else heads or []):
+      self.add_classification_head(name, num_labels)
+    self._active = composition.parse(items[0][0]) if items else None
+    self._active_head = None
+    self._fit_seed = 0
     self.built = True
 
+  # ---------------------------------------------------------------- loading
+
+  @classmethod
+  def from_pretrained(cls, path, vocab_file=None, init_checkpoint=None,
+                      **kwargs):
+    """A model holding a pre-trained base, without adapters or heads.
+
+    Args:
+      path: a directory in Google's format (`bert_config.json`,
+        `vocab.txt`, `bert_model.ckpt`), or the path of a
+        `bert_config.json` with `vocab_file` and `init_checkpoint` given.
+      vocab_file, init_checkpoint: the other two paths, when `path` is a
+        config file.
+
+    Returns:
+      The model; `vocab_file` and `init_checkpoint` hold the paths used.
+
+    Raises:
+      UserError: for a missing file or a checkpoint that does not fit.
+    """
+    if os.path.isdir(path):
+      config_file = os.path.join(path, "bert_config.json")
+      vocab_file = vocab_file or os.path.join(path, "vocab.txt")
+      init_checkpoint = init_checkpoint or os.path.join(path,
+                                                        "bert_model.ckpt")
+    else:
+      config_file = path
+      if init_checkpoint is None:
+        raise UserError("from_pretrained(%s): give init_checkpoint= (or a "
+                        "directory holding bert_config.json, vocab.txt and "
+                        "bert_model.ckpt)" % path)
+    if vocab_file is not None and not os.path.isfile(vocab_file):
+      raise UserError("from_pretrained(%s): vocabulary %s not found"
+                      % (path, vocab_file))
+    model = cls(BertConfig.from_json_file(config_file), **kwargs)
+    model.load_base_checkpoint(init_checkpoint)
+    model.vocab_file = vocab_file
+    model.init_checkpoint = init_checkpoint
+    return model
+
+  def load_base_checkpoint(self, path, flag_name="init_checkpoint"):
+    """Restores the base from a BERT checkpoint (original names).
+
+    The base's variables and LayerNorms come from the checkpoint; each
+    adapter's LayerNorm copies start again from them; adapters and the head
+    of the active view are restored too when the checkpoint has them (one
+    written by google-research/adapter-bert), else keep their values.
+    """
+    from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+    checkpoint_io.load_checkpoint(self.view(composition.Branch()), path,
+                                  flag_name=flag_name)
+    for name in self.adapter_configs:
+      self.reset_layer_norms(name)
+    view = self.view()
+    own = [n for n, (_, tag) in view.checkpoint_variables().items()
+           if tag.kind != "base" and tag.owner is not None]
+    if own:
+      checkpoint_io.load_checkpoint(view, path, flag_name=flag_name,
+                                    require_base=False, names=own,
+                                    log_restored=False)
+
+  def reset_layer_norms(self, name):
+    """Sets adapter `name`'s LayerNorm copies to the base's values."""
+    layers = [(self.bert.embeddings.layer_norms, self.bert.embeddings.layer_norm)]
+    for block in self.bert.blocks:
+      layers.append((block.attention_layer_norms, block.attention_layer_norm))
+      layers.append((block.output_layer_norms, block.output_layer_norm))
+    for copies, base in layers:
+      if name in copies:
+        copies[name].gamma.assign(base.gamma)
+        copies[name].beta.assign(base.beta)
+
+  # --------------------------------------------------------------- adapters
+
+  @property
+  def adapters(self):
+    """{name: config} of every adapter, in the order added."""
+    return dict(self.adapter_configs)
+
+  def add_adapter(self, name, config=None, set_active=False):
+    """Adds adapter `name` to every layer (fresh weights).
+
+    Args:
+      name: a new adapter name.
+      config: an adapter config, a preset name or its dict; None: the
+        reference adapter-bert adapter (bottleneck, size 64).
+      set_active: make it the active adapter.
+
+    Raises:
+      UserError: for a name taken or a bad config.
+    """
+    _check_name(name, "adapter")
+    if name in self.adapter_configs:
+      raise UserError("an adapter named %r exists already; delete it first "
+                      "or choose another name" % name)
+    config = _as_adapter_config(config)
+    registry.method_of(config)  # An unknown method fails before any change.
+    self.adapter_configs[name] = config
+    with _unlocked(self):
+      self.bert.add_adapter(name, config)
+    if set_active:
+      self.set_active_adapters(name)
+
+  def delete_adapter(self, name):
+    """Removes adapter `name` (its layers and LayerNorm copies).
+
+    Raises:
+      UserError: for an unknown name.
+    """
+    self._check_adapter(name)
+    self.bert.delete_adapter(name)
+    del self.adapter_configs[name]
+    if self._active is not None and name in self._active.flatten():
+      self._active = None
+
+  def _check_adapter(self, name):
+    if name not in self.adapter_configs:
+      raise UserError("unknown adapter %r; this model has %s"
+                      % (name, ", ".join(sorted(self.adapter_configs))
+                         or "no adapters"))
+
+  def set_active_adapters(self, adapter_setup):
+    """Chooses what forward passes run.
+
+    Args:
+      adapter_setup: an adapter name, a list of names (a Stack), a
+        composition block (`adapters.composition`), or None (the base alone).
+
+    Raises:
+      UserError: for an unknown name or a composition that cannot run.
+    """
+    block = composition.parse(adapter_setup)
+    if block is not None:
+      for name in block.flatten():
+        self._check_adapter(name)
+    self._active = block
+    self.active_setup()  # Checks the composition and its heads.
+
+  @property
+  def active_adapters(self):
+    """The active composition block (a Stack for one name), or None."""
+    return self._active
+
+  def active_setup(self):
+    """The resolved ActiveSetup of the active adapters and head."""
+    return self.resolve_setup(self._active)
+
+  def resolve_setup(self, adapter_setup):
+    """The ActiveSetup of any adapter setup (a name, list or block), for a
+    call with `setup=` that leaves the active adapters as they are."""
+    block = composition.parse(adapter_setup)
+    if block is not None:
+      for name in block.flatten():
+        self._check_adapter(name)
+    return composition.resolve(
+        block, lambda n: registry.owns_layer_norms(self.adapter_configs[n]),
+        self._head_for)
+
+  def _head_for(self, path, parallel):
+    if parallel:
+      name = path[-1]
+      if name not in self.heads:
+        raise UserError("Parallel runs each adapter with the head of its "
+                        "name; adapter %r has no head (add_classification_"
+                        "head(%r, ...))" % (name, name))
+      return name
+    if self._active_head is not None:
+      return self._active_head
+    for name in reversed(path):
+      if name in self.heads:
+        return name
+    return next(iter(self.heads)) if len(self.heads) == 1 else None
+
+  def view(self, branch=None):
+    """The ModelView of a branch (default: the active one)."""
+    if branch is None:
+      setup = self.active_setup()
+      if setup.parallel:
+        raise UserError("several adapters run side by side (%r); name the "
+                        "one adapter meant" % (self._active,))
+      branch = setup.branches[0]
+    return ModelView(self, branch)
+
+  def adapter_view(self, name, head=None):
+    """The ModelView of adapter `name` alone with `head` (default: its own)."""
+    self._check_adapter(name)
+    owns = registry.owns_layer_norms(self.adapter_configs[name])
+    if head is None and name in self.heads:
+      head = name
+    return ModelView(self, composition.Branch((name,), name if owns else None,
+                                              head))
+
+  # ------------------------------------------------------------------ heads
+
+  def add_classification_head(self, name, num_labels=2, overwrite_ok=False):
+    """Adds a classification head (one output: regression, as STS-B).
+
+    Raises:
+      UserError: for a name taken (unless overwrite_ok) or a bad size.
+    """
+    _check_name(name, "head")
+    if (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+        or num_labels < 1):
+      raise UserError("num_labels must be a positive integer, got %r"
+                      % (num_labels,))
+    if name in self.heads and not overwrite_ok:
+      raise UserError("a head named %r exists already" % name)
+    with _unlocked(self):
+      self.heads[name] = ClassifierHead(
+          num_labels, self.config.hidden_size, self.config.initializer_range,
+          dropout_rate=self.classifier_dropout, name=name)
+
+  def delete_head(self, name):
+    if name not in self.heads:
+      raise UserError("unknown head %r; this model has %s"
+                      % (name, ", ".join(sorted(self.heads)) or "no heads"))
+    with _unlocked(self):
+      del self.heads[name]
+    if self._active_head == name:
+      self._active_head = None
+
+  @property
+  def active_head(self):
+    setup = self.active_setup()
+    heads = [b.head for b in setup.branches]
+    return heads[0] if len(heads) == 1 else heads
+
+  @active_head.setter
+  def active_head(self, name):
+    if name is not None and name not in self.heads:
+      raise UserError("unknown head %r; this model has %s"
+                      % (name, ", ".join(sorted(self.heads)) or "no heads"))
+    self._active_head = name
+
+  # Reference-model attributes of the active view, for the command line.
+  @property
+  def classifier(self):
+    return self.view().head
+
+  @property
+  def num_labels(self):
+    return self.view().num_labels
+
+  @property
+  def adapter_config(self):
+    return self.view().adapter_config
+
+  def checkpoint_name_map(self):
+    """{checkpoint name: variable} of the active view."""
+    return self.view().checkpoint_name_map()
+
+  # --------------------------------------------------------------- training
+
+  def set_train_mode(self, train_mode):
+    """Freezes all but what `train_mode` trains in the active view.
+
+    Returns:
+      [(checkpoint name, variable)] trained, in the view's order.
+    """
+    view = self.view()
+    names = set(view.trainable_names(train_mode))
+    for variable in self.weights:
+      variable.trainable = False
+    trainable = []
+    for name, variable in view.checkpoint_name_map().items():
+      variable.trainable = name in names
+      if variable.trainable:
+        trainable.append((name, variable))
+    return trainable
+
+  def train_adapter(self, name):
+    """Activates adapter `name` and freezes all but it and its head.
+
+    The adapter's own LayerNorm copies train with it (for methods that train
+    LayerNorms); the base, its LayerNorms and every other adapter and head
+    stay frozen, so no other adapter's predictions change.
+
+    Returns:
+      [(checkpoint name, variable)] trained, in the view's order.
+    """
+    self._check_adapter(name)
+    self.set_active_adapters(name)
+    for variable in self.weights:
+      variable.trainable = False
+    trainable = []
+    for key, (variable, tag) in self.view().checkpoint_variables().items():
+      variable.trainable = tag.kind == "head" or (
+          tag.kind != "base" and tag.owner == name)
+      if variable.trainable:
+        trainable.append((key, variable))
+    return trainable
+
+  # ---------------------------------------------------------------- forward
+
   def encode(self, features, training=False, dropout_seed=None,
-             output_range=None):
+             output_range=None, policy=None, setup=None):
     """Returns (sequence_output, pooled_output) for a feature dict.
 
     output_range: see BertModel.call (None: every position's output).
     """
     return self.bert(features["input_ids"], features["input_mask"],
-                     features["segment_ids"], training=training,
+                     features["segment_ids"],
+                     setup=setup or self.active_setup(), training=training,
                      seed=kernels.fold_seed(dropout_seed, 0),
-                     output_range=output_range)
+                     output_range=output_range, policy=policy)
 
-  def call(self, features, training=False, dropout_seed=None):
+  def call(self, features, training=False, dropout_seed=None, policy=None,
+           setup=None):
+    setup = setup or self.active_setup()
     # Only the [CLS] row of the last layer reaches the pooler.
     _, pooled = self.encode(features, training=training,
-                            dropout_seed=dropout_seed, output_range=1)
-    return self.classifier(pooled, training=training,
-                           seed=kernels.fold_seed(dropout_seed, 1))
+                            dropout_seed=dropout_seed, output_range=1,
+                            policy=policy, setup=setup)
+    if any(b.head is None for b in setup.branches):
+      raise UserError("no active head: add one (add_classification_head) or "
+                      "name it (model.active_head = ...)")
+    seed = kernels.fold_seed(dropout_seed, 1)
+    if not setup.parallel:
+      return self.heads[setup.branches[0].head](pooled, training=training,
+                                                seed=seed, policy=policy)
+    parts = tf.split(pooled, len(setup.branches), axis=0)
+    return {b.head: self.heads[b.head](p, training=training, seed=seed,
+                                       policy=policy)
+            for b, p in zip(setup.branches, parts)}
+
+  # ------------------------------------------------------------------ Keras
+
+  def compile(self, optimizer="adam_weight_decay", jit_compile=None, seed=0,
+              **kwargs):
+    """Keras compile with the command line's loss and dropout seeds.
+
+    Args:
+      optimizer: an optimization.AdamWeightDecay (converted to its Keras
+        form), a Keras optimizer, or "adam_weight_decay".
+      jit_compile: None: as the command line (the whole step compiled by XLA
+        on GPU/TPU; on a CPU host only the element-wise kernels).
+      seed: base of the dropout seeds (mask = f(seed, step)).
+      **kwargs: passed to keras.Model.compile (metrics, ...); a `loss` is
+        refused: the loss is the command line's.
+    """
+    import optimization  # pylint: disable=g-import-not-at-top
+    if kwargs.get("loss") is not None:
+      raise UserError("BertAdapterModel trains with the command line's loss "
+                      "(cross entropy, squared error for one output); "
+                      "compile() takes no loss")
+    kwargs.pop("loss", None)
+    optimizer = optimization.as_keras_optimizer(optimizer)
+    if isinstance(optimizer, optimization.KerasAdamWeightDecay):
+      optimizer.set_checkpoint_names(self._names_by_variable())
+    if jit_compile is None:
+      jit_compile = self._resolve_auto_jit_compile()
+    self._fit_seed = int(seed)
+    super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+  def _resolve_auto_jit_compile(self):
+    # The command line's rule: XLA compiles the whole step on GPUs and TPUs;
+    # on a host with CPUs only, the element-wise kernels alone.
+    return not cpu_only_host()
+
+  def _keras_policy(self):
+    """The kernels of compile/fit/evaluate/predict's steps."""
+    return kernels.KernelPolicy(fused=True, cpu_host=(
+        not self.jit_compile and cpu_only_host()))
+
+  def _names_by_variable(self):
+    """{id(variable): checkpoint name} over every adapter's view."""
+    names = {}
+    views = [self.view(composition.Branch())]
+    views += [self.adapter_view(n) for n in self.adapter_configs]
+    for view in views:
+      for name, variable in view.checkpoint_name_map().items():
+        names.setdefault(id(variable), name)
+    for head_name, head in self.heads.items():
+      names[id(head.output_weights)] = "output_weights"
+      names[id(head.output_bias)] = "output_bias"
+    return names
+
+  def _loss(self, logits, labels):
+    """The mean of the command line's per-example loss (summed over heads)."""
+    if isinstance(logits, dict):
+      return tf.add_n([self._loss(value, labels[name] if isinstance(
+          labels, dict) else labels) for name, value in logits.items()])
+    num_labels = int(logits.shape[-1])
+    return tf.reduce_mean(per_example_loss(logits, labels, num_labels,
+                                           num_labels == 1))
+
+  def train_step(self, data):
+    features, labels = _split_features(data)
+    if labels is None:
+      raise UserError("fit needs labels: (features, labels) pairs or "
+                      "features with label_ids")
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    seed = tf.stack([tf.constant(self._fit_seed, tf.int64), step])
+    variables = self.trainable_variables
+    with tf.GradientTape() as tape:
+      logits = self(model_inputs(features), training=True, dropout_seed=seed,
+                    policy=self._keras_policy())
+      loss = self._loss(logits, labels)
+    grads = tape.gradient(loss, variables)
+    self.optimizer.apply_gradients(zip(grads, variables))
+    return self._metrics_result(loss, labels, logits)
+
+  def test_step(self, data):
+    features, labels = _split_features(data)
+    logits = self(model_inputs(features), training=False,
+                  policy=self._keras_policy())
+    loss = self._loss(logits, labels)
+    return self._metrics_result(loss, labels, logits)
+
+  def predict_step(self, data):
+    features, _ = _split_features(data)
+    return self(model_inputs(features), training=False,
+                policy=self._keras_policy())
+
+  def _metrics_result(self, loss, labels, logits):
+    for metric in self.metrics:
+      if metric.name == "loss":
+        metric.update_state(loss)
+      else:
+        metric.update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+  def predict(self, x, batch_size=None, **kwargs):
+    """Keras predict; a bare feature dict or (features, labels) works too."""
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], dict):
+      x = x[0]
+    if isinstance(x, dict):
+      x = model_inputs(x)
+    return super().predict(x, batch_size=batch_size, **kwargs)
+
+  # ------------------------------------------------------------ adapter I/O
+
+  def save_adapter(self, directory, name, with_head=True, metadata=None):
+    """Writes adapter `name` (and its head) as an adapter directory.
+
+    The format of the command line's `output_dir/adapter`: the variables
+    under the reference's TF1 names, the adapter config and metadata with
+    the base fingerprint.
+
+    Raises:
+      UserError: for an unknown adapter.
+    """
+    from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    view = self.adapter_view(name)
+    if not with_head:
+      view = ModelView(self, composition.Branch(view.branch.adapters,
+                                                view.branch.layer_norms, None))
+    trainable = view.trainable_names("adapters")
+    return adapter_io.save_adapter(
+        view, trainable, directory, adapter_config=self.adapter_configs[name],
+        run_config=dict(metadata or {}, train_mode="adapters"),
+        bert_config=self.config, processor=_NamedTask(name, metadata),
+        init_checkpoint=getattr(self, "init_checkpoint", None),
+        adapter_name=name)
+
+  def save_all_adapters(self, directory):
+    """Writes every adapter (with its head) to `directory/<name>`.
+
+    Returns:
+      {name: directory written}.
+    """
+    return {name: self.save_adapter(os.path.join(directory, name), name)
+            for name in self.adapter_configs}
+
+  def load_adapter(self, directory, load_as=None, with_head=True,
+                   set_active=False, flag_name="adapter"):
+    """Loads an adapter directory (and its head) under a name.
+
+    Args:
+      directory: written by `save_adapter` or the command line
+        (`output_dir/adapter`).
+      load_as: the name to use (default: the name it was saved under).
+      with_head: also load its head (named like the adapter).
+      set_active: make it the active adapter.
+
+    Returns:
+      The name it was loaded under.
+
+    Raises:
+      UserError: for a directory of another base (fingerprint), another BERT
+        config, a broken directory or a name taken. Nothing changes then.
+    """
+    from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+    metadata, adapter_config, _ = adapter_io.read_metadata(directory,
+                                                           flag_name)
+    name = (load_as or metadata.get("adapter_name") or metadata.get("task_name")
+            or os.path.basename(os.path.normpath(directory)))
+    if name in self.adapter_configs:
+      raise UserError("an adapter named %r exists already; load it with "
+                      "load_as=..." % name)
+    if with_head and name in self.heads:
+      raise UserError("a head named %r exists already; load the adapter "
+                      "with load_as=..." % name)
+    adapter_io.check_base_config(self.config, directory, metadata, flag_name)
+    base = self.view(composition.Branch()).checkpoint_variables()
+    shared = sorted(n for n in metadata["variables"]
+                    if n in base and base[n][1] == BASE)
+    if shared:
+      raise UserError(
+          "--%s=%s changes base weights shared by every task and adapter "
+          "(e.g. %s; train_mode=%s); it cannot share a base"
+          % (flag_name, directory, shared[0], metadata.get("train_mode")))
+    has_head = any(n in checkpoint_io.HEAD_NAMES for n in metadata["variables"])
+    self.add_adapter(name, adapter_config)
+    added_head = False
+    try:
+      if with_head and has_head:
+        self.add_classification_head(name, int(metadata["num_labels"]))
+        added_head = True
+      view = self.adapter_view(name, head=name if added_head else None)
+      adapter_io.load_adapter(view, directory, flag_name=flag_name,
+                              init_checkpoint=getattr(self, "init_checkpoint",
+                                                      None),
+                              skip_head=not added_head)
+    except BaseException:
+      if added_head:
+        self.delete_head(name)
+      self.delete_adapter(name)
+      raise
+    if set_active:
+      self.set_active_adapters(name)
+    return name
 
   def get_config(self):
     base = super().get_config()
-    base.update(config=self.config.to_dict(), num_labels=self.num_labels,
-                adapter_config=self.adapter_config.to_dict(),
+    base.update(config=self.config.to_dict(),
+                adapters=[[n, c.to_dict()] for n, c in
+                          self.adapter_configs.items()],
+                heads=[[n, h.num_labels] for n, h in self.heads.items()],
                 classifier_dropout=self.classifier_dropout)
     return base
 
 
-TRAIN_MODES = ("adapters", "full", "head")
+class _NamedTask:
+  """What an adapter directory records of the task, for the Python API."""
+
+  def __init__(self, name, metadata):
+    metadata = metadata or {}
+    self.name = metadata.get("task_name", name)
+    self.is_regression = bool(metadata.get("is_regression", False))
+    self._labels = metadata.get("label_list")
+
+  def get_labels(self):
+    return self._labels
 
 
-def is_trainable_name(checkpoint_name, train_mode):
-  """Whether a variable is trained in `train_mode`, decided by its name.
+def _check_name(name, what):
+  if not isinstance(name, str) or not name or "/" in name:
+    raise UserError("%s name must be a non-empty string without '/', got %r"
+                    % (what, name))
 
-  adapters: adapters + every LayerNorm (embeddings' too) + classifier head;
-  full: everything (original BERT fine-tuning); head: the classifier only.
+
+def BertClassifier(config, num_labels, adapter_config=None,  # pylint: disable=invalid-name
+                   classifier_dropout=CLASSIFIER_DROPOUT, adapter_name="default",
+                   **kwargs):
+  """The reference toolkit's model: one adapter and one head, active.
+
+  A BertAdapterModel holding adapter `adapter_name` (none when
+  `adapter_config` is None or of size 0) and a head of that name with
+  `num_labels` outputs; variables are created in the order of the
+  reference's model.
   """
-  head = checkpoint_name in ("output_weights", "output_bias")
-  if train_mode == "full":
-    return True
-  if train_mode == "head":
-    return head
-  if train_mode == "adapters":
-    return head or "/adapters/" in checkpoint_name or "LayerNorm" in checkpoint_name
-  raise UserError("unknown train_mode %r; expected one of %s"
-                  % (train_mode, ", ".join(TRAIN_MODES)))
+  config = _as_bert_config(config)
+  if isinstance(adapter_config, dict):
+    adapter_config = adapters_lib.config_from_dict(adapter_config)
+  enabled = adapter_config is not None and getattr(adapter_config, "enabled",
+                                                   True)
+  return BertAdapterModel(
+      config, adapters=[(adapter_name, adapter_config)] if enabled else None,
+      heads=[(adapter_name, num_labels)],
+      classifier_dropout=classifier_dropout, **kwargs)
 
 
 def set_train_mode(model, train_mode):
   """Marks each variable of `model` trainable or frozen for `train_mode`.
 
+  adapters: the active adapter, the LayerNorms it uses (every LayerNorm, the
+  embeddings' too, for the reference adapter) and the head; full:
+  everything (original BERT fine-tuning); head: the head only.
+
   Returns:
     The list of (checkpoint_name, variable) that are trainable.
   """
-  from storage import checkpoint_io  # Avoids a cycle: checkpoint_io imports modeling.
-  trainable = []
-  for name, variable in checkpoint_io.checkpoint_name_map(model).items():
-    variable.trainable = is_trainable_name(name, train_mode)
-    if variable.trainable:
-      trainable.append((name, variable))
-  return trainable
+  return model.set_train_mode(train_mode)
+
+
+def trainable_names(model, train_mode):
+  """The checkpoint names of the active view trained in `train_mode`."""
+  view = model if isinstance(model, ModelView) else model.view()
+  return view.trainable_names(train_mode)
+
+
+def checkpoint_name_map(model):
+  """{checkpoint name: variable} of a model's active view (or of a view)."""
+  return model.checkpoint_name_map()

@@ -13,13 +13,17 @@ adapter-BERT (Devlin et al. 2018; Houlsby et al. 2019):
     matches "LayerNorm", "layer_norm" or "bias" are not decayed; adapter
     variables (name contains "adapters") may use their own decay rate.
 
-The optimizer is a `tf.Module` rather than a Keras optimizer so that the slot
-variables have the reference checkpoint names `<variable>/adam_m` and
-`<variable>/adam_v`, and so that the cross-replica reduction is explicit.
+The training loop's optimizer (`AdamWeightDecay`) is a `tf.Module` rather
+than a Keras optimizer so that the slot variables have the reference
+checkpoint names `<variable>/adam_m` and `<variable>/adam_v`, and so that the
+cross-replica reduction is explicit. `KerasAdamWeightDecay` is the same
+update as a Keras optimizer, for `model.compile(...)` and `fit`; both run
+`adam_weight_decay_update`.
 """
 
 import re
 
+import keras
 import tensorflow as tf
 
 from training import errors
@@ -27,7 +31,7 @@ from training import errors
 _ADAPTER_NAME_PATTERN = "adapters"
 
 
-class WarmupLinearDecay(object):
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
   """Linear warmup followed by linear decay to zero (the BERT schedule).
 
   Calling the schedule with a (possibly symbolic) global step returns a scalar
@@ -365,21 +369,119 @@ class AdamWeightDecay(tf.Module):
     """The reference update of one variable (and its two slots)."""
     m = self._m[index]
     v = self._v[index]
-    decay_rate = self._decay_rates[index]
-    grad = tf.cast(grad, tf.float32)
-    next_m = (tf.multiply(self.beta_1, m.read_value()) +
-              tf.multiply(1.0 - self.beta_1, grad))
-    next_v = (tf.multiply(self.beta_2, v.read_value()) +
-              tf.multiply(1.0 - self.beta_2, tf.square(grad)))
-    update = next_m / (tf.sqrt(next_v) + self.epsilon)
-    if decay_rate:
-      update += decay_rate * tf.cast(variable.read_value(), tf.float32)
-    update_with_lr = learning_rate * update
-    next_param = tf.cast(variable.read_value(), tf.float32) - update_with_lr
+    next_param, next_m, next_v = adam_weight_decay_update(
+        variable.read_value(), grad, m.read_value(), v.read_value(),
+        learning_rate, self.beta_1, self.beta_2, self.epsilon,
+        self._decay_rates[index])
     return tf.group(
         variable.assign(tf.cast(next_param, variable.dtype)),
         m.assign(next_m),
         v.assign(next_v))
+
+
+def adam_weight_decay_update(param, grad, m, v, learning_rate, beta_1,
+                             beta_2, epsilon, decay_rate):
+  """The reference update of one variable: Adam without bias correction,
+  decoupled weight decay added to the update.
+
+  Returns:
+    float32 (next param, next m, next v).
+  """
+  grad = tf.cast(grad, tf.float32)
+  next_m = tf.multiply(beta_1, m) + tf.multiply(1.0 - beta_1, grad)
+  next_v = tf.multiply(beta_2, v) + tf.multiply(1.0 - beta_2, tf.square(grad))
+  update = next_m / (tf.sqrt(next_v) + epsilon)
+  if decay_rate:
+    update += decay_rate * tf.cast(param, tf.float32)
+  update_with_lr = learning_rate * update
+  next_param = tf.cast(param, tf.float32) - update_with_lr
+  return next_param, next_m, next_v
+
+
+class KerasAdamWeightDecay(keras.optimizers.Optimizer):
+  """AdamWeightDecay as a Keras optimizer, for `compile` and `fit`.
+
+  The same update (`adam_weight_decay_update`), global-norm clipping and
+  learning rate schedule as the training loop's optimizer; the decay rate
+  of each variable is chosen by its checkpoint name (the model hands the
+  names over in `compile`; a variable without one is matched by its Keras
+  path).
+  """
+
+  def __init__(self, learning_rate, weight_decay_rate=0.01,
+               adapter_weight_decay_rate=0.01, beta_1=0.9, beta_2=0.999,
+               epsilon=1e-6,
+               exclude_from_weight_decay=("LayerNorm", "layer_norm", "bias"),
+               clip_norm=1.0, name="AdamWeightDecay", **kwargs):
+    super().__init__(learning_rate=learning_rate, global_clipnorm=clip_norm,
+                     name=name, **kwargs)
+    self._rule = AdamWeightDecay(
+        learning_rate, weight_decay_rate=weight_decay_rate,
+        adapter_weight_decay_rate=adapter_weight_decay_rate, beta_1=beta_1,
+        beta_2=beta_2, epsilon=epsilon,
+        exclude_from_weight_decay=exclude_from_weight_decay,
+        clip_norm=clip_norm)
+    self._checkpoint_names = {}
+    self._decay_rates = {}
+
+  def set_checkpoint_names(self, names_by_id):
+    """{id(variable): checkpoint name}, read when the slots are built."""
+    self._checkpoint_names = dict(names_by_id)
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    self._m, self._v = [], []
+    for variable in var_list:
+      name = self._checkpoint_names.get(id(variable), variable.path)
+      self._decay_rates[self._var_key(variable)] = (
+          self._rule.weight_decay_rate_for(name))
+      self._m.append(self.add_variable_from_reference(variable, "adam_m"))
+      self._v.append(self.add_variable_from_reference(variable, "adam_v"))
+
+  def update_step(self, gradient, variable, learning_rate):
+    index = self._get_variable_index(variable)
+    m, v = self._m[index], self._v[index]
+    next_param, next_m, next_v = adam_weight_decay_update(
+        variable, gradient, m, v, tf.cast(learning_rate, tf.float32),
+        self._rule.beta_1, self._rule.beta_2, self._rule.epsilon,
+        self._decay_rates[self._var_key(variable)])
+    self.assign(m, next_m)
+    self.assign(v, next_v)
+    self.assign(variable, tf.cast(next_param, variable.dtype))
+
+  def get_config(self):
+    config = super().get_config()
+    rule = self._rule
+    config.update(weight_decay_rate=rule.weight_decay_rate,
+                  adapter_weight_decay_rate=rule.adapter_weight_decay_rate,
+                  beta_1=rule.beta_1, beta_2=rule.beta_2,
+                  epsilon=rule.epsilon,
+                  exclude_from_weight_decay=list(
+                      rule.exclude_from_weight_decay),
+                  clip_norm=rule.clip_norm)
+    config.pop("global_clipnorm", None)
+    return config
+
+
+def as_keras_optimizer(optimizer):
+  """A Keras optimizer from an AdamWeightDecay, a Keras optimizer or a name.
+
+  "adam_weight_decay" is the command line's optimizer at a constant 2e-5
+  (give an AdamWeightDecay of `create_optimizer` for the schedule).
+  """
+  if isinstance(optimizer, keras.optimizers.Optimizer):
+    return optimizer
+  if isinstance(optimizer, AdamWeightDecay):
+    return KerasAdamWeightDecay(
+        optimizer.learning_rate, optimizer.weight_decay_rate,
+        optimizer.adapter_weight_decay_rate, optimizer.beta_1,
+        optimizer.beta_2, optimizer.epsilon,
+        optimizer.exclude_from_weight_decay, optimizer.clip_norm)
+  if optimizer == "adam_weight_decay":
+    return KerasAdamWeightDecay(2e-5)
+  return keras.optimizers.get(optimizer)
 
 
 def create_optimizer(init_lr,

@@ -1,8 +1,10 @@
-"""Adapters for BERT (Houlsby et al., 2019).
+"""Adapters for BERT: methods, configs, composition.
 
-An adapter is a small bottleneck network inserted into each transformer block
-at named locations; with the base frozen, only adapters, LayerNorms and the
-task head are trained.
+An adapter is a small network placed at named hook points of the model (see
+`adapters.registry`); with the base frozen, only adapters (with the
+LayerNorms their method trains) and task heads are trained. Each method is
+one file here that registers itself; `adapters.composition` holds the
+blocks that combine several adapters.
 """
 
 from adapters.config import LOCATIONS
@@ -10,13 +12,19 @@ from adapters.config import PRESETS
 from adapters.config import AdapterConfig
 from adapters.config import get_preset
 from adapters.config import register_preset
-from adapters.layers import ADAPTER_TYPES
-from adapters.layers import BottleneckAdapter
-from adapters.layers import make_adapter
-from adapters.layers import register_adapter_type
+from adapters.registry import HOOK_SCOPES
+from adapters.registry import METHODS
+from adapters.registry import config_from_dict
+from adapters.registry import get_method
+from adapters.registry import register_method
+from adapters.bottleneck import BottleneckAdapter  # Registers "bottleneck".
+from adapters import composition
+from adapters.composition import Parallel
+from adapters.composition import Stack
 
 __all__ = [
-    "ADAPTER_TYPES", "AdapterConfig", "BottleneckAdapter", "LOCATIONS",
-    "PRESETS", "get_preset", "make_adapter", "register_adapter_type",
+    "AdapterConfig", "BottleneckAdapter", "HOOK_SCOPES", "LOCATIONS",
+    "METHODS", "PRESETS", "Parallel", "Stack", "composition",
+    "config_from_dict", "get_method", "get_preset", "register_method",
     "register_preset",
 ]

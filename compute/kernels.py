@@ -7,7 +7,7 @@ keyed hash of each element's coordinates (`keep_mask`), so they do not
 depend on padding, on micro-batching, on XLA or on the device.
 """
 
-import contextlib
+import dataclasses
 import functools
 import math
 
@@ -81,69 +81,67 @@ def dropout_seed_for_slice(seed, first_example):
 # inlined into the enclosing cluster, with plain reductions.
 # ---------------------------------------------------------------------------
 
-_FUSED_KERNELS = [True]
+@dataclasses.dataclass(frozen=True)
+class KernelPolicy:
+  """Which kernels the layers' math runs on; handed down every call.
 
-
-def set_fused_kernels(enabled):
-  """Turns the XLA-fused element-wise kernels on or off (process-wide).
-
-  With them off the model is built from plain TensorFlow ops only (the same
-  math), e.g. for a SavedModel that must run where XLA is not available.
-  Takes effect for functions traced after the call.
-
-  Returns:
-    The previous setting.
+  Attributes:
+    fused: the XLA-compiled element-wise kernels with their hand-written
+      gradients. Off, the model is plain TensorFlow ops only (the same
+      math), e.g. for a SavedModel that must run where XLA is not available.
+    cpu_host: the function runs op by op on a host with CPUs only (not
+      compiled whole by XLA): the compiled kernels take XLA:CPU's faster
+      forms (LayerNorm row means as matrix products), and TensorFlow's
+      oneDNN LayerNorm kernel serves inference where this build has it.
   """
-  previous = _FUSED_KERNELS[0]
-  _FUSED_KERNELS[0] = bool(enabled)
-  return previous
+  fused: bool = True
+  cpu_host: bool = False
+
+  @property
+  def onednn(self):
+    """Whether oneDNN-only kernels (`onednn_layer_norm`) may be traced."""
+    return self.fused and self.cpu_host and onednn_layer_norm_available()
+
+  def layer_norm(self, x, residual, gamma, beta, epsilon, training):
+    """float32 LayerNorm(x + residual) on the kernel this policy picks."""
+    if not self.fused:
+      return ln_forward(x, residual, gamma, beta, epsilon)[0]
+    if training:
+      return fused_layer_norm(x, residual, gamma, beta, epsilon,
+                              cpu_host=self.cpu_host)
+    if self.onednn:
+      return onednn_layer_norm(x, residual, gamma, beta, epsilon)
+    return layer_norm_inference_xla(x, residual, gamma, beta, epsilon)
+
+  def dropout(self, x, rate, training, seed=None):
+    return dropout(x, rate, training, seed, fused=self.fused)
+
+  def token_dropout(self, x, rate, training, seed, batch, seq):
+    return token_dropout(x, rate, training, seed, batch, seq,
+                         fused=self.fused)
+
+  def gelu(self, x, training):
+    return gelu(x, training, fused=self.fused)
+
+  def projection(self, x, kernels, biases):
+    return fused_projection(x, kernels, biases, fused=self.fused)
+
+  def attention_context(self, q, k, v, mask_adder, scale, rate, training,
+                        seed):
+    return attention_context(q, k, v, mask_adder, scale, rate, training,
+                             seed, fused=self.fused)
+
+  def bottleneck_adapter(self, x, w1, b1, w2, b2, training):
+    return bottleneck_adapter(x, w1, b1, w2, b2, training, fused=self.fused)
 
 
-def fused_kernels_enabled():
-  return _FUSED_KERNELS[0]
+# What a layer called without a policy runs on.
+DEFAULT_POLICY = KernelPolicy()
+PLAIN_OPS = KernelPolicy(fused=False)
 
 
-_CPU_HOST_KERNELS = [False]
-
-
-def cpu_host_kernels_enabled():
-  """Whether the functions traced now run op by op on a CPU host.
-
-  Set by `fused_kernels(True, cpu_host=True)` around functions that are not
-  XLA-compiled whole and run on CPUs. Their compiled kernels then take
-  XLA:CPU's faster forms (LayerNorm row means as matrix products), and
-  oneDNN-only kernels may be traced (`onednn_kernels_enabled`).
-  """
-  return _FUSED_KERNELS[0] and _CPU_HOST_KERNELS[0]
-
-
-def onednn_kernels_enabled():
-  """Whether oneDNN-only kernels (`onednn_layer_norm`) may be traced now.
-
-  Only on a CPU host, op by op (`cpu_host_kernels_enabled`: not inside an
-  XLA cluster, which cannot compile them), and only where this TensorFlow
-  build has them (`onednn_layer_norm_available`).
-  """
-  return cpu_host_kernels_enabled() and onednn_layer_norm_available()
-
-
-@contextlib.contextmanager
-def fused_kernels(enabled, cpu_host=False):
-  """Context: fused kernels on or off for the functions traced inside.
-
-  Args:
-    enabled: the XLA-fused element-wise kernels.
-    cpu_host: the functions run on a CPU host and are not XLA-compiled
-      whole: the kernels' CPU forms and the oneDNN-only kernels.
-  """
-  previous = set_fused_kernels(enabled)
-  previous_cpu_host = _CPU_HOST_KERNELS[0]
-  _CPU_HOST_KERNELS[0] = bool(cpu_host)
-  try:
-    yield
-  finally:
-    set_fused_kernels(previous)
-    _CPU_HOST_KERNELS[0] = previous_cpu_host
+def policy_or_default(policy):
+  return DEFAULT_POLICY if policy is None else policy
 
 
 def _xla_kernel(fn):
@@ -178,19 +176,19 @@ def _fused_gelu(x):
   return _gelu_forward_xla(x), grad
 
 
-def gelu(x, training=True):
+def gelu(x, training=True, fused=True):
   """The original BERT GELU (tanh form).
 
   Args:
     x: float tensor.
     training: whether a gradient will be taken: then one fused kernel with
-      its own compiled gradient (when fused kernels are on); else
+      its own compiled gradient (when `fused`); else
       tf.nn.gelu's tanh form, which TensorFlow's graph optimizer fuses into
       the preceding oneDNN matrix product.
   """
   if not training:
     return tf.nn.gelu(x, approximate=True)
-  if not fused_kernels_enabled():
+  if not fused:
     return _gelu_forward(x)
   return _fused_gelu(x)
 
@@ -312,7 +310,7 @@ def onednn_layer_norm(x, residual, gamma, beta, epsilon):
   One pass over each row in cache: 2-3x faster on CPU than the XLA kernel,
   whose reductions read the input three times. Same math as `ln_forward`
   (two-pass mean and variance) to float rounding; differentiable (the
-  gradient is `ln_backward`'s). Only where `onednn_kernels_enabled()`.
+  gradient is `ln_backward`'s). Only where `KernelPolicy.onednn`.
   """
   x = tf.cast(x, tf.float32)
   if residual is not None:
@@ -345,7 +343,7 @@ ln_backward_cpu_xla = _xla_kernel(ln_backward_cpu)
 layer_norm_inference_xla = _xla_kernel(layer_norm_inference)
 
 
-def fused_layer_norm(x, residual, gamma, beta, epsilon):
+def fused_layer_norm(x, residual, gamma, beta, epsilon, cpu_host=False):
   """float32 LayerNorm(x + residual) with a compiled forward and backward.
 
   The backward pass keeps x̂ (one [rows, H] tensor) rather than both
@@ -356,7 +354,7 @@ def fused_layer_norm(x, residual, gamma, beta, epsilon):
   inputs = (x,) if residual is None else (x, residual)
   shape = tf.shape(x)
   hidden = tf.shape(gamma)[-1]
-  if cpu_host_kernels_enabled():
+  if cpu_host:
     forward, backward = ln_forward_cpu_xla, ln_backward_cpu_xla
   else:
     forward, backward = ln_forward_xla, ln_backward_xla
@@ -403,7 +401,7 @@ _gelu_grad_and_bias_grad_xla = _xla_kernel(_gelu_grad_and_bias_grad)
 _residual_grad_and_bias_grad_xla = _xla_kernel(_residual_grad_and_bias_grad)
 
 
-def bottleneck_adapter(x, w1, b1, w2, b2, training=False):
+def bottleneck_adapter(x, w1, b1, w2, b2, training=False, fused=True):
   """x + GELU(x · w1 + b1) · w2 + b2, the bottleneck adapter (tanh GELU).
 
   At inference the bias and GELU fuse into the first oneDNN product. For
@@ -422,7 +420,7 @@ def bottleneck_adapter(x, w1, b1, w2, b2, training=False):
     [rows, H] in x's dtype.
   """
   dtype = x.dtype
-  if not training or not fused_kernels_enabled():
+  if not training or not fused:
     h = dense(x, w1, b1)
     h = (tf.nn.gelu(h, approximate=True) if not training
          else _gelu_forward(h))
@@ -453,7 +451,7 @@ def bottleneck_adapter(x, w1, b1, w2, b2, training=False):
   return adapter(x, w1, b1, w2, b2)
 
 
-def fused_projection(x, kernels, biases):
+def fused_projection(x, kernels, biases, fused=True):
   """x · [k1 k2 ...] + [b1 b2 ...]: several Dense layers as one product.
 
   The concatenated kernel is built again in the backward pass rather than
@@ -474,7 +472,7 @@ def fused_projection(x, kernels, biases):
   def concat(tensors, axis):
     return tf.concat([tf.cast(t, dtype) for t in tensors], axis=axis)
 
-  if not fused_kernels_enabled():
+  if not fused:
     return tf.nn.bias_add(tf.matmul(x, concat(kernels, 1)), concat(biases, 0))
 
   @tf.custom_gradient
@@ -624,7 +622,7 @@ def _fused_dropout(x, rate, seed):
   return apply(x)
 
 
-def dropout(x, rate, training, seed=None):
+def dropout(x, rate, training, seed=None, fused=True):
   """Inverted dropout; stateless (reproducible) when `seed` is given.
 
   With a seed the mask is a pure function of the seed and each element's
@@ -645,12 +643,12 @@ def dropout(x, rate, training, seed=None):
     return x
   if seed is None:
     return tf.nn.dropout(x, rate=rate)
-  if not fused_kernels_enabled():
+  if not fused:
     return _dropout_forward(x, seed, rate)
   return _fused_dropout(x, rate, seed)
 
 
-def token_dropout(x, rate, training, seed, batch, seq):
+def token_dropout(x, rate, training, seed, batch, seq, fused=True):
   """`dropout` of [batch * seq, H] token rows, masked as [batch, seq, H].
 
   Seen as [batch, seq, H], a token's mask depends on (example, position),
@@ -659,7 +657,8 @@ def token_dropout(x, rate, training, seed, batch, seq):
   if not training or not rate:
     return x
   hidden = tf.shape(x)[-1]
-  x = dropout(tf.reshape(x, [batch, seq, hidden]), rate, training, seed)
+  x = dropout(tf.reshape(x, [batch, seq, hidden]), rate, training, seed,
+              fused)
   return tf.reshape(x, [batch * seq, hidden])
 
 
@@ -714,7 +713,8 @@ def _attention_probs_backward(probs, seed, scale, rate, dout, dcontext,
 _attention_probs_grad_xla = _xla_kernel(_attention_probs_backward)
 
 
-def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
+def attention_context(q, k, v, mask_adder, scale, rate, training, seed,
+                      fused=True):
   """dropout(softmax(q·kᵀ · scale + mask_adder)) · v, the attention core.
 
   When training with fused kernels on, the backward pass keeps the softmax
@@ -742,14 +742,14 @@ def attention_context(q, k, v, mask_adder, scale, rate, training, seed):
   # are [batch, heads, 1, seq], too small for compiled kernels to pay for
   # their compiles, one per new batch width.
   one_row = q.shape[2] == 1
-  if (not training or not fused_kernels_enabled() or (drop and seed is None)
+  if (not training or not fused or (drop and seed is None)
       or one_row):
     # oneDNN product (with the scale and mask fused in) and softmax.
     probs = tf.nn.softmax(_attention_scores(q, k, mask_adder, scale))
     if drop and seed is not None:
       probs = _dropout_forward(probs, seed, rate)  # Same mask, plain ops.
     else:
-      probs = dropout(probs, rate, training, seed)
+      probs = dropout(probs, rate, training, seed, fused)
     return tf.matmul(tf.cast(probs, v.dtype), v)
   if not drop:
     seed, rate = None, 0.0

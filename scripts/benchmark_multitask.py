@@ -69,7 +69,7 @@ def write_adapters(config, base, directory, num_tasks, adapter_size, seed):
     processor = glue_processors.get_processor(task)
     model = modeling.BertClassifier(config, processor.num_labels,
                                     adapters.AdapterConfig(size=adapter_size))
-    checkpoint_io.load_checkpoint(model, base)
+    model.load_base_checkpoint(base)
     trainable = modeling.set_train_mode(model, "adapters")
     for name, variable in trainable:
       if "LayerNorm" in name:
@@ -89,10 +89,8 @@ def write_adapters(config, base, directory, num_tasks, adapter_size, seed):
 def file_sizes(model, dirs, tmp):
   """Bytes of each adapter directory and of the base saved the same way."""
   prefix = os.path.join(tmp, "base", "bert_model.ckpt")
-  base_map = checkpoint_io.checkpoint_name_map(
-      model.task_view(model.branches[0]))
-  checkpoint_io.save_checkpoint(prefix, {
-      n: v for n, v in base_map.items() if checkpoint_io.is_base_name(n)})
+  checkpoint_io.save_checkpoint(prefix, checkpoint_io.base_tensors(
+      model.task_view(model.branches[0])))
   return {"base": adapter_io.directory_bytes(os.path.dirname(prefix)),
           "adapters": {name: adapter_io.directory_bytes(path)
                        for name, path in dirs}}

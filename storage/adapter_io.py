@@ -124,8 +124,8 @@ def adapter_names(model, trainable):
   """
   trained = {item[0] if isinstance(item, (tuple, list)) else item
              for item in trainable}
-  return [name for name in checkpoint_io.checkpoint_name_map(model)
-          if name in trained or not checkpoint_io.is_base_name(name)]
+  return [name for name, tag in checkpoint_io.checkpoint_tags(model).items()
+          if name in trained or tag.kind in ("adapter", "head")]
 
 
 def _field(obj, name, default=None):
@@ -137,7 +137,7 @@ def _field(obj, name, default=None):
 
 
 def build_metadata(model, names, adapter_config, run_config, bert_config,
-                   processor, init_checkpoint):
+                   processor, init_checkpoint, adapter_name=None):
   """The content of adapter_metadata.json (a dict)."""
   fingerprint, count = base_fingerprint(model, exclude=names)
   name_map = checkpoint_io.checkpoint_name_map(model)
@@ -145,10 +145,12 @@ def build_metadata(model, names, adapter_config, run_config, bert_config,
   label_list = processor.get_labels() if processor is not None else None
   return {
       "format_version": FORMAT_VERSION,
+      "adapter_name": adapter_name,
       "task_name": _field(processor, "name", _field(run_config, "task_name")),
       "label_list": list(label_list) if label_list is not None else None,
       "is_regression": is_regression,
-      "num_labels": int(model.num_labels),
+      "num_labels": (int(model.num_labels) if model.num_labels is not None
+                     else None),
       "max_seq_length": _field(run_config, "max_seq_length"),
       "do_lower_case": _field(run_config, "do_lower_case"),
       "train_mode": _field(run_config, "train_mode", "adapters"),
@@ -164,7 +166,8 @@ def build_metadata(model, names, adapter_config, run_config, bert_config,
 
 
 def save_adapter(model, trainable, directory, adapter_config, run_config,
-                 bert_config, processor, init_checkpoint=None):
+                 bert_config, processor, init_checkpoint=None,
+                 adapter_name=None):
   """Writes the adapter directory of a trained model, atomically.
 
   The directory is built under a temporary name beside `directory`, then
@@ -181,6 +184,8 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
     bert_config: the base model's BertConfig.
     processor: the task's glue_processors.DataProcessor (name, labels).
     init_checkpoint: the base checkpoint the task started from (recorded).
+    adapter_name: the adapter's name in the model (recorded; `load_adapter`
+      of the model API loads it under that name unless told otherwise).
 
   Returns:
     The directory written, or None when every variable was trained
@@ -194,7 +199,8 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
                  _field(run_config, "train_mode"))
     return None
   metadata = build_metadata(model, names, adapter_config, run_config,
-                            bert_config, processor, init_checkpoint)
+                            bert_config, processor, init_checkpoint,
+                            adapter_name)
   directory = os.path.abspath(directory)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
@@ -290,7 +296,7 @@ def read_metadata(directory, flag_name="adapter_checkpoint"):
   if version != FORMAT_VERSION:
     raise UserError("%s: %s has format_version %r; this toolkit reads %d"
                     % (where, METADATA_FILE, version, FORMAT_VERSION))
-  for key in ("bert_config", "base_fingerprint", "num_labels", "variables"):
+  for key in ("bert_config", "base_fingerprint", "variables"):
     if key not in metadata:
       raise UserError("%s: %s lacks %r" % (where, METADATA_FILE, key))
   adapter_config = read_adapter_config(directory, flag_name)
@@ -301,12 +307,21 @@ def read_metadata(directory, flag_name="adapter_checkpoint"):
 
 
 def read_adapter_config(directory, flag_name="adapter_checkpoint"):
-  """The AdapterConfig stored in an adapter directory."""
+  """The adapter config stored in an adapter directory (any method)."""
   path = os.path.join(directory, ADAPTER_CONFIG_FILE)
   if not os.path.isfile(path):
     raise UserError("--%s=%s: %s is missing" % (flag_name, directory,
                                                  ADAPTER_CONFIG_FILE))
-  return adapters_lib.AdapterConfig.from_json_file(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError("--%s=%s: cannot read %s: %s"
+                    % (flag_name, directory, ADAPTER_CONFIG_FILE, e)) from None
+  try:
+    return adapters_lib.config_from_dict(data, source=path)
+  except UserError as e:
+    raise UserError("--%s=%s: %s" % (flag_name, directory, e)) from None
 
 
 def _differences(mine, theirs, keys=None):
@@ -315,21 +330,31 @@ def _differences(mine, theirs, keys=None):
           for k in keys if mine.get(k) != theirs.get(k)]
 
 
+def check_base_config(bert_config, directory, metadata,
+                      flag_name="adapter_checkpoint"):
+  """Raises UserError unless the directory was trained on this BERT config."""
+  diff = _differences(bert_config.to_dict(), metadata["bert_config"])
+  if diff:
+    raise UserError("--%s=%s was trained on a base model with another BERT "
+                    "config (%s); check --bert_config_file"
+                    % (flag_name, directory, "; ".join(diff)))
+
+
 def check_compatible(model, directory, metadata, adapter_config,
-                     flag_name="adapter_checkpoint"):
+                     flag_name="adapter_checkpoint", skip_head=False):
   """Raises UserError unless `model` can hold this adapter directory's task."""
   where = "--%s=%s" % (flag_name, directory)
-  diff = _differences(model.config.to_dict(), metadata["bert_config"])
-  if diff:
-    raise UserError("%s was trained on a base model with another BERT config "
-                    "(%s); check --bert_config_file" % (where, "; ".join(diff)))
+  check_base_config(model.config, directory, metadata, flag_name)
   mine = model.adapter_config.to_dict()
   theirs = adapter_config.to_dict()
   diff = _differences(mine, theirs, _STRUCTURAL_ADAPTER_FIELDS)
   if diff:
     raise UserError("%s holds adapters of another configuration (%s); check "
                     "--adapter_size" % (where, "; ".join(diff)))
-  if int(metadata["num_labels"]) != int(model.num_labels):
+  if skip_head or metadata.get("num_labels") is None:
+    return
+  if model.num_labels is None or int(metadata["num_labels"]) != int(
+      model.num_labels):
     raise UserError("%s has a head with %s outputs (task %s) but the model "
                     "has %d; check --task_name"
                     % (where, metadata["num_labels"], metadata.get("task_name"),
@@ -337,7 +362,8 @@ def check_compatible(model, directory, metadata, adapter_config,
 
 
 def load_adapter(model, directory, init_checkpoint=None,
-                 flag_name="adapter_checkpoint", label_list=None):
+                 flag_name="adapter_checkpoint", label_list=None,
+                 skip_head=False):
   """Loads an adapter directory on top of the model's current base weights.
 
   Args:
@@ -348,6 +374,7 @@ def load_adapter(model, directory, init_checkpoint=None,
     flag_name: the flag to name in errors.
     label_list: optional labels of the task being run; must match the
       adapter's.
+    skip_head: leave the directory's head out (the model has none there).
 
   Returns:
     The metadata dict of the directory.
@@ -358,7 +385,8 @@ def load_adapter(model, directory, init_checkpoint=None,
       (fingerprint mismatch). Nothing is assigned then.
   """
   metadata, adapter_config, prefix = read_metadata(directory, flag_name)
-  check_compatible(model, directory, metadata, adapter_config, flag_name)
+  check_compatible(model, directory, metadata, adapter_config, flag_name,
+                   skip_head)
   where = "--%s=%s" % (flag_name, directory)
   if (label_list is not None and metadata.get("label_list") is not None
       and list(label_list) != list(metadata["label_list"])):
@@ -367,6 +395,8 @@ def load_adapter(model, directory, init_checkpoint=None,
                        list(label_list)))
   _, reader = checkpoint_io.read_checkpoint(prefix, flag_name)
   names = sorted(reader.get_variable_to_shape_map())
+  if skip_head:
+    names = [n for n in names if n not in checkpoint_io.HEAD_NAMES]
   name_map = checkpoint_io.checkpoint_name_map(model)
   unknown = [n for n in names if n not in name_map]
   if unknown:
@@ -428,8 +458,9 @@ def export_reference_checkpoint(model, prefix, global_step=0,
   tensors = dict(checkpoint_io.checkpoint_name_map(model))
   if adam_slots:
     slot_values = slot_values or {}
+    trained = set(modeling.trainable_names(model, train_mode))
     for name, variable in list(tensors.items()):
-      if not modeling.is_trainable_name(name, train_mode):
+      if name not in trained:
         continue
       for slot in reference_slot_names(name):
         value = slot_values.get(slot)
@@ -493,8 +524,8 @@ def infer_adapter_config(path, flag_name="checkpoint", activation="gelu"):
   size = 0
   locations = []
   for location in adapters_lib.LOCATIONS:
-    scope = checkpoint_io.ADAPTER_SCOPES[location]
-    name = "bert/encoder/layer_0/%s/weights1" % scope
+    scope = adapters_lib.HOOK_SCOPES[location]
+    name = "bert/encoder/layer_0/%s/adapters/weights1" % scope
     if name in shapes:
       locations.append(location)
       size = int(shapes[name][-1])

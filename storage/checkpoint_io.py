@@ -21,78 +21,50 @@ from storage import atomic_io
 from storage.atomic_io import atomic_write_text
 from training.errors import UserError
 
-ADAPTER_VARIABLES = ("weights1", "biases1", "weights2", "biases2")
-# Reference-toolkit locations of the two adapters in a layer.
-ADAPTER_SCOPES = {
-    "attention_output": "attention/output/adapters",
-    "ffn_output": "output/adapters",
-}
 HEAD_NAMES = ("output_weights", "output_bias")
 SLOT_SUFFIXES = ("/adam_m", "/adam_v")
 # Hidden folders that save_checkpoint writes in: ".ckpt-tmp-<pid>-<random>".
 TMP_DIR_PREFIX = "ckpt-tmp-"
 
 
-def _dense(prefix, layer):
-  return [(prefix + "/kernel", layer.kernel), (prefix + "/bias", layer.bias)]
-
-
-def _layer_norm(prefix, layer):
-  return [(prefix + "/gamma", layer.gamma), (prefix + "/beta", layer.beta)]
-
-
 def checkpoint_name_map(model):
-  """Maps every variable of a BertClassifier to its original checkpoint name.
+  """Maps every variable of a model's view to its original checkpoint name.
+
+  The layers declare the names (`modeling.ModelView.checkpoint_variables`
+  composes them); this is the one map that loading and saving go through.
 
   Args:
-    model: modeling.BertClassifier (or anything with `.bert` BertModel and
-      optionally `.classifier` ClassifierHead).
+    model: a modeling.BertAdapterModel (its active adapter and head) or a
+      modeling.ModelView.
 
   Returns:
     OrderedDict {checkpoint name: variable}, in the original's order.
   """
-  bert = model.bert
-  emb = bert.embeddings
-  items = [
-      ("bert/embeddings/word_embeddings", emb.word_embeddings),
-      ("bert/embeddings/token_type_embeddings", emb.token_type_embeddings),
-      ("bert/embeddings/position_embeddings", emb.position_embeddings),
-  ]
-  items += _layer_norm("bert/embeddings/LayerNorm", emb.layer_norm)
-  for i, block in enumerate(bert.blocks):
-    p = "bert/encoder/layer_%d/" % i
-    attention = block.attention
-    items += _dense(p + "attention/self/query", attention.query)
-    items += _dense(p + "attention/self/key", attention.key)
-    items += _dense(p + "attention/self/value", attention.value)
-    items += _dense(p + "attention/output/dense", block.attention_output_dense)
-    items += _adapter(p + ADAPTER_SCOPES["attention_output"],
-                      block.adapters.get("attention_output"))
-    items += _layer_norm(p + "attention/output/LayerNorm",
-                         block.attention_layer_norm)
-    items += _dense(p + "intermediate/dense", block.intermediate_dense)
-    items += _dense(p + "output/dense", block.output_dense)
-    items += _adapter(p + ADAPTER_SCOPES["ffn_output"],
-                      block.adapters.get("ffn_output"))
-    items += _layer_norm(p + "output/LayerNorm", block.output_layer_norm)
-  items += _dense("bert/pooler/dense", bert.pooler.dense)
-  head = getattr(model, "classifier", None)
-  if head is not None:
-    items += [("output_weights", head.output_weights),
-              ("output_bias", head.output_bias)]
-  return collections.OrderedDict(items)
+  return model.checkpoint_name_map()
 
 
-def _adapter(prefix, layer):
-  if layer is None:
-    return []
-  return [(prefix + "/" + name, getattr(layer, name))
-          for name in ADAPTER_VARIABLES]
+def checkpoint_tags(model):
+  """{checkpoint name: modeling.Tag} of a model's active view (or a view)."""
+  view = model.view() if hasattr(model, "view") else model
+  return collections.OrderedDict(
+      (name, tag) for name, (_, tag) in view.checkpoint_variables().items())
 
 
-def is_base_name(name):
-  """True for variables every BERT checkpoint must hold (not adapter/head)."""
-  return name not in HEAD_NAMES and "/adapters/" not in name
+def base_names(model):
+  """The checkpoint names every BERT checkpoint holds (base and LayerNorms),
+  in the view's order."""
+  return [n for n, tag in checkpoint_tags(model).items() if is_base_tag(tag)]
+
+
+def base_tensors(model):
+  """{name: variable} of what a Google BERT checkpoint holds of a model."""
+  name_map = checkpoint_name_map(model)
+  return collections.OrderedDict((n, name_map[n]) for n in base_names(model))
+
+
+def is_base_tag(tag):
+  """True for variables every BERT checkpoint holds (not adapter or head)."""
+  return tag.kind in ("base", "layer_norm")
 
 
 def resolve_checkpoint_path(path, flag_name="init_checkpoint"):
@@ -139,7 +111,7 @@ def read_checkpoint(path, flag_name="init_checkpoint"):
 
 
 def load_checkpoint(model, path, flag_name="init_checkpoint",
-                    require_base=True, names=None):
+                    require_base=True, names=None, log_restored=True):
   """Restores the model's variables from a checkpoint by original name.
 
   Variables absent from the checkpoint keep their current (fresh) values and
@@ -153,6 +125,7 @@ def load_checkpoint(model, path, flag_name="init_checkpoint",
     require_base: every base BERT variable must be present (adapters and the
       head may be absent).
     names: optional iterable restricting which checkpoint names to restore.
+    log_restored: log the number of variables restored.
 
   Returns:
     (restored_names, fresh_names): lists of checkpoint names.
@@ -164,6 +137,7 @@ def load_checkpoint(model, path, flag_name="init_checkpoint",
   prefix, reader = read_checkpoint(path, flag_name)
   shapes = reader.get_variable_to_shape_map()
   name_map = checkpoint_name_map(model)
+  tags = checkpoint_tags(model)
   if names is not None:
     wanted = set(names)
     name_map = collections.OrderedDict(
@@ -172,7 +146,8 @@ def load_checkpoint(model, path, flag_name="init_checkpoint",
   to_restore, fresh, missing_base = [], [], []
   for name, variable in name_map.items():
     if name not in shapes:
-      (missing_base if require_base and is_base_name(name) else fresh).append(name)
+      (missing_base if require_base and is_base_tag(tags[name])
+       else fresh).append(name)
       continue
     expected = list(variable.shape)
     if list(shapes[name]) != expected:
@@ -192,7 +167,8 @@ def load_checkpoint(model, path, flag_name="init_checkpoint",
   if fresh:
     logging.info("Not in %s, kept freshly initialised (%d): %s", prefix,
                  len(fresh), _summarize_names(fresh))
-  logging.info("Restored %d variables from %s", len(to_restore), prefix)
+  if log_restored:
+    logging.info("Restored %d variables from %s", len(to_restore), prefix)
   return [n for n, _ in to_restore], fresh
 
 

@@ -39,7 +39,7 @@ def main():
   from training import distribution  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   import optimization  # pylint: disable=g-import-not-at-top
-  from training import trainer  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   if args.strategy == "one":
     strategy = distribution.resolve_strategy("one_device")

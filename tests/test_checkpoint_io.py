@@ -67,8 +67,13 @@ def test_golden_names_and_shapes():
   assert shapes["bert/encoder/layer_0/output/adapters/biases2"] == (1, 16)
   assert shapes["output_weights"] == (3, 16)
   assert shapes["output_bias"] == (3,)
-  # Every model variable has exactly one name.
-  assert len({id(v) for v in name_map.values()}) == len(model.weights)
+  # Every variable of the view has exactly one name; the model's others are
+  # the base's own LayerNorms (the adapter trains copies of them).
+  assert len({id(v) for v in name_map.values()}) == len(name_map)
+  base_view = model.view(adapters.composition.Branch()).checkpoint_variables()
+  others = {id(v) for v in model.weights} - {id(v) for v in name_map.values()}
+  assert others == {id(v) for v, tag in base_view.values()
+                    if tag == modeling.BASE_LAYER_NORM}
 
 
 def test_names_of_deeper_model_follow_pattern():
@@ -90,7 +95,8 @@ def test_save_and_load_round_trip(tmp_path):
 
   fresh = make_model(layers=2, num_labels=3)
   restored, missing = checkpoint_io.load_checkpoint(fresh, prefix)
-  assert missing == [] and len(restored) == len(fresh.weights)
+  assert missing == [] and len(restored) == len(
+      checkpoint_io.checkpoint_name_map(fresh))
   cfg = fresh.config
   ids, mask, segs = mixed_batch(cfg, [7, 2], seq=7)
   np.testing.assert_array_equal(model(features(ids, mask, segs)).numpy(),
@@ -111,8 +117,8 @@ def test_checkpoint_state_file_and_directory_resolution(tmp_path):
 
 def write_base_only(model, prefix, extra=None, drop=()):
   """A Google-style checkpoint: base variables only, plus optional extras."""
-  tensors = {n: v for n, v in checkpoint_io.checkpoint_name_map(model).items()
-             if checkpoint_io.is_base_name(n) and n not in drop}
+  tensors = {n: v for n, v in checkpoint_io.base_tensors(model).items()
+             if n not in drop}
   tensors.update(extra or {})
   checkpoint_io.save_checkpoint(prefix, tensors)
 
@@ -128,7 +134,8 @@ def test_google_checkpoint_leaves_adapters_and_head_fresh(tmp_path, caplog):
   target = make_model(layers=2)
   before = {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(target).items()}
   restored, fresh = checkpoint_io.load_checkpoint(target, prefix)
-  assert sorted(fresh) == sorted(n for n in before if not checkpoint_io.is_base_name(n))
+  assert sorted(fresh) == sorted(n for n in before
+                                if n not in checkpoint_io.base_names(target))
   after = checkpoint_io.checkpoint_name_map(target)
   src = checkpoint_io.checkpoint_name_map(source)
   for name in before:
@@ -208,5 +215,5 @@ def test_real_checkpoint_names_all_known(minilm_dir):
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig())
   in_ckpt = set(tf.train.load_checkpoint(
       os.path.join(minilm_dir, "bert_model.ckpt")).get_variable_to_shape_map())
-  base = {n for n in checkpoint_io.checkpoint_name_map(model) if checkpoint_io.is_base_name(n)}
+  base = set(checkpoint_io.base_names(model))
   assert base == in_ckpt

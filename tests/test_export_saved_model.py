@@ -103,9 +103,7 @@ def setup(tmp_path_factory):
   pretrained = modeling.BertClassifier(config, 2)
   randomize(pretrained, seed=1)
   base = str(tmp / "base" / "bert_model.ckpt")
-  checkpoint_io.save_checkpoint(base, {
-      n: v for n, v in checkpoint_io.checkpoint_name_map(pretrained).items()
-      if checkpoint_io.is_base_name(n)})
+  checkpoint_io.save_checkpoint(base, checkpoint_io.base_tensors(pretrained))
   models, dirs = {}, {}
   for seed, task in enumerate(("mrpc", "sst-2", "sts-b")):
     processor = glue_processors.get_processor(task)

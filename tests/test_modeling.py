@@ -125,12 +125,14 @@ def loss_and_grads(logits_fn, labels, variables, fused):
   """(mean cross-entropy of logits_fn(), its gradients) as numpy.
 
   fused: True, False, or "cpu_host" (the kernels' CPU-host forms, as the
-  Trainer traces them on a host with CPUs only).
+  Trainer traces them on a host with CPUs only); logits_fn takes the
+  KernelPolicy.
   """
-  with kernels.fused_kernels(bool(fused), cpu_host=fused == "cpu_host"), \
-      tf.GradientTape() as tape:
+  policy = kernels.KernelPolicy(fused=bool(fused),
+                                cpu_host=fused == "cpu_host")
+  with tf.GradientTape() as tape:
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels, logits_fn()))
+        labels, logits_fn(policy)))
   grads = tape.gradient(loss, variables)
   return loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
 
@@ -169,8 +171,7 @@ def test_onednn_inference_path_matches_numpy_reference():
 
   @tf.function
   def forward(inputs):
-    with kernels.fused_kernels(True, cpu_host=True):
-      return model(inputs)
+    return model(inputs, policy=kernels.KernelPolicy(cpu_host=True))
 
   logits = forward(features(ids, mask, segs))
   graph = forward.get_concrete_function(features(ids, mask, segs)).graph
@@ -274,7 +275,8 @@ def test_training_step_does_not_depend_on_padding(fused):
 
   def run(ids, mask, segs):
     return loss_and_grads(
-        lambda: model(features(ids, mask, segs), training=True,
+        lambda policy: model(features(ids, mask, segs), training=True,
+                             policy=policy,
                       dropout_seed=seed),
         labels, model.trainable_variables, fused)
 
@@ -285,11 +287,11 @@ def test_training_step_does_not_depend_on_padding(fused):
   for a, b in zip(short_grads, long_grads):
     np.testing.assert_allclose(a, b, atol=1e-6)
   # A different seed gives a different loss: dropout is on.
-  with kernels.fused_kernels(fused):
-    other = model(features(ids, mask, segs), training=True,
-                  dropout_seed=tf.constant([11, 6], tf.int64)).numpy()
-    same = model(features(ids, mask, segs), training=True,
-                 dropout_seed=seed).numpy()
+  policy = kernels.KernelPolicy(fused=fused)
+  other = model(features(ids, mask, segs), training=True, policy=policy,
+                dropout_seed=tf.constant([11, 6], tf.int64)).numpy()
+  same = model(features(ids, mask, segs), training=True, policy=policy,
+               dropout_seed=seed).numpy()
   assert np.max(np.abs(other - same)) > 1e-4
 
 
@@ -312,7 +314,8 @@ def test_fused_kernels_give_the_plain_ops_numbers(train_mode, form):
 
   def run(fused):
     return loss_and_grads(
-        lambda: model(features(ids, mask, segs), training=True,
+        lambda policy: model(features(ids, mask, segs), training=True,
+                             policy=policy,
                       dropout_seed=seed),
         labels, trainable, fused)
 
@@ -343,13 +346,15 @@ def test_output_range_gives_the_whole_computations_rows(train_mode, fused):
   labels = tf.constant([0, 1, 1, 0])
   seed = tf.constant([9, 2], tf.int64)
 
-  def whole():
-    _, pooled = model.encode(inputs, training=True, dropout_seed=seed)
-    return model.classifier(pooled, training=True,
+  def whole(policy):
+    _, pooled = model.encode(inputs, training=True, dropout_seed=seed,
+                             policy=policy)
+    return model.classifier(pooled, training=True, policy=policy,
                             seed=kernels.fold_seed(seed, 1))
 
   short_loss, short_grads = loss_and_grads(
-      lambda: model(inputs, training=True, dropout_seed=seed), labels,
+      lambda policy: model(inputs, training=True, dropout_seed=seed,
+                           policy=policy), labels,
       trainable, fused)
   whole_loss, whole_grads = loss_and_grads(whole, labels, trainable, fused)
   np.testing.assert_allclose(short_loss, whole_loss, rtol=1e-6)
@@ -357,11 +362,12 @@ def test_output_range_gives_the_whole_computations_rows(train_mode, fused):
     np.testing.assert_allclose(a, b, atol=1e-6 + 1e-5 * np.max(np.abs(b)),
                                err_msg=variable.path)
   for training in (False, True):
-    with kernels.fused_kernels(fused):
-      whole, pooled = model.encode(inputs, training=training,
-                                   dropout_seed=seed)
-      first, first_pooled = model.encode(inputs, training=training,
-                                         dropout_seed=seed, output_range=2)
+    policy = kernels.KernelPolicy(fused=fused)
+    whole, pooled = model.encode(inputs, training=training,
+                                 dropout_seed=seed, policy=policy)
+    first, first_pooled = model.encode(inputs, training=training,
+                                       dropout_seed=seed, output_range=2,
+                                       policy=policy)
     assert first.shape == (4, 2, cfg.hidden_size)
     np.testing.assert_allclose(first.numpy(), whole.numpy()[:, :2], atol=1e-5)
     np.testing.assert_allclose(first_pooled.numpy(), pooled.numpy(),
@@ -422,10 +428,10 @@ def test_attention_core_gradient(dtype, rate, rows):
   seed = tf.constant([7, 3], tf.int64)
 
   def run(fused):
-    with kernels.fused_kernels(fused), tf.GradientTape() as tape:
+    with tf.GradientTape() as tape:
       tape.watch([q, k, v])
       context = kernels.attention_context(q, k, v, mask_adder, 0.35, rate,
-                                          True, seed)
+                                          True, seed, fused=fused)
       loss = tf.reduce_sum(tf.cast(context, tf.float32) * weights)
     return [context] + tape.gradient(loss, [q, k, v])
 
@@ -518,8 +524,14 @@ def test_bert_base_trainable_parameter_counts():
   assert len(trainable) == len(adapter) + len(norms) + len(head)
   # Keras agrees with the name-based selection.
   assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 2_419_202
-  # BERT-base is 109,482,240 parameters; plus adapters and head.
-  assert sum(int(np.prod(v.shape)) for v in model.weights) == 111_863_042
+  # BERT-base is 109,482,240 parameters; plus adapters and head (the
+  # reference's model: the active view).
+  view = checkpoint_io.checkpoint_name_map(model).values()
+  assert sum(int(np.prod(v.shape)) for v in view) == 111_863_042
+  # The model also keeps the base's own LayerNorms beside the adapter's
+  # trained copies.
+  assert (sum(int(np.prod(v.shape)) for v in model.weights)
+          == 111_863_042 + 38_400)
 
 
 def test_train_modes():
@@ -596,7 +608,7 @@ def test_layers_have_config():
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
   block = model.bert.blocks[0]
   clone = modeling.TransformerBlock.from_config(block.get_config())
-  assert clone.config == cfg and clone.adapter_config.size == 4
+  assert clone.config == cfg and clone.adapter_configs["default"].size == 4
   for layer in (model.bert.embeddings, model.bert.pooler, model.bert,
                 block.attention, model.classifier):
     assert type(layer).from_config(layer.get_config()) is not None

@@ -69,17 +69,18 @@ def test_micro_batch_seed_draws_the_whole_batch_masks():
   features = next(iter(_batches()))
   seed = tf.constant([5, 9], tf.int64)
   for fused in (True, False):
-    with kernels.fused_kernels(fused):
-      whole = model(features, training=True, dropout_seed=seed).numpy()
-      for start, end in ((0, 3), (3, 8), (5, 6)):
-        part = {k: v[start:end] for k, v in features.items()}
-        logits = model(part, training=True,
-                       dropout_seed=kernels.dropout_seed_for_slice(seed, start))
-        np.testing.assert_allclose(logits.numpy(), whole[start:end], atol=1e-6)
-      # Without the offset a slice draws other masks.
-      other = model({k: v[3:8] for k, v in features.items()}, training=True,
-                    dropout_seed=seed).numpy()
-      assert np.max(np.abs(other - whole[3:8])) > 1e-4
+    policy = kernels.KernelPolicy(fused=fused)
+    whole = model(features, training=True, dropout_seed=seed,
+                  policy=policy).numpy()
+    for start, end in ((0, 3), (3, 8), (5, 6)):
+      part = {k: v[start:end] for k, v in features.items()}
+      logits = model(part, training=True, policy=policy,
+                     dropout_seed=kernels.dropout_seed_for_slice(seed, start))
+      np.testing.assert_allclose(logits.numpy(), whole[start:end], atol=1e-6)
+    # Without the offset a slice draws other masks.
+    other = model({k: v[3:8] for k, v in features.items()}, training=True,
+                  dropout_seed=seed, policy=policy).numpy()
+    assert np.max(np.abs(other - whole[3:8])) > 1e-4
 
 
 def test_auto_micro_batch_size():

@@ -65,7 +65,7 @@ def tiny_trainer(model, train_mode="adapters", seed=0, jit_compile=True,
   from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   import modeling  # pylint: disable=g-import-not-at-top
   import optimization  # pylint: disable=g-import-not-at-top
-  from training import trainer  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   for name, v in checkpoint_io.checkpoint_name_map(model).items():
     v.assign((rng.normal(0, 0.2, size=v.shape)
@@ -95,8 +95,9 @@ def write_model(directory, seed=0, **config_overrides):
   model = modeling.BertClassifier(modeling.BertConfig(**config), 2)
   rng = np.random.default_rng(seed)
   tensors = {}
+  base = set(checkpoint_io.base_names(model))
   for name, variable in checkpoint_io.checkpoint_name_map(model).items():
-    if not checkpoint_io.is_base_name(name):
+    if name not in base:
       continue
     value = rng.normal(0.0, 0.2, size=variable.shape).astype(np.float32)
     if name.endswith("gamma"):

@@ -281,9 +281,10 @@ def run(cfg):
     data.num_examples("test")
 
   with strategy.scope():
-    model = modeling.BertClassifier(bert_config, num_labels, adapter_config)
+    model = modeling.BertClassifier(bert_config, num_labels, adapter_config,
+                                    adapter_name=processor.name.lower())
     if cfg.init_checkpoint:
-      checkpoint_io.load_checkpoint(model, cfg.init_checkpoint)
+      model.load_base_checkpoint(cfg.init_checkpoint)
     if cfg.adapter_checkpoint:
       adapter_io.load_adapter(model, cfg.adapter_checkpoint,
                               init_checkpoint=cfg.init_checkpoint,
@@ -304,7 +305,8 @@ def run(cfg):
 
   create_output_dir(cfg)
   n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
-  n_total = sum(int(np.prod(v.shape)) for v in model.weights)
+  n_total = sum(int(np.prod(v.shape))
+                for v in checkpoint_io.checkpoint_name_map(model).values())
   logging.info("Training %s of %s parameters (%.2f%%), mode %s",
                f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
                cfg.train_mode)
@@ -337,7 +339,8 @@ def run(cfg):
                             os.path.join(cfg.output_dir, "adapter"),
                             adapter_config=adapter_config, run_config=cfg,
                             bert_config=bert_config, processor=processor,
-                            init_checkpoint=cfg.init_checkpoint)
+                            init_checkpoint=cfg.init_checkpoint,
+                            adapter_name=processor.name.lower())
 
   if cfg.do_eval:
     results["eval"] = evaluate(cfg, data, trainer, processor)

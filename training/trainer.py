@@ -16,6 +16,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import modeling
 from storage import checkpoint_io
 from compute import kernels
 from training import run_config
@@ -59,6 +60,14 @@ def compiles_whole_step(jit_compile, strategy):
   if not jit_compile:
     return False
   return not _cpu_only(strategy)
+
+
+def kernel_policy(jit_compile, strategy):
+  """The kernels of a step: fused unless jit_compile is off; their CPU forms
+  where the step runs op by op on CPUs."""
+  return kernels.KernelPolicy(
+      fused=bool(jit_compile),
+      cpu_host=not compiles_whole_step(jit_compile, strategy))
 
 
 def _cpu_only(strategy):
@@ -139,25 +148,8 @@ class NonFiniteLossError(UserError):
   """Training produced a NaN or Inf loss."""
 
 
-def per_example_loss(logits, labels, num_labels, is_regression):
-  """Loss per example as the original run_classifier.py.
-
-  Args:
-    logits: float32 [batch, num_labels] (one column for regression).
-    labels: int [batch] class ids, or float [batch] targets for regression.
-    num_labels: number of classes.
-    is_regression: mean squared error instead of cross-entropy.
-
-  Returns:
-    float32 [batch].
-  """
-  logits = tf.cast(logits, tf.float32)
-  if is_regression:
-    return tf.square(logits[:, 0] - tf.cast(labels, tf.float32))
-  log_probs = tf.nn.log_softmax(logits, axis=-1)
-  one_hot = tf.one_hot(tf.cast(labels, tf.int32), depth=num_labels,
-                       dtype=tf.float32)
-  return -tf.reduce_sum(one_hot * log_probs, axis=-1)
+# The command line's loss, shared with BertAdapterModel's fit.
+per_example_loss = modeling.per_example_loss
 
 
 class Trainer:
@@ -257,7 +249,8 @@ class Trainer:
 
   def _slice_loss_and_grads(self, features, seed):
     with tf.GradientTape() as tape:
-      logits = self.model(features, training=True, dropout_seed=seed)
+      logits = self.model(features, training=True, dropout_seed=seed,
+                          policy=self._policy)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       # Divided by the global batch: summing over replicas (and
@@ -275,9 +268,7 @@ class Trainer:
     # optimizer update (which may reduce across replicas) runs after it.
     compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    with kernels.fused_kernels(bool(self.jit_compile),
-                               cpu_host=not self._whole_step_xla):
-      loss, grads = compute(features, step)
+    loss, grads = compute(features, step)
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
                               for g in grads if g is not None])
@@ -300,6 +291,7 @@ class Trainer:
 
   def _build_train_loop(self):
     self._whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
+    self._policy = kernel_policy(self.jit_compile, self.strategy)
     self._compiled_loss_and_grads = tf.function(
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
     strategy = self.strategy
@@ -479,10 +471,10 @@ class Trainer:
 
     whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
 
+    policy = kernel_policy(self.jit_compile, self.strategy)
+
     def forward(features):
-      with kernels.fused_kernels(bool(self.jit_compile),
-                                 cpu_host=not whole_step_xla):
-        logits = model(features, training=False)
+      logits = model(features, training=False, policy=policy)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       return logits, losses

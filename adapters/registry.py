@@ -1,0 +1,130 @@
+"""The registry of adapter methods and the hook points they plug into.
+
+An adapter method is one file under `adapters/` that calls `register_method`
+with its config class and a function building its layers; nothing else in
+the toolkit names it. A method's layers sit at named hook points of the
+model; each layer declares the checkpoint names of its variables, relative
+to the hook point's scope.
+
+Hook points, and what a layer placed there is called with:
+
+  embedding_output   the embeddings after LayerNorm and dropout:
+                     layer(x [batch * seq, H]) -> [batch * seq, H]
+  query, key, value  a projection of the attention input:
+                     layer(x [rows, H], projected [rows, H]) -> [rows, H]
+  attention_keys_values  the attention's keys and values per head:
+                     layer(k, v [batch, heads, seq, size], mask_adder
+                     [batch, 1, 1, seq]) -> (k, v, mask_adder)
+  attention_output   after the attention output projection and its dropout,
+                     before the residual LayerNorm: layer(x) -> x
+  ffn_output         after the feed-forward output projection and its
+                     dropout, before the residual LayerNorm: layer(x) -> x
+
+Every layer's call also takes `training` and `policy` (the KernelPolicy).
+"""
+
+import dataclasses
+from typing import Callable
+
+from training.errors import UserError
+
+# Hook point -> checkpoint scope of the layers placed there, relative to the
+# block (`bert/encoder/layer_<i>/`) or, for the embeddings, to `bert/`.
+HOOK_SCOPES = {
+    "embedding_output": "embeddings",
+    "query": "attention/self/query",
+    "key": "attention/self/key",
+    "value": "attention/self/value",
+    "attention_keys_values": "attention/self",
+    "attention_output": "attention/output",
+    "ffn_output": "output",
+}
+BLOCK_HOOKS = ("query", "key", "value", "attention_keys_values",
+               "attention_output", "ffn_output")
+MODEL_HOOKS = ("embedding_output",)
+# Hook points on the residual stream: layer(x) -> x.
+RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
+PROJECTION_HOOKS = ("query", "key", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterMethod:
+  """A registered adapter method.
+
+  Attributes:
+    kind: the method's name, the `kind` field of its config.
+    config_cls: its config class (frozen dataclass with `kind`, `from_dict`,
+      `to_dict`).
+    layers_for: callable(config, bert_config, where) -> {hook point: Keras
+      layer}, where `where` is a block index or "embeddings".
+    owns_layer_norms: callable(config) -> bool: whether an adapter of this
+      config trains LayerNorms, and so holds its own copy of them.
+  """
+  kind: str
+  config_cls: type
+  layers_for: Callable
+  owns_layer_norms: Callable = lambda config: False
+
+
+METHODS = {}
+
+
+def register_method(kind, config_cls, layers_for, owns_layer_norms=None):
+  """Registers an adapter method under `kind` (see AdapterMethod).
+
+  Returns:
+    The AdapterMethod.
+  """
+  method = AdapterMethod(kind, config_cls, layers_for,
+                         owns_layer_norms or (lambda config: False))
+  METHODS[kind] = method
+  return method
+
+
+def get_method(kind):
+  """The AdapterMethod registered under `kind`.
+
+  Raises:
+    UserError: for an unknown kind, listing the known ones.
+  """
+  try:
+    return METHODS[kind]
+  except KeyError:
+    raise UserError("unknown adapter method %r; known: %s"
+                    % (kind, ", ".join(sorted(METHODS)))) from None
+
+
+def method_of(config):
+  return get_method(getattr(config, "kind", None))
+
+
+def config_from_dict(d, source="adapter config"):
+  """The config of whichever method `d["kind"]` names (bottleneck default).
+
+  Raises:
+    UserError: for a non-object, an unknown method or unknown fields.
+  """
+  if not isinstance(d, dict):
+    raise UserError("%s: expected a JSON object, got %s"
+                    % (source, type(d).__name__))
+  return get_method(d.get("kind", "bottleneck")).config_cls.from_dict(d)
+
+
+def layers_for(config, bert_config, where):
+  """{hook point: new layer} of an adapter of `config` at `where`.
+
+  Raises:
+    UserError: if the method names a hook point the model does not have.
+  """
+  layers = method_of(config).layers_for(config, bert_config, where)
+  allowed = MODEL_HOOKS if where == "embeddings" else BLOCK_HOOKS
+  unknown = sorted(set(layers) - set(allowed))
+  if unknown:
+    raise UserError("adapter method %r puts layers at unknown hook point(s) "
+                    "%s; expected %s" % (config.kind, ", ".join(unknown),
+                                         ", ".join(allowed)))
+  return layers
+
+
+def owns_layer_norms(config):
+  return bool(method_of(config).owns_layer_norms(config))

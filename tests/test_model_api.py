@@ -1,0 +1,445 @@
+"""The model API: named adapters and heads, Keras fit, tags, methods by name."""
+
+import dataclasses
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adapters
+from adapters import composition
+from adapters import registry
+from data import glue_processors
+from data import input_pipeline
+import modeling
+import optimization
+from storage import checkpoint_io
+from training import trainer as trainer_lib
+from training.errors import UserError
+import tiny_fixtures
+
+README = os.path.join(tiny_fixtures.REPO_ROOT, "README.md")
+
+
+def tiny_base(tmp_path, seed=0):
+  """A Google-format directory (config, vocab, checkpoint) of a tiny BERT."""
+  directory = str(tmp_path / "base")
+  tiny_fixtures.write_model(directory, seed=seed)
+  return directory
+
+
+def all_values(model):
+  return {v.path: v.numpy().copy() for v in model.weights}
+
+
+def readme_example():
+  """The Python block of the README's API section, as written there."""
+  text = open(README, encoding="utf-8").read()
+  section = text[text.index("## Python API"):]
+  match = re.search(r"```python\n(.*?)```", section, re.S)
+  assert match, "README has no python example in its Python API section"
+  return match.group(1)
+
+
+def test_readme_python_example_runs_as_written(tmp_path):
+  code = readme_example()
+  base = tiny_base(tmp_path)
+  mrpc = tiny_fixtures.write_mrpc(str(tmp_path / "MRPC"))
+  # Only the paths and sizes change: the tiny model and data, 5 steps.
+  replacements = {
+      '"../shared/bert/minilm_l6_h384_uncased"': repr(base),
+      '"../shared/glue_data/MRPC"': repr(mrpc),
+      '"/tmp/mrpc_features"': repr(str(tmp_path / "features")),
+      '"/tmp/mrpc_adapter"': repr(str(tmp_path / "mrpc_adapter")),
+      "max_seq_length=128": "max_seq_length=24",
+      "num_train_steps=573": "num_train_steps=5",
+      "steps_per_epoch=573": "steps_per_epoch=5",
+      "batch_size=32": "batch_size=8",
+  }
+  for old, new in replacements.items():
+    assert old in code, "the README example no longer has %s" % old
+    code = code.replace(old, new)
+
+  # Run it in two parts to look at the model around `fit`.
+  before_fit, after_fit = code.split("model.fit(", 1)
+  after_fit = "model.fit(" + after_fit
+  scope = {}
+  exec(compile(before_fit, "README example", "exec"), scope)  # pylint: disable=exec-used
+  model = scope["model"]
+  assert sorted(model.adapters) == ["mrpc", "rte"]
+  assert sorted(model.heads) == ["mrpc", "rte"]
+  assert model.active_head == "mrpc"
+  frozen = {}
+  for name, (variable, tag) in model.adapter_view("rte").checkpoint_variables(
+      ).items():
+    if tag.owner == "rte" or tag.kind == "base":
+      frozen[name] = variable.numpy().copy()
+  base_norms = model.view(composition.Branch()).checkpoint_name_map()
+  frozen.update({"base:" + n: v.numpy().copy() for n, v in base_norms.items()})
+  mrpc_before = {n: v.numpy().copy() for n, v in
+                 model.adapter_view("mrpc").checkpoint_name_map().items()}
+
+  exec(compile(after_fit, "README example", "exec"), scope)  # pylint: disable=exec-used
+  # The other adapter, its head and every base variable: bit-identical.
+  after = {n: v.numpy() for n, (v, tag) in
+           model.adapter_view("rte").checkpoint_variables().items()
+           if tag.owner == "rte" or tag.kind == "base"}
+  after.update({"base:" + n: v.numpy() for n, v in base_norms.items()})
+  assert frozen.keys() == after.keys()
+  for name, value in frozen.items():
+    np.testing.assert_array_equal(after[name], value, err_msg=name)
+  # mrpc's adapter, LayerNorms and head trained.
+  tags = checkpoint_io.checkpoint_tags(model.adapter_view("mrpc"))
+  for name, variable in model.adapter_view("mrpc").checkpoint_name_map(
+      ).items():
+    changed = not np.array_equal(variable.numpy(), mrpc_before[name])
+    assert changed == (tags[name].kind != "base"), name
+
+  # Loaded into a fresh model under another name: the same predictions.
+  fresh = scope["fresh"]
+  assert scope["name"] == "paraphrase"
+  assert fresh.active_head == "paraphrase"
+  data = scope["data"]
+  model.set_active_adapters("mrpc")
+  want = model.predict(data.eval_dataset("dev", batch_size=8), verbose=0)
+  np.testing.assert_array_equal(scope["logits"], want)
+  assert scope["logits"].shape[1] == 2 and len(scope["logits"]) >= 20
+
+
+def make_two_adapter_model(layers=2):
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=layers,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
+      type_vocab_size=2)
+  model = modeling.BertAdapterModel(config)
+  model.add_adapter("a")
+  model.add_adapter("b", adapters.AdapterConfig(size=8,
+                                                locations=("ffn_output",)))
+  model.add_classification_head("a", 2)
+  model.add_classification_head("b", 3)
+  return model
+
+
+def _golden_layer(i, norms=True, attention_adapter=True, ffn_adapter=True):
+  p = "bert/encoder/layer_%d/" % i
+  names = []
+  if attention_adapter:
+    names += [p + "attention/output/adapters/" + w
+              for w in ("weights1", "biases1", "weights2", "biases2")]
+  if norms:
+    names += [p + "attention/output/LayerNorm/gamma",
+              p + "attention/output/LayerNorm/beta"]
+  if ffn_adapter:
+    names += [p + "output/adapters/" + w
+              for w in ("weights1", "biases1", "weights2", "biases2")]
+  if norms:
+    names += [p + "output/LayerNorm/gamma", p + "output/LayerNorm/beta"]
+  return names
+
+
+EMBEDDING_NORM = ["bert/embeddings/LayerNorm/gamma",
+                  "bert/embeddings/LayerNorm/beta"]
+HEAD = ["output_weights", "output_bias"]
+
+
+def trained_variables(model):
+  """{id: variable} of the model's trainable variables."""
+  return {id(v): v for v in model.trainable_variables}
+
+
+def test_golden_trainable_names_of_train_adapter_and_train_modes():
+  model = make_two_adapter_model()
+  golden_a = (EMBEDDING_NORM + _golden_layer(0) + _golden_layer(1) + HEAD)
+  golden_b = (EMBEDDING_NORM
+              + _golden_layer(0, attention_adapter=False)
+              + _golden_layer(1, attention_adapter=False) + HEAD)
+  for name, golden in (("a", golden_a), ("b", golden_b)):
+    trained = model.train_adapter(name)
+    assert [n for n, _ in trained] == golden
+    # Exactly these variables are trainable in Keras, and they are the
+    # adapter's own: the other adapter's copies and the base are frozen.
+    assert set(trained_variables(model)) == {id(v) for _, v in trained}
+    view = model.adapter_view(name)
+    tags = checkpoint_io.checkpoint_tags(view)
+    assert {tags[n].owner for n in golden} == {name}
+    assert model.active_adapters == composition.Stack(name)
+  model.set_active_adapters("a")
+  everything = list(checkpoint_io.checkpoint_name_map(model))
+  assert [n for n, _ in model.set_train_mode("full")] == everything
+  assert [n for n, _ in model.set_train_mode("head")] == HEAD
+  assert [n for n, _ in model.set_train_mode("adapters")] == golden_a
+  # Without adapters, "adapters" trains the base's LayerNorms and the head,
+  # as the reference did with adapter_size=0.
+  model.set_active_adapters(None)
+  model.active_head = "a"
+  names = [n for n, _ in model.set_train_mode("adapters")]
+  assert names == (EMBEDDING_NORM + _golden_layer(0, attention_adapter=False,
+                                                   ffn_adapter=False)
+                   + _golden_layer(1, attention_adapter=False,
+                                   ffn_adapter=False) + HEAD)
+  tags = checkpoint_io.checkpoint_tags(model)
+  assert all(tags[n] == modeling.BASE_LAYER_NORM for n in names[:-2])
+
+
+def _batches(n=3, batch=8, seq=12, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    lengths = rng.integers(4, seq + 1, batch)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    out.append({"input_ids": (rng.integers(5, 40, (batch, seq)) * mask
+                              ).astype(np.int32),
+                "input_mask": mask,
+                "segment_ids": ((np.arange(seq)[None] >= lengths[:, None] // 2)
+                                * mask).astype(np.int32),
+                "label_ids": rng.integers(0, 2, batch).astype(np.int32)})
+  return out
+
+
+def test_fit_and_the_command_line_loop_give_the_same_weights():
+  def build():
+    keras.utils.set_random_seed(3)
+    model = tiny_fixtures.tiny_classifier(dropout=0.1)
+    rng = np.random.default_rng(5)
+    for name, v in checkpoint_io.checkpoint_name_map(model).items():
+      v.assign((rng.normal(0, 0.2, size=v.shape)
+                + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+    model.reset_layer_norms("default")
+    return model
+
+  batches = _batches(n=5)
+
+  def dataset(start_step=0):
+    return tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]}).skip(
+            start_step)
+
+  # The command line's loop.
+  loop_model = build()
+  trainable = modeling.set_train_mode(loop_model, "adapters")
+  trainer = trainer_lib.Trainer(
+      loop_model, optimization.create_optimizer(1e-2, 5, 1), trainable,
+      tf.distribute.get_strategy(), "/tmp", num_labels=2,
+      is_regression=False, global_batch_size=8, seed=7)
+  trainer._build_train_loop()  # pylint: disable=protected-access
+  iterator = iter(dataset())
+  for _ in range(5):
+    trainer._train_loop(iterator, tf.constant(1))  # pylint: disable=protected-access
+
+  # Keras fit, the same start, data, seed and recipe.
+  fit_model = build()
+  fit_model.train_adapter("default")
+  fit_model.compile(optimizer=optimization.create_optimizer(1e-2, 5, 1),
+                    seed=7)
+  history = fit_model.fit(dataset(), epochs=1, steps_per_epoch=5, verbose=0)
+  assert np.isfinite(history.history["loss"]).all()
+
+  loop_values = checkpoint_io.checkpoint_name_map(loop_model)
+  changed = 0
+  for name, variable in checkpoint_io.checkpoint_name_map(fit_model).items():
+    np.testing.assert_allclose(variable.numpy(), loop_values[name].numpy(),
+                               rtol=0, atol=1e-6, err_msg=name)
+    changed += name in dict(trainable)
+  assert changed == len(trainable)
+  assert int(fit_model.optimizer.iterations.numpy()) == 5
+  # Labels as Keras' usual (features, labels) pairs train the same way.
+  pairs = tf.data.Dataset.from_tensor_slices((
+      {k: np.stack([b[k] for b in batches]) for k in modeling.INPUT_NAMES},
+      np.stack([b["label_ids"] for b in batches])))
+  pair_model = build()
+  pair_model.train_adapter("default")
+  pair_model.compile(optimizer=optimization.create_optimizer(1e-2, 5, 1),
+                     seed=7)
+  pair_model.fit(pairs, epochs=1, steps_per_epoch=5, verbose=0)
+  for name, variable in checkpoint_io.checkpoint_name_map(pair_model).items():
+    np.testing.assert_array_equal(
+        variable.numpy(), checkpoint_io.checkpoint_name_map(fit_model)[name])
+  # evaluate and predict take the same inputs.
+  result = pair_model.evaluate(pairs, verbose=0, return_dict=True)
+  assert np.isfinite(result["loss"])
+  logits = pair_model.predict(pairs, verbose=0)
+  assert logits.shape == (40, 2)
+  np.testing.assert_allclose(
+      logits[:8], pair_model(modeling.model_inputs(batches[0])).numpy(),
+      atol=1e-6)
+
+
+# A toy adapter method, registered from this file alone: a learned scale of
+# each feature at the feed-forward output.
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+  kind: str = "test_scale"
+  init: float = 1.0
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(**d)
+
+
+class ScaleLayer(keras.layers.Layer):
+
+  def __init__(self, hidden, init, **kwargs):
+    super().__init__(**kwargs)
+    self.scale = self.add_weight(
+        name="scale", shape=(hidden,),
+        initializer=keras.initializers.Constant(init))
+
+  def checkpoint_variables(self):
+    return [("scale/vector", self.scale)]
+
+  def call(self, x, training=False, policy=None):
+    return x * tf.cast(self.scale, x.dtype)
+
+
+def _scale_layers(config, bert_config, where):
+  if where == "embeddings":
+    return {}
+  return {"ffn_output": ScaleLayer(bert_config.hidden_size, config.init,
+                                   name="ffn_output")}
+
+
+def test_a_method_registered_from_a_test_file_trains():
+  registry.register_method("test_scale", ScaleConfig, _scale_layers)
+  try:
+    model = make_two_adapter_model(layers=1)
+    model.add_adapter("scaled", ScaleConfig(init=50.0))
+    model.add_classification_head("scaled", 2)
+    names = [n for n, _ in model.train_adapter("scaled")]
+    # No LayerNorm copies for this method: only its vector and its head.
+    assert names == ["bert/encoder/layer_0/output/scale/vector"] + HEAD
+    batch = _batches(n=1, seq=10)[0]
+    features = modeling.model_inputs(batch)
+    _, plain = model.encode(features, setup=composition.ActiveSetup(
+        (composition.Branch((), None, "scaled"),)))
+    _, scaled = model.encode(features)
+    # The layer is applied.
+    assert np.max(np.abs(scaled.numpy() - plain.numpy())) > 1e-3
+    before = model.adapter_view("scaled").checkpoint_name_map()[
+        "bert/encoder/layer_0/output/scale/vector"].numpy().copy()
+    model.compile(optimizer=optimization.create_optimizer(5e-2, 4, 0))
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
+              steps_per_epoch=4, verbose=0)
+    after = model.adapter_view("scaled").checkpoint_name_map()[
+        "bert/encoder/layer_0/output/scale/vector"].numpy()
+    assert np.max(np.abs(after - before)) > 1e-4
+    # Its config goes through JSON like any method's.
+    assert registry.config_from_dict(ScaleConfig(init=2.0).to_dict()) == (
+        ScaleConfig(init=2.0))
+  finally:
+    registry.METHODS.pop("test_scale", None)
+
+
+def test_save_and_load_adapter_under_another_name(tmp_path):
+  base = tiny_base(tmp_path)
+  model = modeling.BertAdapterModel.from_pretrained(base)
+  model.add_adapter("a")
+  model.add_classification_head("a", 2)
+  rng = np.random.default_rng(0)
+  for name, (v, tag) in model.adapter_view("a").checkpoint_variables().items():
+    if tag.kind != "base":
+      v.assign(rng.normal(0, 0.3, v.shape).astype(np.float32)
+               + (1.0 if name.endswith("gamma") else 0.0))
+  model.set_active_adapters("a")
+  directory = model.save_adapter(str(tmp_path / "saved"), "a")
+  features = modeling.model_inputs(_batches(n=1)[0])
+  want = model(features).numpy()
+  fresh = modeling.BertAdapterModel.from_pretrained(base)
+  assert fresh.load_adapter(directory) == "a"  # The name it was saved under.
+  assert fresh.load_adapter(directory, load_as="b") == "b"
+  for name in ("a", "b"):
+    fresh.set_active_adapters(name)
+    np.testing.assert_array_equal(fresh(features).numpy(), want)
+  # save_all_adapters writes one directory per adapter.
+  written = fresh.save_all_adapters(str(tmp_path / "all"))
+  assert sorted(written) == ["a", "b"]
+  assert all(os.path.isdir(d) for d in written.values())
+  # Today's command-line adapter directories load too (no adapter_name).
+  fresh.delete_adapter("a")
+  fresh.delete_head("a")
+  assert "a" not in fresh.adapters and "a" not in fresh.heads
+
+
+def test_api_errors_name_the_culprit(tmp_path):
+  base = tiny_base(tmp_path)
+  model = modeling.BertAdapterModel.from_pretrained(base)
+  model.add_adapter("a")
+  model.add_classification_head("a", 2)
+  with pytest.raises(UserError, match="an adapter named 'a' exists already"):
+    model.add_adapter("a")
+  with pytest.raises(UserError, match="a head named 'a' exists already"):
+    model.add_classification_head("a", 3)
+  with pytest.raises(UserError, match="unknown adapter 'nope'; this model "
+                     "has a"):
+    model.set_active_adapters("nope")
+  with pytest.raises(UserError, match="unknown adapter 'nope'"):
+    model.train_adapter("nope")
+  with pytest.raises(UserError, match="unknown adapter 'nope'"):
+    model.delete_adapter("nope")
+  with pytest.raises(UserError, match="unknown head 'nope'; this model has a"):
+    model.active_head = "nope"
+  with pytest.raises(UserError, match="unknown adapter method 'lora2'"):
+    model.add_adapter("c", {"kind": "lora2"})
+  with pytest.raises(UserError, match="unknown adapter preset"):
+    model.add_adapter("c", "no-such-preset")
+  with pytest.raises(UserError, match="compile.. takes no loss"):
+    model.compile(loss="mse")
+  with pytest.raises(UserError, match="vocabulary .* not found"):
+    modeling.BertAdapterModel.from_pretrained(
+        os.path.join(base, "bert_config.json"), vocab_file="/nonexistent",
+        init_checkpoint=os.path.join(base, "bert_model.ckpt"))
+  directory = model.save_adapter(str(tmp_path / "a"), "a")
+  # An adapter of another base (other weights): both fingerprints named.
+  other = modeling.BertAdapterModel.from_pretrained(
+      tiny_base(tmp_path / "other", seed=5))
+  with pytest.raises(UserError, match="trained on another base model "
+                     r"\(fingerprint [0-9a-f]{16}, this base [0-9a-f]{16}\)"):
+    other.load_adapter(directory, load_as="x")
+  assert "x" not in other.adapters and "x" not in other.heads  # Nothing left.
+  # An adapter of another size than the directory's variables.
+  model.add_adapter("wide", adapters.AdapterConfig(size=8))
+  wide = model.save_adapter(str(tmp_path / "wide"), "wide")
+  config_file = os.path.join(wide, "adapter_config.json")
+  text = open(config_file).read().replace('"size": 8', '"size": 16')
+  open(config_file, "w").write(text)
+  with pytest.raises(UserError, match="has shape .* but the model expects"):
+    model.load_adapter(wide, load_as="wider")
+  assert "wider" not in model.adapters
+  # A base of another BERT config.
+  other_dir = str(tmp_path / "wider_base")
+  tiny_fixtures.write_model(other_dir, intermediate_size=24)
+  other = modeling.BertAdapterModel.from_pretrained(other_dir)
+  with pytest.raises(UserError, match="another BERT config "
+                     r"\(intermediate_size=32 there, 24 here\)"):
+    other.load_adapter(directory)
+  with pytest.raises(UserError, match="exists already; load it with load_as"):
+    model.load_adapter(directory)
+
+
+def test_parallel_runs_each_adapter_with_its_head():
+  model = make_two_adapter_model()
+  rng = np.random.default_rng(1)
+  for name in ("a", "b"):
+    for n, (v, tag) in model.adapter_view(name).checkpoint_variables().items():
+      if tag.kind != "base":
+        v.assign(rng.normal(0, 0.3, v.shape).astype(np.float32)
+                 + (1.0 if n.endswith("gamma") else 0.0))
+  features = modeling.model_inputs(_batches(n=1)[0])
+  alone = {}
+  for name in ("a", "b"):
+    model.set_active_adapters(name)
+    alone[name] = model(features).numpy()
+  model.set_active_adapters(adapters.Parallel("a", "b"))
+  both = model(features)
+  assert sorted(both) == ["a", "b"] and model.active_head == ["a", "b"]
+  for name in ("a", "b"):
+    np.testing.assert_allclose(both[name].numpy(), alone[name], atol=1e-5)
+  predicted = model.predict(features, verbose=0)
+  np.testing.assert_allclose(predicted["b"], alone["b"], atol=1e-5)
