@@ -143,6 +143,11 @@ flags.DEFINE_bool("deterministic", False,
 flags.DEFINE_string("tfds_data_dir", None,
                     "tensorflow-datasets data dir used when --data_dir is "
                     "unset.")
+flags.DEFINE_bool("allow_hyperparameter_change", False,
+                  "Resume the checkpoints in output_dir with another "
+                  "--learning_rate or weight decay than they were trained "
+                  "with (the change is logged and recorded in "
+                  "run_config.json). Other changes are always refused.")
 flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 
 

@@ -277,6 +277,11 @@ def write_feature_file(examples, label_list, is_regression, max_seq_length,
       raise AssertionError("converted %d of %d examples"
                            % (count, len(examples)))
     os.replace(tmp_path, path)
+  except (OSError, tf.errors.OpError) as e:
+    # No space, no permission: the cache entry is not written.
+    message = getattr(e, "strerror", None) or getattr(e, "message", None) or e
+    raise UserError("cannot write the feature cache %s: %s"
+                    % (path, str(message).splitlines()[0])) from None
   finally:
     if os.path.exists(tmp_path):
       os.unlink(tmp_path)
@@ -381,7 +386,11 @@ def load_cached(cache_dir, split, key, is_regression):
 def build_cache(examples, label_list, is_regression, max_seq_length, tokenizer,
                 cache_dir, split, key, description=None):
   """Converts examples into the cache entry for `key` and returns it."""
-  os.makedirs(cache_dir, exist_ok=True)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError("cannot create the feature cache %s: %s"
+                    % (cache_dir, e.strerror or e)) from None
   record_path, meta_path = cache_paths(cache_dir, split, key)
   count = write_feature_file(examples, label_list, is_regression,
                              max_seq_length, tokenizer, record_path)

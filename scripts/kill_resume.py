@@ -3,8 +3,12 @@
 Runs a `run_classifier.py` command twice, each into its own output_dir:
 
   * uninterrupted: once, to the end;
-  * interrupted: killed with SIGKILL at `--kills` random moments, and rerun
+  * interrupted: killed with SIGKILL (or, with `--signal=TERM`, stopped with
+    SIGTERM, as a preemptible VM is) at `--kills` random moments, and rerun
     (the same command) after each kill until it finishes.
+
+With SIGTERM each stopped run must exit with status 143 and, when it was
+training, name the step it saved; the rerun must resume from that step.
 
 Then it compares the final checkpoints of both variable by variable (model,
 Adam slots, global_step) and their eval_results.txt, prints the figures and
@@ -64,9 +68,13 @@ flags.DEFINE_float("tolerance", 1e-6, "Largest allowed absolute difference "
 flags.DEFINE_bool("parallel", True, "Run the uninterrupted run at the same "
                   "time as the interrupted one.")
 flags.DEFINE_integer("timeout_s", 7200, "Give up on a run after this long.")
+flags.DEFINE_enum("signal", "KILL", ["KILL", "TERM"], "The signal sent: KILL "
+                  "(no chance to save) or TERM (the run saves at the next "
+                  "step boundary and exits with status 143).")
 
 _STEP_LINE = re.compile(r"\] step (\d+)/(\d+) ")
 _RESUMED_LINE = re.compile(r"Resumed from \S+ at step (\d+)")
+_TERMINATED_LINE = re.compile(r"^terminated \(SIGTERM\)(?: at step (\d+))?")
 
 
 class RunFailed(Exception):
@@ -88,6 +96,7 @@ class Run(object):
     self.step = None          # Last step reported.
     self.total = None
     self.resumed_from = 0
+    self.terminated_at = None  # The step a SIGTERM saved (None: not said).
     self.first_progress = None   # Seconds from start to the first step line.
     self.step_times = []
     self.tail = []
@@ -103,6 +112,9 @@ class Run(object):
         m = _RESUMED_LINE.search(line)
         if m:
           self.resumed_from = int(m.group(1))
+        m = _TERMINATED_LINE.search(line)
+        if m and m.group(1):
+          self.terminated_at = int(m.group(1))
         m = _STEP_LINE.search(line)
         if m:
           now = time.time() - self.start
@@ -133,8 +145,8 @@ class Run(object):
       return 0.05
     return (times[-1] - times[0]) / (len(times) - 1)
 
-  def kill(self):
-    self.proc.send_signal(signal.SIGKILL)
+  def kill(self, signum=signal.SIGKILL):
+    self.proc.send_signal(signum)
     return self.finish()
 
   def finish(self, timeout=None):
@@ -159,7 +171,8 @@ def _run_to_end(cmd, log_path, timeout):
           "last_step": run.step}
 
 
-def interrupted_run(cmd, log_path, kills, startup_kills, rng, timeout):
+def interrupted_run(cmd, log_path, kills, startup_kills, rng, timeout,
+                    signum=signal.SIGKILL):
   """Kills `cmd` `kills` times at random moments, then runs it to the end.
 
   Returns:
@@ -169,6 +182,7 @@ def interrupted_run(cmd, log_path, kills, startup_kills, rng, timeout):
   targets = None
   startup_cycles = set()
   restart_startup = None  # Seconds a rerun took to its first progress line.
+  last_saved = None  # The step the last SIGTERM saved.
   for cycle in range(kills):
     run = Run(cmd, log_path)
     if targets is None:
@@ -209,11 +223,26 @@ def interrupted_run(cmd, log_path, kills, startup_kills, rng, timeout):
       event.update(resumed_from=run.resumed_from, last_reported_step=run.step)
       if cycle > 0 and run.first_progress is not None:
         restart_startup = run.first_progress
-    code = run.kill()
+    if (last_saved is not None and run.step is not None
+        and run.resumed_from != last_saved):
+      run.kill()
+      raise RunFailed("run %d resumed from step %d, not from step %d that "
+                      "SIGTERM saved; see %s" % (
+                          cycle + 1, run.resumed_from, last_saved, log_path))
+    code = run.kill(signum)
     event.update(exit_code=code, seconds=round(time.time() - run.start, 2))
-    if code != -signal.SIGKILL:
+    expected = {-signal.SIGKILL} if signum == signal.SIGKILL else {
+        143, -signal.SIGTERM}  # -SIGTERM: before Python set its handler.
+    if code not in expected:
       raise RunFailed("run %d ended (exit %s) before it was killed; see %s"
                       % (cycle + 1, code, log_path))
+    if signum == signal.SIGTERM:
+      event["saved_step"] = run.terminated_at
+      if run.terminated_at is not None:
+        last_saved = run.terminated_at
+      if event["kind"] == "training" and run.terminated_at is None:
+        raise RunFailed("run %d got SIGTERM while training but named no "
+                        "saved step; see %s" % (cycle + 1, log_path))
     events.append(event)
     print("kill %d (%s): last step %s, run had resumed from step %d, "
           "after %.1f s" % (cycle + 1, event["kind"],
@@ -221,6 +250,9 @@ def interrupted_run(cmd, log_path, kills, startup_kills, rng, timeout):
                             event["resumed_from"], event["seconds"]),
           flush=True)
   final = _run_to_end(cmd, log_path, timeout)
+  if last_saved is not None and final["resumed_from"] != last_saved:
+    raise RunFailed("the last run resumed from step %d, not from step %d "
+                    "that SIGTERM saved" % (final["resumed_from"], last_saved))
   return events, final
 
 
@@ -312,6 +344,7 @@ def main(argv):
   base_cmd += passthrough
   rng = random.Random(FLAGS.kill_seed)
   summary = {"command": base_cmd[1:], "kills": FLAGS.kills,
+             "signal": FLAGS.signal,
              "kill_seed": FLAGS.kill_seed, "tolerance": FLAGS.tolerance}
   t0 = time.time()
   baseline = {}
@@ -333,7 +366,8 @@ def main(argv):
     events, final = interrupted_run(
         base_cmd + [_output_dir_flag(dirs["interrupted"])],
         os.path.join(work_dir, "interrupted.log"), FLAGS.kills,
-        FLAGS.startup_kills, rng, FLAGS.timeout_s)
+        FLAGS.startup_kills, rng, FLAGS.timeout_s,
+        getattr(signal, "SIG" + FLAGS.signal))
     summary["interrupted_seconds"] = round(time.time() - t0, 1)
     if FLAGS.parallel:
       thread.join()

@@ -203,9 +203,13 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
                             adapter_name)
   directory = os.path.abspath(directory)
   parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
-                         dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
+                           dir=parent)
+  except OSError as e:
+    raise UserError("cannot write adapter directory %s: %s"
+                    % (directory, e.strerror or e)) from None
   try:
     checkpoint_io.save_checkpoint(os.path.join(tmp, ADAPTER_CHECKPOINT),
                                   {n: name_map[n] for n in names})
@@ -215,8 +219,11 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
                       json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     make_readable(tmp)
     _replace_directory(tmp, directory)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, OSError):
+      raise UserError("cannot write adapter directory %s: %s"
+                      % (directory, e.strerror or e)) from None
     raise
   size = directory_bytes(directory)
   logging.info("Wrote adapter directory %s: %d variables, %d bytes "

@@ -8,9 +8,21 @@ temporary file.
 """
 
 import contextlib
+import errno
+import json
+import logging
 import os
+import re
+import socket
 import stat
 import tempfile
+import time
+
+from training.errors import UserError
+
+# Temporary files are `.<name>.<pid>-<random>.tmp`: whoever finds one can
+# tell whether its writer still runs.
+TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+\.tmp$")
 
 
 def _umask():
@@ -65,6 +77,15 @@ def remove_orphans(path):
   return removed
 
 
+def owner_gone(name):
+  """Whether a temporary file `name` (TMP_PATTERN) was left by a dead process.
+
+  False for names that do not carry a pid (their owner cannot be told).
+  """
+  m = TMP_PATTERN.match(name)
+  return bool(m) and not process_alive(int(m.group("pid")))
+
+
 def _mode_for(path):
   try:
     return stat.S_IMODE(os.stat(path).st_mode)
@@ -90,8 +111,12 @@ def atomic_open(path, mode="w", encoding="utf-8"):
   if mode not in ("w", "wb"):
     raise ValueError("atomic_open supports only 'w' and 'wb', got %r" % mode)
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp_path = tempfile.mkstemp(
-      prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+  try:
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=".%s.%d-" % (os.path.basename(path), os.getpid()),
+        suffix=".tmp", dir=directory)
+  except OSError as e:
+    raise UserError("cannot write %s: %s" % (path, e.strerror or e)) from None
   try:
     kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
     with os.fdopen(fd, mode, **kwargs) as f:
@@ -100,9 +125,13 @@ def atomic_open(path, mode="w", encoding="utf-8"):
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp_path, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp_path)
+    if isinstance(e, OSError):
+      # No space, no permission, a read-only file system: `path` is as it
+      # was.
+      raise UserError("cannot write %s: %s" % (path, e.strerror or e)) from None
     raise
   _fsync_directory(directory)
 
@@ -131,3 +160,110 @@ def atomic_write_bytes(path, data):
   """Writes `data` to `path` atomically."""
   with atomic_open(path, "wb") as f:
     f.write(data)
+
+
+# ---------------------------------------------------------------------------
+# One run at a time per directory.
+# ---------------------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+
+
+def read_lock(directory):
+  """The holder recorded in `directory`'s lock file, or None (no lock).
+
+  Returns:
+    dict with pid, host, started (a time string); {} if unreadable.
+  """
+  path = os.path.join(directory, LOCK_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      holder = json.load(f)
+    return holder if isinstance(holder, dict) else {}
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):
+    return {}
+
+
+def lock_is_stale(holder):
+  """A lock of this host whose process is gone."""
+  return (holder is not None and holder.get("host") == socket.gethostname()
+          and isinstance(holder.get("pid"), int)
+          and not process_alive(holder["pid"]))
+
+
+def describe_holder(holder):
+  return "process %s on %s (since %s)" % (holder.get("pid", "?"),
+                                          holder.get("host", "?"),
+                                          holder.get("started", "?"))
+
+
+class DirectoryLock:
+  """A lock file (`.lock`: pid, host, start time) for one writer at a time.
+
+  `acquire` creates it atomically (a complete file linked into place, which
+  fails if one exists); a lock whose process is gone (same host) is taken
+  over with a log line; a live one is refused with one line naming the
+  holder. `release` removes it if it is still ours.
+  """
+
+  def __init__(self, directory, flag_name="output_dir"):
+    self.directory = directory
+    self.flag_name = flag_name
+    self.path = os.path.join(directory, LOCK_FILE)
+    self.held = False
+
+  def acquire(self):
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(3):
+      tmp = os.path.join(self.directory, ".lock.%d-%d.tmp" % (
+          os.getpid(), time.monotonic_ns()))
+      try:
+        with open(tmp, "w", encoding="utf-8") as f:
+          json.dump(record, f)
+        try:
+          os.link(tmp, self.path)
+          self.held = True
+          return self
+        except FileExistsError:
+          pass
+      except OSError as e:
+        raise UserError("--%s=%s: cannot create the lock file %s: %s"
+                        % (self.flag_name, self.directory, self.path,
+                           e.strerror or e)) from None
+      finally:
+        with contextlib.suppress(OSError):
+          os.remove(tmp)
+      holder = read_lock(self.directory)
+      if holder is None:
+        continue  # Released meanwhile.
+      if lock_is_stale(holder):
+        logging.getLogger("absl").warning(
+            "Taking over the lock %s of %s, which no longer runs", self.path,
+            describe_holder(holder))
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.path)
+        continue
+      raise UserError("--%s=%s is in use by %s; one run at a time per "
+                      "output directory (lock file %s)"
+                      % (self.flag_name, self.directory,
+                         describe_holder(holder), self.path))
+    raise UserError("--%s=%s: could not take the lock file %s"
+                    % (self.flag_name, self.directory, self.path))
+
+  def release(self):
+    if not self.held:
+      return
+    self.held = False
+    holder = read_lock(self.directory)
+    if holder and holder.get("pid") == os.getpid():
+      with contextlib.suppress(OSError):
+        os.remove(self.path)
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

@@ -100,39 +100,66 @@ def read_checkpoint(path, flag_name="init_checkpoint"):
 
   Returns:
     (prefix, tf.train.CheckpointReader)
+
+  Raises:
+    UserError: naming the flag and the file, if it cannot be opened (a
+      missing, truncated or garbage index).
   """
   prefix = resolve_checkpoint_path(path, flag_name)
   try:
     return prefix, tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError) as e:
-    message = getattr(e, "message", None) or str(e)
-    raise UserError("--%s=%s: cannot read checkpoint: %s"
-                    % (flag_name, prefix, message.splitlines()[0])) from None
+  except Exception as e:  # pylint: disable=broad-except
+    message = getattr(e, "message", None) or str(e) or type(e).__name__
+    raise UserError("--%s=%s: cannot read checkpoint %s.index: %s"
+                    % (flag_name, prefix, prefix,
+                       message.splitlines()[0])) from None
 
 
-def load_checkpoint(model, path, flag_name="init_checkpoint",
-                    require_base=True, names=None, log_restored=True):
-  """Restores the model's variables from a checkpoint by original name.
-
-  Variables absent from the checkpoint keep their current (fresh) values and
-  are listed in one log line; checkpoint entries the model does not use
-  (optimizer slots, `global_step`, ...) are ignored.
-
-  Args:
-    model: a BertClassifier.
-    path: checkpoint prefix or directory.
-    flag_name: the flag to name in error messages.
-    require_base: every base BERT variable must be present (adapters and the
-      head may be absent).
-    names: optional iterable restricting which checkpoint names to restore.
-    log_restored: log the number of variables restored.
-
-  Returns:
-    (restored_names, fresh_names): lists of checkpoint names.
+def read_tensor(reader, prefix, name, dtype=None, flag_name="init_checkpoint"):
+  """One tensor of an open checkpoint, as a NumPy array of `dtype`.
 
   Raises:
-    UserError: on a shape mismatch (naming the variable and both shapes) or a
-      missing base variable. Nothing is assigned in that case.
+    UserError: naming the flag, the data file and the tensor, when its bytes
+      cannot be read (a truncated or damaged data file) or its type does not
+      fit `dtype` (a string or integer tensor where the model has floats).
+  """
+  where = "--%s=%s" % (flag_name, prefix)
+  if dtype is not None:
+    stored = reader.get_variable_to_dtype_map().get(name)
+    wanted = tf.as_dtype(dtype)
+    if stored is not None and stored != wanted and not (
+        stored.is_floating and wanted.is_floating):
+      raise UserError("%s: tensor %s is %s in the checkpoint but the model "
+                      "expects %s" % (where, name, stored.name, wanted.name))
+  try:
+    value = reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except
+    # A truncated data file raises IndexError ("Read less bytes than
+    # requested"); damaged bytes an OpError.
+    message = getattr(e, "message", None) or str(e) or type(e).__name__
+    raise UserError("%s: tensor %s cannot be read from %s (truncated or "
+                    "damaged?): %s" % (where, name, _data_files(prefix),
+                                       message.splitlines()[0])) from None
+  if dtype is not None:
+    value = np.asarray(value).astype(np.dtype(tf.as_dtype(dtype).as_numpy_dtype))
+  return value
+
+
+def _data_files(prefix):
+  files = sorted(tf.io.gfile.glob(prefix + ".data-*")) if "://" not in prefix \
+      else []
+  return ", ".join(files) or prefix + ".data-*"
+
+
+def read_values(model, path, flag_name="init_checkpoint", require_base=True,
+                names=None):
+  """Reads (and checks) what `load_checkpoint` would restore, assigning nothing.
+
+  Returns:
+    (prefix, [(name, variable, value)], fresh names).
+
+  Raises:
+    UserError: see load_checkpoint.
   """
   prefix, reader = read_checkpoint(path, flag_name)
   shapes = reader.get_variable_to_shape_map()
@@ -161,15 +188,48 @@ def load_checkpoint(model, path, flag_name="init_checkpoint",
         "--%s=%s: %d model variable(s) missing from the checkpoint, e.g. %s "
         "(is it a BERT checkpoint of this architecture?)"
         % (flag_name, prefix, len(missing_base), ", ".join(missing_base[:3])))
-  for name, variable in to_restore:
-    value = reader.get_tensor(name)
-    variable.assign(value.astype(np.dtype(variable.dtype)))
+  values = [(name, variable, read_tensor(reader, prefix, name, variable.dtype,
+                                         flag_name))
+            for name, variable in to_restore]
+  return prefix, values, fresh
+
+
+def load_checkpoint(model, path, flag_name="init_checkpoint",
+                    require_base=True, names=None, log_restored=True):
+  """Restores the model's variables from a checkpoint by original name.
+
+  Variables absent from the checkpoint keep their current (fresh) values and
+  are listed in one log line; checkpoint entries the model does not use
+  (optimizer slots, `global_step`, ...) are ignored.
+
+  Args:
+    model: a BertAdapterModel (its active view) or a ModelView.
+    path: checkpoint prefix or directory.
+    flag_name: the flag to name in error messages.
+    require_base: every base BERT variable must be present (adapters and the
+      head may be absent).
+    names: optional iterable restricting which checkpoint names to restore.
+    log_restored: log the number of variables restored.
+
+  Returns:
+    (restored_names, fresh_names): lists of checkpoint names.
+
+  Raises:
+    UserError: on a shape or type mismatch (naming the variable), a missing
+      base variable, or a tensor that cannot be read (naming the file and
+      the tensor). Nothing is assigned in that case: every value is read
+      before the first is assigned.
+  """
+  prefix, values, fresh = read_values(model, path, flag_name, require_base,
+                                      names)
+  for _, variable, value in values:
+    variable.assign(value)
   if fresh:
     logging.info("Not in %s, kept freshly initialised (%d): %s", prefix,
                  len(fresh), _summarize_names(fresh))
   if log_restored:
-    logging.info("Restored %d variables from %s", len(to_restore), prefix)
-  return [n for n, _ in to_restore], fresh
+    logging.info("Restored %d variables from %s", len(values), prefix)
+  return [n for n, _, _ in values], fresh
 
 
 def _summarize_names(names):
@@ -207,13 +267,12 @@ def save_checkpoint(prefix, tensors):
     tensors: mapping {checkpoint name: tensor, variable or array}.
   """
   directory = os.path.dirname(prefix) or "."
-  tf.io.gfile.makedirs(directory)
   names = sorted(tensors)
   values = [tf.convert_to_tensor(tensors[n]) for n in names]
   tmp_dir = os.path.join(directory, ".%s%d-%s" % (
       TMP_DIR_PREFIX, os.getpid(), uuid.uuid4().hex[:12]))
-  tf.io.gfile.makedirs(tmp_dir)
   try:
+    tf.io.gfile.makedirs(tmp_dir)
     tmp_prefix = os.path.join(tmp_dir, "ckpt")
     tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names,
                       shape_and_slices=[""] * len(names), tensors=values)
@@ -225,34 +284,38 @@ def save_checkpoint(prefix, tensors):
         tf.io.gfile.rename(os.path.join(tmp_dir, name),
                            prefix + name[len("ckpt"):], overwrite=True)
     tf.io.gfile.rename(tmp_prefix + ".index", index, overwrite=True)
+  except (tf.errors.OpError, OSError) as e:
+    # No space, no permission, a read-only file system: the checkpoint is
+    # not written; those already there are untouched.
+    message = getattr(e, "message", None) or getattr(e, "strerror", None) or e
+    raise UserError("cannot write checkpoint %s: %s"
+                    % (prefix, str(message).splitlines()[0])) from None
   finally:
     try:
       tf.io.gfile.rmtree(tmp_dir)
-    except tf.errors.OpError:
+    except (tf.errors.OpError, OSError):
       pass
 
 
 def remove_stale_temporaries(directory):
   """Removes what killed checkpoint writers left in `directory`.
 
-  These are the hidden folders of `save_checkpoint` calls whose process no
-  longer runs (the writer's pid is in the folder name), and temporary
-  `checkpoint` state files (`.checkpoint.*.tmp`): call this only where one
-  process writes the state file, as a training job does in its output_dir.
-  Local folders only.
+  These are the hidden folders of `save_checkpoint` calls and the temporary
+  files of atomic writes (the `checkpoint` state file, results) whose
+  process no longer runs: both carry the writer's pid in their name. Local
+  folders only.
   """
   if "://" in directory or not os.path.isdir(directory):
     return
   folder = re.compile(r"^\.%s(\d+)-[0-9a-f]+$" % re.escape(TMP_DIR_PREFIX))
-  state_file = re.compile(r"^\.checkpoint\.[^/]+\.tmp$")
   for name in os.listdir(directory):
     path = os.path.join(directory, name)
     m = folder.match(name)
     if m and not atomic_io.process_alive(int(m.group(1))):
       logging.info("Removing %s, left by an interrupted checkpoint save", path)
       shutil.rmtree(path, ignore_errors=True)
-    elif state_file.match(name):
-      logging.info("Removing %s, left by an interrupted checkpoint save", path)
+    elif atomic_io.owner_gone(name):
+      logging.info("Removing %s, left by an interrupted write", path)
       try:
         os.remove(path)
       except OSError:

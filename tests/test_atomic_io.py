@@ -85,9 +85,30 @@ def test_rejects_other_modes(tmp_path):
 
 
 def test_missing_directory_is_an_error_and_writes_nothing(tmp_path):
-  with pytest.raises(FileNotFoundError):
-    atomic_write_text(str(tmp_path / "no_such_dir" / "f.txt"), "x")
+  # A failed write is one error naming the file (as a full disk's is).
+  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "no_such_dir" / "f.txt")
+  with pytest.raises(UserError, match="cannot write %s: No such file or "
+                     "directory" % path):
+    atomic_write_text(path, "x")
   assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "results.txt")
+  atomic_write_text(path, "old\n")
+
+  def full(fd):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(UserError, match="cannot write %s: No space left on "
+                     "device" % path):
+    atomic_write_text(path, "new\n")
+  monkeypatch.undo()
+  assert open(path).read() == "old\n"
+  assert os.listdir(str(tmp_path)) == ["results.txt"]
 
 
 def test_new_file_gets_umask_permissions_not_0600(tmp_path):
@@ -325,10 +346,14 @@ def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True).stdout.strip()
   prefix = "." + checkpoint_io.TMP_DIR_PREFIX
+  mine = str(os.getpid())
   names = {"dead": prefix + dead + "-0123abcd",
-           "mine": prefix + str(os.getpid()) + "-0123abcd",
-           "state": ".checkpoint.abc123.tmp",
-           "other": ".eval_results.txt.abc123.tmp"}
+           "mine": prefix + mine + "-0123abcd",
+           "state_dead": ".checkpoint.%s-abc123.tmp" % dead,
+           "state_mine": ".checkpoint.%s-abc123.tmp" % mine,
+           "other_dead": ".eval_results.txt.%s-abc123.tmp" % dead,
+           # Without a pid its owner cannot be told: kept.
+           "unknown": ".checkpoint.abc123.tmp"}
   for key, name in names.items():
     if key in ("dead", "mine"):
       os.makedirs(str(tmp_path / name / "sub"))
@@ -337,7 +362,8 @@ def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
   (tmp_path / "model.ckpt-3.index").write_text("x")
   checkpoint_io.remove_stale_temporaries(str(tmp_path))
   assert sorted(os.listdir(str(tmp_path))) == sorted(
-      [names["mine"], names["other"], "model.ckpt-3.index"])
+      [names["mine"], names["state_mine"], names["unknown"],
+       "model.ckpt-3.index"])
 
 
 def test_remove_orphans_removes_dead_writers_files_only(tmp_path):

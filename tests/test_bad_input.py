@@ -201,6 +201,30 @@ def _build_inputs(root):
   _write(os.path.join(corrupt_dir, "bert_model.ckpt.index"),
          b"\x00this is not a tensor bundle index\x00" * 4, "wb")
   p["ckpt_corrupt"] = os.path.join(corrupt_dir, "bert_model.ckpt")
+  # A checkpoint whose data file was cut short (a copy that did not finish).
+  truncated_dir = os.path.join(root, "truncated")
+  os.makedirs(truncated_dir)
+  for name in os.listdir(model_dir):
+    if name.startswith("bert_model.ckpt"):
+      shutil.copy(os.path.join(model_dir, name), truncated_dir)
+  data_file = os.path.join(truncated_dir,
+                           "bert_model.ckpt.data-00000-of-00001")
+  with open(data_file, "rb") as f:
+    data = f.read()
+  _write(data_file, data[:len(data) // 2], "wb")
+  p["ckpt_truncated"] = os.path.join(truncated_dir, "bert_model.ckpt")
+  # A base tensor stored as a string, and a LayerNorm weight as int32.
+  reader = tf.train.load_checkpoint(base["init_checkpoint"])
+  good = {n: reader.get_tensor(n)
+          for n in reader.get_variable_to_shape_map()}
+  ln_name = "bert/encoder/layer_0/output/LayerNorm/gamma"
+  for kind, value in (("string", tf.fill(good[ln_name].shape, "1.0")),
+                      ("int32", tf.ones(good[ln_name].shape, tf.int32))):
+    tensors = dict(good)
+    tensors[ln_name] = value
+    prefix = os.path.join(root, "ckpt_" + kind, "bert_model.ckpt")
+    checkpoint_io.save_checkpoint(prefix, tensors)
+    p["ckpt_" + kind] = prefix
   uncased_dir = os.path.join(root, "uncased_L-2_H-16_A-2")
   shutil.copytree(model_dir, uncased_dir)
   p["ckpt_uncased"] = os.path.join(uncased_dir, "bert_model.ckpt")
@@ -224,6 +248,26 @@ def _build_inputs(root):
       bert_config=bert_config,
       processor=glue_processors.get_processor("MRPC"),
       init_checkpoint=other["init_checkpoint"])
+  # An adapter of this base whose data file was cut short.
+  model = modeling.BertClassifier(
+      modeling.BertConfig.from_json_file(base["bert_config_file"]), 2,
+      adapter_config)
+  model.load_base_checkpoint(base["init_checkpoint"])
+  trainable = modeling.set_train_mode(model, "adapters")
+  truncated_adapter = adapter_io.save_adapter(
+      model, trainable, os.path.join(root, "truncated_adapter", "adapter"),
+      adapter_config=adapter_config,
+      run_config={"task_name": "MRPC", "max_seq_length": 24,
+                  "do_lower_case": True, "train_mode": "adapters"},
+      bert_config=model.config,
+      processor=glue_processors.get_processor("MRPC"),
+      init_checkpoint=base["init_checkpoint"])
+  data_file = os.path.join(truncated_adapter,
+                           "adapter.ckpt.data-00000-of-00001")
+  with open(data_file, "rb") as f:
+    data = f.read()
+  _write(data_file, data[:len(data) // 3], "wb")
+  p["adapter_truncated"] = truncated_adapter
   del np
 
   # Data.
@@ -267,6 +311,13 @@ def _cases(p):
       ("epochs_zero", {"num_train_epochs": 0}, ["--num_train_epochs", "0"], {}),
       ("epochs_negative", {"num_train_epochs": -2},
        ["--num_train_epochs", "-2"], {}),
+      ("epochs_infinite", {"num_train_epochs": "inf"},
+       ["--num_train_epochs", "finite", "inf"], {}),
+      ("learning_rate_nan", {"learning_rate": "nan"},
+       ["--learning_rate", "finite", "nan"], {}),
+      ("seed_negative", {"seed": -1}, ["--seed", "[0, 2147483647]", "-1"], {}),
+      ("seed_too_large", {"seed": 2**40},
+       ["--seed", "[0, 2147483647]", str(2**40)], {}),
       ("max_seq_length_below_3", {"max_seq_length": 2},
        ["--max_seq_length=2", "3"], {}),
       ("batch_size_zero", {"train_batch_size": 0}, ["--train_batch_size", "0"],
@@ -316,6 +367,21 @@ def _cases(p):
        ["--init_checkpoint=" + missing + "/bert_model.ckpt"], {}),
       ("corrupt_checkpoint", {"init_checkpoint": p["ckpt_corrupt"]},
        ["--init_checkpoint=" + p["ckpt_corrupt"], "cannot read checkpoint"],
+       {}),
+      ("checkpoint_data_truncated", {"init_checkpoint": p["ckpt_truncated"]},
+       ["--init_checkpoint=" + p["ckpt_truncated"], "cannot be read from",
+        p["ckpt_truncated"] + ".data-00000-of-00001", "tensor bert/"], {}),
+      ("checkpoint_string_tensor", {"init_checkpoint": p["ckpt_string"]},
+       ["--init_checkpoint=" + p["ckpt_string"],
+        "bert/encoder/layer_0/output/LayerNorm/gamma is string",
+        "expects float32"], {}),
+      ("checkpoint_int32_tensor", {"init_checkpoint": p["ckpt_int32"]},
+       ["--init_checkpoint=" + p["ckpt_int32"],
+        "bert/encoder/layer_0/output/LayerNorm/gamma is int32",
+        "expects float32"], {}),
+      ("adapter_data_truncated",
+       {"adapter_checkpoint": p["adapter_truncated"], "do_eval": True},
+       ["--adapter_checkpoint=" + p["adapter_truncated"], "cannot be read"],
        {}),
       ("checkpoint_of_another_size", {"init_checkpoint": p["ckpt_hidden32"]},
        ["--init_checkpoint=" + p["ckpt_hidden32"], "[%d, 32]" % VOCAB_SIZE,
@@ -381,6 +447,7 @@ def _case_ids():
       "model_dir", "config_malformed", "config_not_utf8", "config_heads",
       "config_dropout", "config_missing_key", "vocab_bigger", "vocab_not_utf8",
       "ckpt_hidden32", "ckpt_corrupt", "ckpt_uncased", "adapter_other_base",
+      "ckpt_truncated", "ckpt_string", "ckpt_int32", "adapter_truncated",
       "data_columns", "data_label", "data_empty_dev", "data_no_test",
       "a_file")}
   fake["base"] = {"data_dir": "/x/data", "bert_config_file": "/x/c.json"}
@@ -393,7 +460,8 @@ CASE_IDS = _case_ids()
 # Caught by the flag checks, before TensorFlow is imported.
 FAST_CASES = frozenset([
     "no_do_flag", "learning_rate_zero", "learning_rate_negative",
-    "epochs_zero", "epochs_negative", "max_seq_length_below_3",
+    "epochs_zero", "epochs_negative", "epochs_infinite", "learning_rate_nan",
+    "seed_negative", "seed_too_large", "max_seq_length_below_3",
     "batch_size_zero", "unparseable_int", "unparseable_float",
     "unparseable_bool", "unknown_flag", "unknown_task", "missing_vocab",
     "vocab_is_a_directory", "missing_config", "missing_data_dir",

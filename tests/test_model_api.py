@@ -443,3 +443,94 @@ def test_parallel_runs_each_adapter_with_its_head():
     np.testing.assert_allclose(both[name].numpy(), alone[name], atol=1e-5)
   predicted = model.predict(features, verbose=0)
   np.testing.assert_allclose(predicted["b"], alone["b"], atol=1e-5)
+
+
+# Toy layers at the other hook points, each equal to an edit of the base.
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+  kind: str = "test_probe"
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(**d)
+
+
+class _Shift(keras.layers.Layer):
+  """projected + c at a projection hook (as a bias of c)."""
+
+  def __init__(self, hidden, **kwargs):
+    super().__init__(**kwargs)
+    self.c = self.add_weight(name="c", shape=(hidden,),
+                             initializer=keras.initializers.Constant(0.25))
+
+  def checkpoint_variables(self):
+    return [("shift/c", self.c)]
+
+  def call(self, x, projected, training=False, policy=None):
+    return projected + self.c
+
+
+class _DoubleKeys(keras.layers.Layer):
+  """Keys times 2 (as query kernel and bias times 2)."""
+
+  def checkpoint_variables(self):
+    return []
+
+  def call(self, k, v, mask_adder, training=False, policy=None):
+    return k * 2.0, v, mask_adder
+
+
+class _Twice(keras.layers.Layer):
+  """x times 2 (as the embeddings' LayerNorm gamma and beta times 2)."""
+
+  def checkpoint_variables(self):
+    return []
+
+  def call(self, x, training=False, policy=None):
+    return x * 2.0
+
+
+def _probe_layers(config, bert_config, where):
+  if where == "embeddings":
+    return {"embedding_output": _Twice(name="embedding_output")}
+  return {"value": _Shift(bert_config.hidden_size, name="value"),
+          "attention_keys_values": _DoubleKeys(name="attention_keys_values")}
+
+
+def test_hook_points_at_projections_keys_values_and_embeddings():
+  registry.register_method("test_probe", ProbeConfig, _probe_layers)
+  try:
+    model = make_two_adapter_model(layers=2)
+    randomize = np.random.default_rng(3)
+    for v in model.weights:
+      v.assign(randomize.normal(0, 0.2, v.shape).astype(np.float32)
+               + (1.0 if v.path.endswith("gamma") else 0.0))
+    model.add_adapter("probe", ProbeConfig())
+    model.add_classification_head("probe", 2)
+    names = list(model.adapter_view("probe").checkpoint_name_map())
+    assert "bert/encoder/layer_1/attention/self/value/shift/c" in names
+    features = modeling.model_inputs(_batches(n=1, seq=9)[0])
+    model.set_active_adapters("probe")
+    seq_hooked, _ = model.encode(features)
+    # The same model without the adapter, its base edited to match.
+    model.set_active_adapters(None)
+    model.active_head = "probe"
+    emb = model.bert.embeddings.layer_norm
+    emb.gamma.assign(emb.gamma * 2.0)
+    emb.beta.assign(emb.beta * 2.0)
+    for block in model.bert.blocks:
+      attention = block.attention
+      attention.value.bias.assign(attention.value.bias + 0.25)
+      attention.query.kernel.assign(attention.query.kernel * 2.0)
+      attention.query.bias.assign(attention.query.bias * 2.0)
+    seq_edited, _ = model.encode(features)
+    np.testing.assert_allclose(seq_hooked.numpy(), seq_edited.numpy(),
+                               atol=2e-5)
+    assert np.max(np.abs(seq_hooked.numpy())) > 0.1
+  finally:
+    registry.METHODS.pop("test_probe", None)

@@ -36,16 +36,16 @@ def _job_flags(base):
   return flags
 
 
-@pytest.fixture(scope="module")
-def kill_resume(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("resume"))
+def _run_kill_resume(tmp_path_factory, signal_name, kill_seed):
+  root = str(tmp_path_factory.mktemp("resume_" + signal_name.lower()))
   # One layer: the same code paths, less tracing per restart.
   base = tiny_fixtures.make_job(root, num_hidden_layers=1)
   flags = _job_flags(base)
   work_dir = os.path.join(root, "kill_resume")
   cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "kill_resume.py"),
          "--work_dir=" + work_dir, "--kills=%d" % KILLS, "--startup_kills=1",
-         "--kill_seed=2024", "--tolerance=1e-6", "--"]
+         "--kill_seed=%d" % kill_seed, "--tolerance=1e-6",
+         "--signal=" + signal_name, "--"]
   cmd += tiny_fixtures.flag_args(flags)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500,
@@ -57,6 +57,57 @@ def kill_resume(tmp_path_factory):
       summary = json.load(f)
   return {"proc": proc, "summary": summary, "work_dir": work_dir,
           "base": base, "root": root, "flags": flags}
+
+
+@pytest.fixture(scope="module")
+def kill_resume(tmp_path_factory):
+  return _run_kill_resume(tmp_path_factory, "KILL", 2024)
+
+
+@pytest.fixture(scope="module")
+def term_resume(tmp_path_factory):
+  return _run_kill_resume(tmp_path_factory, "TERM", 7)
+
+
+def _report(run):
+  proc = run["proc"]
+  logs = ""
+  for name in ("interrupted.log", "uninterrupted.log"):
+    path = os.path.join(run["work_dir"], name)
+    if os.path.exists(path):
+      with open(path) as f:
+        logs += "\n== %s ==\n%s" % (name, f.read()[-3000:])
+  return "exit %s\n%s\n%s%s" % (proc.returncode, proc.stdout,
+                                  proc.stderr[-3000:], logs)
+
+
+def test_sigterm_at_five_moments_resumes_from_each_saved_step(term_resume):
+  # SIGTERM (a preemptible VM, a batch scheduler) at 5 random moments: each
+  # stopped run exits 143; while training it saves at the next step
+  # boundary and names that step, and the rerun resumes from exactly that
+  # step (kill_resume.py checks it); the end equals the uninterrupted run.
+  summary = term_resume["summary"]
+  report = _report(term_resume)
+  assert summary is not None, report
+  events = summary["kill_events"]
+  assert len(events) == KILLS, report
+  assert all(e["exit_code"] in (143, -15) for e in events), events
+  training = [e for e in events if e["kind"] == "training"]
+  assert len(training) >= KILLS - 1, events
+  for event in training:
+    assert event["exit_code"] == 143, events
+    # Saved at the step boundary after the last reported one.
+    assert event["saved_step"] >= event["last_reported_step"], events
+  saved = [e["saved_step"] for e in training]
+  assert saved == sorted(saved) and len(set(saved)) == len(saved), events
+  assert summary["final_run"]["resumed_from"] == saved[-1], summary
+  weights = summary["weights"]
+  total = 64 // 8 * 3
+  assert weights["global_steps"] == [total, total], weights
+  assert weights["only_in_one"] == [], weights
+  assert weights["max_abs_diff"] <= 1e-6, weights
+  assert summary["eval_max_abs_diff"] <= 1e-6, summary["eval_results"]
+  assert summary["equal"] and term_resume["proc"].returncode == 0, report
 
 
 def test_killed_run_ends_with_the_uninterrupted_weights(kill_resume):

@@ -4,7 +4,9 @@ Runs an absl `main` so that a `UserError` (a flag, file, row or checkpoint
 the user got wrong) ends the program with one `error: ...` line on stderr and
 exit status 1, without a traceback; `--verbose`, where the program defines
 it, shows the traceback. Flag parsing errors are UserErrors too. Ctrl-C exits
-with status 130 and one line.
+with status 130 and one line; SIGTERM with status 143 and one line, after a
+checkpoint at the next step boundary when it comes during training
+(`training.preemption`).
 """
 
 import sys
@@ -12,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from training import preemption
 from training.errors import UserError
 
 _VERBOSE_ARGS = ("--verbose", "--verbose=true", "--verbose=True",
@@ -37,6 +40,7 @@ def verbose():
 def run(main):
   """Runs `main(argv)` under absl with one-line user errors."""
   try:
+    preemption.install()
     app.run(main, flags_parser=_parse_flags)
   except UserError as e:
     if verbose():
@@ -46,3 +50,6 @@ def run(main):
   except KeyboardInterrupt:
     sys.stderr.write("interrupted\n")
     sys.exit(130)
+  except preemption.Preempted as e:
+    sys.stderr.write("%s\n" % e)
+    sys.exit(preemption.EXIT_STATUS)

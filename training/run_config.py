@@ -6,6 +6,7 @@ and never reads flags. Validation happens here, before anything is written.
 
 import dataclasses
 import json
+import math
 import os
 
 from training.errors import UserError
@@ -19,6 +20,13 @@ TRAIN_MODES = ("adapters", "full", "head")
 # micro-batches when the activations it keeps for the backward pass would
 # exceed this (see trainer.auto_micro_batch_size).
 ACTIVATION_BUDGET_MIB = 1024
+# Seeds reach numpy, Python and TensorFlow (keras.utils.set_random_seed).
+MAX_SEED = 2**31 - 1
+# The original casts the global step to int32.
+MAX_TRAIN_STEPS = 2**31 - 1
+FLOAT_FLAGS = ("learning_rate", "num_train_epochs", "warmup_proportion",
+               "adapter_init_scale", "weight_decay_rate",
+               "adapter_weight_decay_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +75,21 @@ class RunConfig:
   micro_batch_size: int = 0
   deterministic: bool = False
   tfds_data_dir: str = None
+  # Resume with another learning rate or weight decay than the checkpoints
+  # in output_dir were trained with (logged and recorded).
+  allow_hyperparameter_change: bool = False
 
   def validate(self):
     """Raises UserError naming the flag for any value out of range."""
+    for name in FLOAT_FLAGS:
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not math.isfinite(value)):
+        raise UserError("--%s must be a finite number, got %r" % (name, value))
+    if (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        or not 0 <= self.seed <= MAX_SEED):
+      raise UserError("--seed must be an integer in [0, %d], got %r"
+                      % (MAX_SEED, self.seed))
     if not (self.do_train or self.do_eval or self.do_predict):
       raise UserError("at least one of --do_train, --do_eval or --do_predict "
                       "must be true")
@@ -161,9 +181,22 @@ class RunConfig:
   # agree on them to resume.
   IDENTITY_FIELDS = ("task_name", "max_seq_length", "adapter_size",
                      "train_mode", "do_lower_case")
+  # What fixes the training run's steps, batches and their order: a resumed
+  # run must agree on them to see the batches it would have seen.
+  TRAINING_FIELDS = ("train_batch_size", "num_train_epochs",
+                     "warmup_proportion", "seed", "group_by_length")
+  # Changed on resume only with --allow_hyperparameter_change.
+  HYPERPARAMETER_FIELDS = ("learning_rate", "weight_decay_rate",
+                           "adapter_weight_decay_rate")
 
   def identity(self):
     return {k: getattr(self, k) for k in self.IDENTITY_FIELDS}
+
+  def training_identity(self):
+    return {k: getattr(self, k) for k in self.TRAINING_FIELDS}
+
+  def hyperparameters(self):
+    return {k: getattr(self, k) for k in self.HYPERPARAMETER_FIELDS}
 
 
 def _is_remote(path):

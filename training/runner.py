@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from storage import adapter_io
 import adapters
+from storage import atomic_io
 from storage import checkpoint_io
 from training import distribution
 from data import glue_metrics
@@ -102,9 +103,16 @@ def check_output_dir(cfg, identity):
   Writes nothing (a probe file is created and removed at once): the
   directory is created by `create_output_dir` once every input is checked.
 
+  Returns:
+    The run_config.json record of the run that wrote its checkpoints, or
+    None.
+
   Raises:
-    UserError: if it cannot be created or written, or holds checkpoints of
-      another configuration (task, model, adapter size, ...).
+    UserError: if it cannot be created or written, is in use by another run
+      (its lock file), or holds checkpoints of another configuration (task,
+      model, adapter size, ...), or of another training run (batch size,
+      epochs, warmup, seed, data order; learning rate and weight decay
+      unless --allow_hyperparameter_change).
   """
   out = cfg.output_dir
   if not _is_remote(out):
@@ -123,10 +131,17 @@ def check_output_dir(cfg, identity):
       raise UserError("--output_dir=%s cannot be written: %s"
                       % (out, e.strerror or e)) from None
   if not tf.io.gfile.isdir(out):
-    return
+    return None
+  if not _is_remote(out):
+    holder = atomic_io.read_lock(out)
+    if holder is not None and not atomic_io.lock_is_stale(holder):
+      raise UserError("--output_dir=%s is in use by %s; one run at a time per "
+                      "output directory (lock file %s)"
+                      % (out, atomic_io.describe_holder(holder),
+                         os.path.join(out, atomic_io.LOCK_FILE)))
   latest = tf.train.latest_checkpoint(out)
   if latest is None:
-    return
+    return None
   previous_path = os.path.join(out, RUN_CONFIG_FILE)
   if not tf.io.gfile.exists(previous_path):
     raise UserError(
@@ -148,6 +163,31 @@ def check_output_dir(cfg, identity):
         "--output_dir=%s holds checkpoints (%s) of a different configuration "
         "(%s); use a new --output_dir" % (out, os.path.basename(latest),
                                           "; ".join(differences)))
+  if not cfg.do_train:
+    return previous
+  where = "--output_dir=%s holds checkpoints (%s)" % (
+      out, os.path.basename(latest))
+  # Older run_config.json files lack these records: nothing to compare.
+  training_flags = previous.get("training")
+  if isinstance(training_flags, dict):
+    differences = _differences(training_flags, cfg.training_identity())
+    if differences:
+      raise UserError(
+          "%s trained with other flags (%s): a resumed run must take the "
+          "steps and batches it would have taken; rerun with the same flags "
+          "or use a new --output_dir" % (where, "; ".join(differences)))
+  hyperparameters = previous.get("hyperparameters")
+  if isinstance(hyperparameters, dict):
+    differences = _differences(hyperparameters, cfg.hyperparameters())
+    if differences and not cfg.allow_hyperparameter_change:
+      raise UserError(
+          "%s trained with %s; pass --allow_hyperparameter_change=true to "
+          "continue with the new values, or use a new --output_dir"
+          % (where, "; ".join(differences)))
+    if differences:
+      logging.warning("Resuming %s with changed hyperparameters: %s", out,
+                      "; ".join(differences))
+  return previous
 
 
 def _differences(recorded, mine, where=""):
@@ -203,15 +243,37 @@ def init_checkpoint_fingerprint(path):
                     % (path, path, getattr(e, "message", None) or e)) from None
 
 
-def write_run_files(cfg, bert_config, adapter_config, identity):
-  """The configs used, for the record and for resume checks."""
+def write_run_files(cfg, bert_config, adapter_config, identity,
+                    previous=None, step=0):
+  """The configs used, for the record and for resume checks.
+
+  run_config.json keeps the training flags and hyperparameters of the run
+  that trained (an evaluation-only rerun keeps the recorded ones), and lists
+  every hyperparameter change a resume made, with its step.
+  """
   out = cfg.output_dir
+  previous = previous or {}
   atomic_write_text(os.path.join(out, "bert_config.json"),
                     bert_config.to_json_string())
   atomic_write_text(os.path.join(out, "adapter_config.json"),
                     adapter_config.to_json_string())
+  changes = list(previous.get("hyperparameter_changes") or [])
+  training_flags = previous.get("training")
+  hyperparameters = previous.get("hyperparameters")
+  if cfg.do_train:
+    if isinstance(hyperparameters, dict):
+      differences = _differences(hyperparameters, cfg.hyperparameters())
+      if differences:
+        changes.append({"step": int(step), "changes": differences})
+    training_flags = cfg.training_identity()
+    hyperparameters = cfg.hyperparameters()
   record = {"flags": json.loads(cfg.to_json_string()),
             "identity": identity}
+  if training_flags is not None:
+    record["training"] = training_flags
+    record["hyperparameters"] = hyperparameters
+  if changes:
+    record["hyperparameter_changes"] = changes
   atomic_write_text(os.path.join(out, RUN_CONFIG_FILE),
                     json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -237,7 +299,7 @@ def run(cfg):
   adapter_config = resolve_adapter_config(cfg)
   cfg = dataclasses.replace(cfg, adapter_size=adapter_config.size)
   identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
-  check_output_dir(cfg, identity)
+  previous = check_output_dir(cfg, identity)
 
   strategy = distribution.resolve_strategy(
       cfg.distribution, use_tpu=cfg.use_tpu, tpu_name=cfg.tpu_name,
@@ -269,6 +331,12 @@ def run(cfg):
     num_train_examples = data.num_examples("train")
     num_train_steps = int(num_train_examples / cfg.train_batch_size
                           * cfg.num_train_epochs)
+    if num_train_steps > run_config.MAX_TRAIN_STEPS:
+      raise UserError("--num_train_epochs=%g with %d training examples and "
+                      "--train_batch_size=%d gives %d steps, more than %d"
+                      % (cfg.num_train_epochs, num_train_examples,
+                         cfg.train_batch_size, num_train_steps,
+                         run_config.MAX_TRAIN_STEPS))
     if num_train_steps < 1:
       raise UserError("--num_train_epochs=%g with %d training examples and "
                       "--train_batch_size=%d gives no training step"
@@ -304,50 +372,58 @@ def run(cfg):
     trainer.restore_latest()
 
   create_output_dir(cfg)
-  n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
-  n_total = sum(int(np.prod(v.shape))
-                for v in checkpoint_io.checkpoint_name_map(model).values())
-  logging.info("Training %s of %s parameters (%.2f%%), mode %s",
-               f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
-               cfg.train_mode)
-  write_run_files(cfg, bert_config, adapter_config, identity)
-  results = {}
+  # One run at a time: nothing is written into output_dir without its lock.
+  lock = (None if _is_remote(cfg.output_dir)
+          else atomic_io.DirectoryLock(cfg.output_dir).acquire())
+  try:
+    n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
+    n_total = sum(int(np.prod(v.shape))
+                  for v in checkpoint_io.checkpoint_name_map(model).values())
+    logging.info("Training %s of %s parameters (%.2f%%), mode %s",
+                 f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
+                 cfg.train_mode)
+    write_run_files(cfg, bert_config, adapter_config, identity, previous,
+                    step=int(trainer.global_step.numpy()))
+    results = {}
 
-  if cfg.do_train:
-    writer = tf.summary.create_file_writer(cfg.output_dir)
-    logging.info("***** Running training: %d examples, batch %d, %d steps "
-                 "*****", data.num_examples("train"), cfg.train_batch_size,
-                 num_train_steps)
+    if cfg.do_train:
+      writer = tf.summary.create_file_writer(cfg.output_dir)
+      logging.info("***** Running training: %d examples, batch %d, %d steps "
+                   "*****", data.num_examples("train"), cfg.train_batch_size,
+                   num_train_steps)
 
-    def make_dataset(start_step):
-      return data.train_dataset(
-          batch_size=cfg.train_batch_size, seed=cfg.seed,
-          start_step=start_step, bucket=_bucket(cfg, strategy),
-          group_batches=(run_config.GROUP_WINDOW_BATCHES
-                         if cfg.group_by_length else None))
+      def make_dataset(start_step):
+        return data.train_dataset(
+            batch_size=cfg.train_batch_size, seed=cfg.seed,
+            start_step=start_step, bucket=_bucket(cfg, strategy),
+            group_batches=(run_config.GROUP_WINDOW_BATCHES
+                           if cfg.group_by_length else None))
 
-    t0 = time.time()
-    train_result = trainer.train(
-        make_dataset, num_train_steps,
-        iterations_per_loop=cfg.iterations_per_loop,
-        save_checkpoints_steps=cfg.save_checkpoints_steps,
-        log_steps=cfg.log_steps, summary_writer=writer)
-    train_result["train_seconds"] = time.time() - t0
-    results["train"] = train_result
-    # Only the trained variables, on their own; nothing in full mode.
-    adapter_io.save_adapter(model, trainable,
-                            os.path.join(cfg.output_dir, "adapter"),
-                            adapter_config=adapter_config, run_config=cfg,
-                            bert_config=bert_config, processor=processor,
-                            init_checkpoint=cfg.init_checkpoint,
-                            adapter_name=processor.name.lower())
+      t0 = time.time()
+      train_result = trainer.train(
+          make_dataset, num_train_steps,
+          iterations_per_loop=cfg.iterations_per_loop,
+          save_checkpoints_steps=cfg.save_checkpoints_steps,
+          log_steps=cfg.log_steps, summary_writer=writer)
+      train_result["train_seconds"] = time.time() - t0
+      results["train"] = train_result
+      # Only the trained variables, on their own; nothing in full mode.
+      adapter_io.save_adapter(model, trainable,
+                              os.path.join(cfg.output_dir, "adapter"),
+                              adapter_config=adapter_config, run_config=cfg,
+                              bert_config=bert_config, processor=processor,
+                              init_checkpoint=cfg.init_checkpoint,
+                              adapter_name=processor.name.lower())
 
-  if cfg.do_eval:
-    results["eval"] = evaluate(cfg, data, trainer, processor)
+    if cfg.do_eval:
+      results["eval"] = evaluate(cfg, data, trainer, processor)
 
-  if cfg.do_predict:
-    predict(cfg, data, trainer, processor)
-  return results
+    if cfg.do_predict:
+      predict(cfg, data, trainer, processor)
+    return results
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def _micro_batch_size(cfg, bert_config, strategy):

@@ -19,6 +19,7 @@ import tensorflow as tf
 import modeling
 from storage import checkpoint_io
 from compute import kernels
+from training import preemption
 from training import run_config
 from training import summaries
 from training.errors import UserError
@@ -296,11 +297,17 @@ class Trainer:
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
     strategy = self.strategy
 
+    # Set (from another thread) when SIGTERM arrives: the loop stops before
+    # its next step.
+    self._stop = tf.Variable(False, trainable=False, name="stop_requested")
+
     @tf.function
     def train_loop(iterator, num_steps):
       losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
       learning_rate = tf.constant(0.0)
       for i in tf.range(num_steps):
+        if self._stop.read_value():
+          break
         loss, learning_rate = strategy.run(self._replica_step,
                                            args=(next(iterator),))
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
@@ -341,11 +348,29 @@ class Trainer:
       return {"loss": float("nan"), "global_step": start}
     dataset = self.strategy.experimental_distribute_dataset(make_dataset(start))
     iterator = iter(dataset)
+    watch = preemption.current()
+    if watch is not None:
+      watch.add_flag(self._stop)
+      watch.training = True
+    try:
+      return self._train_steps(iterator, start, num_train_steps,
+                               iterations_per_loop, save_checkpoints_steps,
+                               log_steps, summary_writer, on_progress)
+    finally:
+      if watch is not None:
+        watch.training = False
+        watch.remove_flag(self._stop)
+
+  def _train_steps(self, iterator, start, num_train_steps, iterations_per_loop,
+                   save_checkpoints_steps, log_steps, summary_writer,
+                   on_progress):
+    """The host loop of `train`; stops early on SIGTERM (see preemption)."""
     is_tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
     step = start
+    saved = None
     last_loss = float("nan")
     t_start = time.time()
-    while step < num_train_steps:
+    while step < num_train_steps and not bool(self._stop.numpy()):
       n = min(iterations_per_loop, num_train_steps - step,
               save_checkpoints_steps - step % save_checkpoints_steps)
       if log_steps and not is_tpu:
@@ -362,6 +387,9 @@ class Trainer:
             "%.3g); the last good checkpoint %s is kept"
             % (losses[bad[0]], bad_step, float(learning_rate),
                tf.train.latest_checkpoint(self.output_dir) or "(none yet)"))
+      n = len(losses)  # Fewer than asked when SIGTERM stopped the loop.
+      if not n:
+        break
       step += n
       last_loss = float(np.mean(losses))
       examples_per_sec = n * self.global_batch_size / max(elapsed, 1e-9)
@@ -380,7 +408,15 @@ class Trainer:
       if on_progress is not None:
         on_progress(info)
       if step % save_checkpoints_steps == 0 or step == num_train_steps:
-        self.save()
+        saved = self.save()
+    if bool(self._stop.numpy()):
+      if saved is None or not saved.endswith("-%d" % step):
+        saved = self.save() if step > start else (
+            tf.train.latest_checkpoint(self.output_dir))
+      raise preemption.Preempted(
+          "terminated (SIGTERM) at step %d of %d; checkpoint %s; rerun the "
+          "same command to resume" % (step, num_train_steps,
+                                      saved or "(none yet)"))
     return {"loss": last_loss, "global_step": step}
 
   # ----------------------------------------------------------- checkpoints
@@ -440,29 +476,59 @@ class Trainer:
     return prefix
 
   def restore_latest(self):
-    """Resumes from the latest checkpoint in output_dir, if there is one.
+    """Resumes from the newest checkpoint in output_dir that can be read.
+
+    A checkpoint that cannot be read (a truncated or damaged file, a tensor
+    of another type) is reported and the next older one is tried; nothing
+    is assigned from a checkpoint until all of it was read.
 
     Returns:
-      The restored prefix, or None.
+      The restored prefix, or None when output_dir holds no checkpoint.
+
+    Raises:
+      UserError: when there are checkpoints but none can be read.
     """
-    prefix = tf.train.latest_checkpoint(self.output_dir)
-    if prefix is None:
+    candidates = checkpoint_candidates(self.output_dir)
+    if not candidates:
       return None
-    checkpoint_io.load_checkpoint(self.model, prefix, flag_name="output_dir",
-                                  require_base=True)
-    reader = tf.train.load_checkpoint(prefix)
+    failures = []
+    for prefix in candidates:
+      try:
+        values = self._read_checkpoint(prefix)
+      except UserError as e:
+        logging.warning("Cannot resume from %s: %s", prefix, e)
+        failures.append("%s (%s)" % (os.path.basename(prefix), e))
+        continue
+      for variable, value in values:
+        variable.assign(value)
+      if failures:
+        logging.warning("Resuming from %s, the newest checkpoint that can be "
+                        "read", prefix)
+      logging.info("Resumed from %s at step %d", prefix,
+                   int(self.global_step.numpy()))
+      return prefix
+    raise UserError("--output_dir=%s: none of its %d checkpoint(s) can be "
+                    "read: %s" % (self.output_dir, len(candidates),
+                                  "; ".join(failures)))
+
+  def _read_checkpoint(self, prefix):
+    """[(variable, value)] of everything a resume restores from `prefix`."""
+    _, model_values, _ = checkpoint_io.read_values(
+        self.model, prefix, flag_name="output_dir", require_base=True)
+    values = [(variable, value) for _, variable, value in model_values]
+    _, reader = checkpoint_io.read_checkpoint(prefix, "output_dir")
     available = reader.get_variable_to_shape_map()
+    model_names = checkpoint_io.checkpoint_name_map(self.model)
     for name, variable in self.checkpoint_tensors().items():
-      if name in checkpoint_io.checkpoint_name_map(self.model):
+      if name in model_names:
         continue
       if name not in available:
         raise UserError("--output_dir=%s: checkpoint %s lacks %s; it was not "
                         "written by this configuration" % (
                             self.output_dir, prefix, name))
-      variable.assign(reader.get_tensor(name))
-    logging.info("Resumed from %s at step %d", prefix,
-                 int(self.global_step.numpy()))
-    return prefix
+      values.append((variable, checkpoint_io.read_tensor(
+          reader, prefix, name, variable.dtype, "output_dir")))
+    return values
 
   # ------------------------------------------------------ eval and predict
 
@@ -513,6 +579,37 @@ class Trainer:
           continue
         outputs[key].append(_gather(self.strategy, value))
     return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def checkpoint_candidates(output_dir):
+  """The training checkpoints in output_dir, newest first.
+
+  Those the `checkpoint` state file names, then any other
+  `model.ckpt-<step>.index` beside them (a state file that lost track).
+  """
+  prefixes = []
+  try:
+    latest = tf.train.latest_checkpoint(output_dir)
+    state = tf.train.get_checkpoint_state(output_dir)
+  except Exception:  # pylint: disable=broad-except
+    # A damaged state file: the checkpoint files themselves still count.
+    latest, state = None, None
+  named = list(state.all_model_checkpoint_paths) if state else []
+  named = [p if os.path.isabs(p) or "://" in p else os.path.join(output_dir, p)
+           for p in named]
+  for path in tf.io.gfile.glob(os.path.join(output_dir, "model.ckpt-*.index")):
+    named.append(path[:-len(".index")])
+  if latest:
+    named.append(latest)
+
+  def step(prefix):
+    tail = prefix.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+  for prefix in sorted(set(named), key=step, reverse=True):
+    if tf.io.gfile.exists(prefix + ".index"):
+      prefixes.append(prefix)
+  return prefixes
 
 
 def _add_gradients(a, b):
