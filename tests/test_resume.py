@@ -112,14 +112,7 @@ def test_sigterm_at_five_moments_resumes_from_each_saved_step(term_resume):
 
 def test_killed_run_ends_with_the_uninterrupted_weights(kill_resume):
   proc, summary = kill_resume["proc"], kill_resume["summary"]
-  logs = ""
-  for name in ("interrupted.log", "uninterrupted.log"):
-    path = os.path.join(kill_resume["work_dir"], name)
-    if os.path.exists(path):
-      with open(path) as f:
-        logs += "\n== %s ==\n%s" % (name, f.read()[-3000:])
-  report = "exit %s\n%s\n%s%s" % (proc.returncode, proc.stdout,
-                                  proc.stderr[-3000:], logs)
+  report = _report(kill_resume)
   assert summary is not None, report
   events = summary["kill_events"]
   # Five SIGKILLs, each of a process that was still running.
