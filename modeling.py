@@ -370,7 +370,12 @@ class AdapterHook(keras.layers.Layer):
   def call(self, *args, setup=None, training=False, policy=None):
     setup = setup or NO_ADAPTERS
     if not self.is_active(setup):
-      return args[0] if len(args) == 1 else args
+      # The identity: x; a projection's output; (k, v, mask_adder).
+      if self.point in registry.RESIDUAL_HOOKS:
+        return args[0]
+      if self.point in registry.PROJECTION_HOOKS:
+        return args[1]
+      return args
     if self.point in registry.RESIDUAL_HOOKS:
       return self._residual(args[0], setup, training, policy)
     if self.point in registry.PROJECTION_HOOKS:
