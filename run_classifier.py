@@ -113,7 +113,10 @@ flags.DEFINE_string("adapter_checkpoint", None,
 flags.DEFINE_integer("seed", 12345,
                      "Seed of initialisation, data order and dropout.")
 flags.DEFINE_enum("mixed_precision", "none", list(run_config.MIXED_PRECISION),
-                  "Compute dtype; LayerNorm, softmax and loss stay float32.")
+                  "Compute dtype of the matrix products; LayerNorm, softmax "
+                  "and loss stay float32. auto: bfloat16 where the hardware "
+                  "has it natively (CPU with AVX512_BF16 or AMX, TPU, GPU "
+                  "of compute capability >= 8.0), else none (float32).")
 flags.DEFINE_bool("jit_compile", True, "Compile the train/eval steps with XLA.")
 flags.DEFINE_enum("distribution", "auto", list(run_config.DISTRIBUTIONS),
                   "tf.distribute strategy: auto picks tpu with --use_tpu, "

@@ -9,9 +9,10 @@ import json
 import math
 import os
 
+from compute import precision
 from training.errors import UserError
 
-MIXED_PRECISION = ("none", "bfloat16", "float16")
+MIXED_PRECISION = precision.SETTINGS
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # --group_by_length: training batches are formed within windows of this many.
 GROUP_WINDOW_BATCHES = 32

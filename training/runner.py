@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from compute import precision
 from storage import adapter_io
 import adapters
 from storage import atomic_io
@@ -278,12 +279,6 @@ def write_run_files(cfg, bert_config, adapter_config, identity,
                     json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def set_precision(mixed_precision):
-  policy = {"none": "float32", "bfloat16": "mixed_bfloat16",
-            "float16": "mixed_float16"}[mixed_precision]
-  keras.mixed_precision.set_dtype_policy(policy)
-
-
 def run(cfg):
   """Runs the job described by a validated RunConfig.
 
@@ -313,7 +308,12 @@ def run(cfg):
   keras.utils.set_random_seed(cfg.seed)
   if cfg.deterministic:
     tf.config.experimental.enable_op_determinism()
-  set_precision(cfg.mixed_precision)
+  resolved, why = precision.resolve(cfg.mixed_precision, strategy)
+  if cfg.mixed_precision == "auto":
+    logging.info("--mixed_precision=auto: %s (%s)",
+                 "float32" if resolved == "none" else resolved, why)
+  cfg = dataclasses.replace(cfg, mixed_precision=resolved)
+  precision.set_policy(resolved)
 
   label_list = processor.get_labels()
   is_regression = processor.is_regression
