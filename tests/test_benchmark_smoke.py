@@ -140,3 +140,54 @@ def test_ratio_interleaves_the_two_modes(benchmark, tiny):
       "command": "c", "machine": benchmark.machine(),
       "load_start": (0.0,) * 3, "load_end": (0.0,) * 3, "ratio": [result]})
   assert "steps interleaved in one process (2 pairs)" in text
+
+
+def _load_script(name):
+  spec = importlib.util.spec_from_file_location(
+      name + "_script", os.path.join(REPO_ROOT, "scripts", name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_versus_adapterhub_says_what_it_skipped(tiny, capsys):
+  # No AdapterHub environment: this toolkit's side runs (steps and a tiny
+  # MRPC epoch), the report says AdapterHub was skipped and why.
+  script = _load_script("benchmark_vs_adapterhub")
+  glue_dir = os.path.join(tiny["tmp"], "glue")
+  tiny_fixtures.write_mrpc(os.path.join(glue_dir, "MRPC"), num_train=16)
+  out = os.path.join(tiny["tmp"], "out")
+  assert script.main([
+      "--adapterhub_python=" + os.path.join(tiny["tmp"], "no-such-python"),
+      "--configs=" + tiny["config_file"], "--epoch_configs=" + tiny["config_file"],
+      "--rounds=1", "--steps=2", "--batch_size=4", "--max_seq_length=16",
+      "--glue_dir=" + glue_dir, "--vocab_file=" + tiny["vocab_file"],
+      "--output_dir=" + out]) == 0
+  with open(os.path.join(out, "benchmark_vs_adapterhub.json")) as f:
+    result = json.load(f)
+  assert "no-such-python does not exist" in result["adapterhub_skipped"]
+  (steps,) = result["steps"].values()
+  assert len(steps["rounds"][0]["ours"]["train_times_s"]) == 2
+  assert "train_speedup" not in steps and "adapterhub" not in steps
+  (epoch,) = result["epochs"].values()
+  assert epoch["ours"]["epoch_steps"] == 4 and "adapterhub" not in epoch
+  text = open(os.path.join(out, "benchmark_vs_adapterhub.md")).read()
+  assert "skipped (" in text and "| n/a |" in text
+  assert "AdapterHub side skipped" in capsys.readouterr().err
+
+
+def test_versus_adapterhub_ratios_are_adapterhub_over_ours():
+  script = _load_script("benchmark_vs_adapterhub")
+  rows = [{"ours": {"train_step_s": 1.0, "eval_step_s": 0.2,
+                    "train_peak_rss_bytes": 100},
+           "adapterhub": {"train_step_s": 3.0, "eval_step_s": 0.5,
+                          "train_peak_rss_bytes": 400}},
+          {"ours": {"train_step_s": 2.0, "eval_step_s": 0.4,
+                    "train_peak_rss_bytes": 300},
+           "adapterhub": {"train_step_s": 4.0, "eval_step_s": 0.7,
+                          "train_peak_rss_bytes": 400}}]
+  got = script.summarize(rows)
+  # Medians over rounds first (ours 1.5 s, AdapterHub 3.5 s), then ratios.
+  assert got["train_speedup"] == pytest.approx(3.5 / 1.5)
+  assert got["eval_speedup"] == pytest.approx(0.6 / 0.3)
+  assert got["memory_ratio"] == pytest.approx(200 / 400)
