@@ -367,7 +367,14 @@ class AdapterHook(keras.layers.Layer):
     return [self.layers_by_adapter[n] for n in branch.adapters
             if n in self.layers_by_adapter]
 
-  def call(self, *args, setup=None, training=False, policy=None):
+  def call(self, *args, setup=None, training=False, policy=None,
+           residual=None, norms=None):
+    """Applies the active adapters' layers here.
+
+    Residual hook points also take the block's `residual` (the sub-layer's
+    input, [rows, H]) and `norms` (its LayerNorms: the base's and each
+    adapter's copy), which layers with `uses_block_residual` read.
+    """
     setup = setup or NO_ADAPTERS
     if not self.is_active(setup):
       # The identity: x; a projection's output; (k, v, mask_adder).
@@ -377,7 +384,7 @@ class AdapterHook(keras.layers.Layer):
         return args[1]
       return args
     if self.point in registry.RESIDUAL_HOOKS:
-      return self._residual(args[0], setup, training, policy)
+      return self._residual(args[0], setup, training, policy, residual, norms)
     if self.point in registry.PROJECTION_HOOKS:
       return self._projection(args[0], args[1], setup, training, policy)
     # attention_keys_values: (k, v, mask_adder).
@@ -388,11 +395,23 @@ class AdapterHook(keras.layers.Layer):
       args = layer(*args, training=training, policy=policy)
     return args
 
-  def _residual(self, x, setup, training, policy):
-    if not setup.parallel:
-      for layer in self._branch_layers(setup.branches[0]):
+  def _apply(self, layers, x, branch, residual, norms, training, policy):
+    for layer in layers:
+      if getattr(layer, "uses_block_residual", False):
+        if residual is None or norms is None:
+          raise ValueError("%s: adapter layer %s needs the block's residual "
+                           "and LayerNorm" % (self.point, layer.name))
+        x = layer(x, residual=residual, layer_norm=norms.of(
+            branch.layer_norms), training=training, policy=policy)
+      else:
         x = layer(x, training=training, policy=policy)
-      return x
+    return x
+
+  def _residual(self, x, setup, training, policy, residual=None, norms=None):
+    if not setup.parallel:
+      branch = setup.branches[0]
+      return self._apply(self._branch_layers(branch), x, branch, residual,
+                         norms, training, policy)
     n = len(setup.branches)
     hidden = tf.shape(x)[-1]
     parts = tf.reshape(x, [n, -1, hidden])  # [n, rows, H]
@@ -403,11 +422,13 @@ class AdapterHook(keras.layers.Layer):
       out = type(per_branch[0][0]).call_batched([l[0] for l in per_branch],
                                                 parts)
     else:
+      residuals = ([None] * n if residual is None else
+                   tf.unstack(tf.reshape(residual, [n, -1, hidden]), n))
       outs = []
-      for layers, part in zip(per_branch, tf.unstack(parts, n)):
-        for layer in layers:
-          part = layer(part, training=training, policy=policy)
-        outs.append(part)
+      for branch, layers, part, res in zip(setup.branches, per_branch,
+                                           tf.unstack(parts, n), residuals):
+        outs.append(self._apply(layers, part, branch, res, norms, training,
+                                policy))
       out = tf.stack(outs)
     return tf.reshape(out, [-1, hidden])
 
@@ -755,7 +776,8 @@ class TransformerBlock(keras.layers.Layer):
     self.intermediate_act = get_activation(c.hidden_act)
     # "gelu" (the tanh form) gets the fast kernels.
     self._fast_gelu = str(c.hidden_act).lower() == "gelu"
-    _add_hooks(self, ("attention_output", "ffn_output"))
+    _add_hooks(self, ("attention_output", "intermediate_projection",
+                      "output_projection", "ffn_output"))
     # Each adapter's LayerNorm copies, by adapter name.
     self.attention_layer_norms = {}
     self.output_layer_norms = {}
@@ -798,7 +820,8 @@ class TransformerBlock(keras.layers.Layer):
       self.attention_layer_norms.pop(name, None)
       self.output_layer_norms.pop(name, None)
       for hook in (list(self.attention.hooks.values())
-                   + [self.attention_output, self.ffn_output]):
+                   + [self.attention_output, self.intermediate_projection,
+                      self.output_projection, self.ffn_output]):
         hook.remove(name)
 
   def checkpoint_variables(self, branch):
@@ -814,16 +837,22 @@ class TransformerBlock(keras.layers.Layer):
     items += self._attention_norms.of(owner).checkpoint_variables(
         "attention/output/LayerNorm", ln_tag)
     items += _dense_variables("intermediate/dense", self.intermediate_dense)
+    items += self.intermediate_projection.checkpoint_variables(
+        registry.HOOK_SCOPES["intermediate_projection"], branch.adapters)
     items += _dense_variables("output/dense", self.output_dense)
+    items += self.output_projection.checkpoint_variables(
+        registry.HOOK_SCOPES["output_projection"], branch.adapters)
     items += self.ffn_output.checkpoint_variables(
         registry.HOOK_SCOPES["ffn_output"], branch.adapters)
     items += self._output_norms.of(owner).checkpoint_variables(
         "output/LayerNorm", ln_tag)
     return items
 
-  def intermediate(self, x, training=False, policy=None):
+  def intermediate(self, x, setup=None, training=False, policy=None):
     """The intermediate dense layer and its activation: [rows, H] -> [rows, I]."""
     intermediate = _dense(self.intermediate_dense, x)
+    intermediate = self.intermediate_projection(
+        x, intermediate, setup=setup, training=training, policy=policy)
     if self._fast_gelu:
       return kernels.policy_or_default(policy).gelu(intermediate, training)
     return self.intermediate_act(intermediate)
@@ -857,16 +886,19 @@ class TransformerBlock(keras.layers.Layer):
     attention = policy.token_dropout(attention, c.hidden_dropout_prob,
                                      training, kernels.fold_seed(seed, 1),
                                      batch, rows)
-    attention = self.attention_output(attention, **hooks)
+    attention = self.attention_output(attention, residual=residual,
+                                      norms=self._attention_norms, **hooks)
     attention = _apply_layer_norm(self._attention_norms, attention, residual,
                                   setup, training, policy, self.compute_dtype)
 
-    intermediate = self.intermediate(attention, training=training,
-                                     policy=policy)
+    intermediate = self.intermediate(attention, setup=setup,
+                                     training=training, policy=policy)
     output = _dense(self.output_dense, intermediate)
+    output = self.output_projection(intermediate, output, **hooks)
     output = policy.token_dropout(output, c.hidden_dropout_prob, training,
                                   kernels.fold_seed(seed, 2), batch, rows)
-    output = self.ffn_output(output, **hooks)
+    output = self.ffn_output(output, residual=attention,
+                             norms=self._output_norms, **hooks)
     return _apply_layer_norm(self._output_norms, output, attention, setup,
                              training, policy, self.compute_dtype)
 
@@ -1094,17 +1126,23 @@ class ModelView:
   def trainable_names(self, train_mode):
     """Checkpoint names trained in `train_mode`, chosen by the tags.
 
-    adapters: the branch's adapters, the LayerNorms it uses (its adapter's
-    copies, or the base's when none trains them) and its head; full:
-    everything in the view (original BERT fine-tuning); head: the head.
+    adapters: the branch's adapters, the LayerNorm copies of an adapter
+    whose method trains them (adapter-bert) and its head; with no adapter at
+    all (adapter size 0), the base's LayerNorms and the head, as the
+    reference; methods that train no LayerNorm (AdapterHub's) leave them
+    frozen. full: everything in the view (original BERT fine-tuning); head:
+    the head.
     """
     if train_mode not in TRAIN_MODES:
       raise UserError("unknown train_mode %r; expected one of %s"
                       % (train_mode, ", ".join(TRAIN_MODES)))
     names = []
+    no_adapters = not self.branch.adapters
     for name, (_, tag) in self.checkpoint_variables().items():
-      if (train_mode == "full" or tag.kind == "head"
-          or (train_mode == "adapters" and tag.kind != "base")):
+      if train_mode == "full" or tag.kind == "head":
+        names.append(name)
+      elif train_mode == "adapters" and tag.kind != "base" and (
+          tag.kind != "layer_norm" or tag.owner is not None or no_adapters):
         names.append(name)
     return names
 
@@ -1311,10 +1349,90 @@ class BertAdapterModel(keras.Model):
       UserError: for an unknown name.
     """
     self._check_adapter(name)
+    self.reset_adapter(name)
     self.bert.delete_adapter(name)
     del self.adapter_configs[name]
     if self._active is not None and name in self._active.flatten():
       self._active = None
+
+  def _mergeable_layers(self, name):
+    """[(LoRA/(IA)^3 layer, base Dense)] of adapter `name`."""
+    pairs = []
+    for block in self.bert.blocks:
+      dense = {"query": block.attention.query, "key": block.attention.key,
+               "value": block.attention.value,
+               "intermediate_projection": block.intermediate_dense,
+               "output_projection": block.output_dense}
+      hooks = dict(block.attention.hooks,
+                   intermediate_projection=block.intermediate_projection,
+                   output_projection=block.output_projection)
+      for point, base in dense.items():
+        layer = hooks[point].layers_by_adapter.get(name)
+        if layer is not None:
+          pairs.append((layer, base))
+    return pairs
+
+  @property
+  def merged_adapters(self):
+    """Names of the adapters folded into the base weights."""
+    return [n for n in self.adapter_configs
+            if any(l.merged for l, _ in self._mergeable_layers(n))]
+
+  def merge_adapter(self, name):
+    """Folds LoRA or (IA)^3 adapter `name` into the frozen projections.
+
+    Afterwards the model computes what it computed with `name` active, at
+    the cost of the plain model, whatever the active setup: the base
+    weights themselves changed (one merged adapter at a time, as in
+    AdapterHub). `reset_adapter(name)` undoes it.
+
+    Raises:
+      UserError: for an unknown adapter, a method that cannot be merged, or
+        another adapter merged already.
+    """
+    self._check_adapter(name)
+    pairs = self._mergeable_layers(name)
+    kind = self.adapter_configs[name].kind
+    if not pairs or kind not in ("lora", "ia3"):
+      raise UserError("adapter %r (%s) cannot be merged: only lora and ia3 "
+                      "adapters fold into the base weights" % (name, kind))
+    others = [n for n in self.merged_adapters if n != name]
+    if others:
+      raise UserError("adapter %r is merged already; reset_adapter(%r) "
+                      "before merging %r" % (others[0], others[0], name))
+    if all(layer.merged for layer, _ in pairs):
+      return
+    for layer, dense in pairs:
+      mode, delta = layer.delta()
+      if mode == "add":
+        dense.kernel.assign(dense.kernel + tf.cast(delta, dense.kernel.dtype))
+      else:
+        dense.kernel.assign(dense.kernel * tf.cast(delta, dense.kernel.dtype))
+        dense.bias.assign(dense.bias * tf.cast(delta, dense.bias.dtype))
+      layer.merged = True
+    self._forget_traced_steps()
+
+  def reset_adapter(self, name=None):
+    """Takes merged adapter `name` (None: whichever is merged) out of the
+    base weights again.
+
+    Raises:
+      UserError: for an unknown adapter.
+    """
+    names = [name] if name is not None else self.merged_adapters
+    for n in names:
+      self._check_adapter(n)
+      for layer, dense in self._mergeable_layers(n):
+        if not layer.merged:
+          continue
+        mode, delta = layer.delta()
+        if mode == "add":
+          dense.kernel.assign(dense.kernel - tf.cast(delta, dense.kernel.dtype))
+        else:
+          dense.kernel.assign(dense.kernel / tf.cast(delta, dense.kernel.dtype))
+          dense.bias.assign(dense.bias / tf.cast(delta, dense.bias.dtype))
+        layer.merged = False
+    self._forget_traced_steps()
 
   def _check_adapter(self, name):
     if name not in self.adapter_configs:
@@ -1338,6 +1456,12 @@ class BertAdapterModel(keras.Model):
         self._check_adapter(name)
     self._active = block
     self.active_setup()  # Checks the composition and its heads.
+    self._forget_traced_steps()
+
+  def _forget_traced_steps(self):
+    """Keras retraces fit/evaluate/predict on their next call: what they
+    traced read the active setup and merged adapters as they were."""
+    self.train_function = self.test_function = self.predict_function = None
 
   @property
   def active_adapters(self):
@@ -1644,6 +1768,10 @@ class BertAdapterModel(keras.Model):
       UserError: for an unknown adapter.
     """
     from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    if self.merged_adapters:
+      raise UserError("adapter %r is merged into the base weights; "
+                      "reset_adapter() before saving adapters"
+                      % self.merged_adapters[0])
     view = self.adapter_view(name)
     if not with_head:
       view = ModelView(self, composition.Branch(view.branch.adapters,

@@ -94,10 +94,18 @@ flags.DEFINE_integer(
     "Only used if `use_tpu` is True. Total number of TPU cores to use.")
 
 # -- This toolkit's flags --------------------------------------------------
+flags.DEFINE_string("adapter_config", None,
+                    "The adapter method: a preset name (adapter-bert, "
+                    "pfeiffer/seq_bn, houlsby/double_seq_bn, parallel/par_bn, "
+                    "scaled_parallel/scaled_par_bn, lora, ia3, ...) or a JSON "
+                    "file of its fields (configs/adapters/). Default: "
+                    "adapter-bert, the reference.")
 flags.DEFINE_integer("adapter_size", 64,
                      "Bottleneck width of the adapters; 0 = no adapters. "
                      "With --adapter_checkpoint and no --adapter_size, the "
-                     "adapter directory's size.")
+                     "adapter directory's size. For AdapterHub's bottleneck "
+                     "family (--adapter_config), sets its reduction_factor "
+                     "to hidden_size / adapter_size when given.")
 flags.DEFINE_float("adapter_init_scale", 1e-3,
                    "Stddev of the adapters' truncated-normal weight init.")
 flags.DEFINE_enum("train_mode", "adapters", list(run_config.TRAIN_MODES),
@@ -158,8 +166,10 @@ def config_from_flags():
   """Builds the RunConfig from the parsed flags."""
   fields = {f for f in run_config.RunConfig.__dataclass_fields__}
   values = {name: FLAGS[name].value for name in fields}
-  if values["adapter_checkpoint"] and not FLAGS["adapter_size"].present:
-    values["adapter_size"] = None  # The adapter directory's size.
+  if ((values["adapter_checkpoint"] or values["adapter_config"])
+      and not FLAGS["adapter_size"].present):
+    # The adapter directory's size, or the --adapter_config's own.
+    values["adapter_size"] = None
   return run_config.RunConfig(**values)
 
 

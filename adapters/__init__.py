@@ -18,12 +18,18 @@ from adapters.registry import config_from_dict
 from adapters.registry import get_method
 from adapters.registry import register_method
 from adapters.bottleneck import BottleneckAdapter  # Registers "bottleneck".
+from adapters.bottleneck import BnAdapter  # Registers "bn" and its presets.
+from adapters.bottleneck import BnConfig
+from adapters.lora import IA3Config
+from adapters.lora import LoRAConfig  # Registers "lora", "ia3".
+from adapters.lora import LoRALayer
 from adapters import composition
 from adapters.composition import Parallel
 from adapters.composition import Stack
 
 __all__ = [
-    "AdapterConfig", "BottleneckAdapter", "HOOK_SCOPES", "LOCATIONS",
+    "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
+    "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "METHODS", "PRESETS", "Parallel", "Stack", "composition",
     "config_from_dict", "get_method", "get_preset", "register_method",
     "register_preset",

@@ -96,10 +96,74 @@ def get_preset(name):
                     % (name, ", ".join(sorted(PRESETS)))) from None
 
 
-# The paper's sizes (Houlsby et al. 2019 sweep {8, 64, 256}); 64 is the
-# reference code's default.
-register_preset("houlsby", AdapterConfig())
-register_preset("houlsby-8", AdapterConfig(size=8))
-register_preset("houlsby-64", AdapterConfig(size=64))
-register_preset("houlsby-256", AdapterConfig(size=256))
+# The reference (adapter-bert) at the paper's sizes (Houlsby et al. 2019
+# sweep {8, 64, 256}); 64 is the reference code's default. AdapterHub's
+# names ("houlsby", "pfeiffer", "lora", ...) are registered by the files of
+# their methods.
+register_preset("adapter-bert", AdapterConfig())
+register_preset("adapter-bert-8", AdapterConfig(size=8))
+register_preset("adapter-bert-64", AdapterConfig(size=64))
+register_preset("adapter-bert-256", AdapterConfig(size=256))
 register_preset("none", AdapterConfig(size=0))
+
+
+class MethodConfig:
+  """Shared behaviour of the AdapterHub-style method configs (frozen
+  dataclasses with a `kind` field): dict/JSON round trip, unknown keys and
+  AdapterHub's `architecture` key handled, one-line errors."""
+
+  # AdapterHub's value of `architecture` for this method (None: absent),
+  # and other values it may write.
+  architecture = None
+  architecture_aliases = ()
+
+  def to_dict(self):
+    d = dataclasses.asdict(self)
+    for key, value in d.items():
+      if isinstance(value, tuple):
+        d[key] = list(value)
+    return d
+
+  def to_json_string(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+  def replace(self, **changes):
+    """A copy with `changes` (AdapterHub's `config.replace(...)`)."""
+    return type(self).from_dict(dict(self.to_dict(), **changes))
+
+  @classmethod
+  def from_dict(cls, d):
+    d = dict(d)
+    architecture = d.pop("architecture", cls.architecture)
+    if architecture not in (cls.architecture,) + cls.architecture_aliases:
+      raise UserError("%s: architecture %r is not %r" % (
+          cls.__name__, architecture, cls.architecture))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise UserError("unknown field(s) of a %s adapter config: %s"
+                      % (cls.kind_name(), ", ".join(unknown)))
+    return cls(**d)
+
+  @classmethod
+  def kind_name(cls):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+
+
+def check_choice(config, field, choices):
+  value = getattr(config, field)
+  if value not in choices:
+    raise UserError("%s adapter config: %s=%r is not one of %s" % (
+        config.kind, field, value, ", ".join(repr(c) for c in choices)))
+
+
+def check_range(config, field, low, high=None, low_open=False):
+  value = getattr(config, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if ok:
+    ok = value > low if low_open else value >= low
+    ok = ok and (high is None or value <= high)
+  if not ok:
+    raise UserError("%s adapter config: %s=%r is out of range (%s %s%s)" % (
+        config.kind, field, value, ">" if low_open else ">=", low,
+        "" if high is None else ", <= %s" % high))

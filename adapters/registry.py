@@ -17,10 +17,19 @@ Hook points, and what a layer placed there is called with:
                      [batch, 1, 1, seq]) -> (k, v, mask_adder)
   attention_output   after the attention output projection and its dropout,
                      before the residual LayerNorm: layer(x) -> x
+  intermediate_projection  the feed-forward's intermediate projection,
+                     before its activation: layer(x [rows, H],
+                     projected [rows, I]) -> [rows, I]
+  output_projection  the feed-forward's output projection, before its
+                     dropout: layer(x [rows, I], projected [rows, H]) -> [rows, H]
   ffn_output         after the feed-forward output projection and its
                      dropout, before the residual LayerNorm: layer(x) -> x
 
-Every layer's call also takes `training` and `policy` (the KernelPolicy).
+Every layer's call also takes `training` and `policy` (the KernelPolicy). A
+layer at a block's residual hook point (attention_output, ffn_output) whose
+class sets `uses_block_residual = True` is also called with `residual` (the
+sub-layer's input) and `layer_norm` (the LayerNorm that follows, the one its
+branch uses): what it returns goes into LayerNorm(. + residual).
 """
 
 import dataclasses
@@ -37,14 +46,24 @@ HOOK_SCOPES = {
     "value": "attention/self/value",
     "attention_keys_values": "attention/self",
     "attention_output": "attention/output",
+    "intermediate_projection": "intermediate/dense",
+    "output_projection": "output/dense",
     "ffn_output": "output",
 }
 BLOCK_HOOKS = ("query", "key", "value", "attention_keys_values",
-               "attention_output", "ffn_output")
+               "attention_output", "intermediate_projection",
+               "output_projection", "ffn_output")
 MODEL_HOOKS = ("embedding_output",)
 # Hook points on the residual stream: layer(x) -> x.
 RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
-PROJECTION_HOOKS = ("query", "key", "value")
+PROJECTION_HOOKS = ("query", "key", "value", "intermediate_projection",
+                    "output_projection")
+# The base dense layer each projection hook point follows (for merging).
+PROJECTION_DENSE = {"query": "attention/self/query",
+                    "key": "attention/self/key",
+                    "value": "attention/self/value",
+                    "intermediate_projection": "intermediate/dense",
+                    "output_projection": "output/dense"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +126,25 @@ def config_from_dict(d, source="adapter config"):
   if not isinstance(d, dict):
     raise UserError("%s: expected a JSON object, got %s"
                     % (source, type(d).__name__))
-  return get_method(d.get("kind", "bottleneck")).config_cls.from_dict(d)
+  try:
+    return get_method(kind_of_dict(d)).config_cls.from_dict(d)
+  except UserError as e:
+    raise UserError("%s: %s" % (source, e)) from None
+
+
+def kind_of_dict(d):
+  """The method `kind` a config dict is for: its `kind`, else what
+  AdapterHub's `architecture` (or its bottleneck fields) say."""
+  if "kind" in d:
+    return d["kind"]
+  architecture = d.get("architecture")
+  if architecture == "lora":
+    return "ia3" if d.get("composition_mode") == "scale" else "lora"
+  if architecture is not None:
+    return architecture
+  if "reduction_factor" in d or "mh_adapter" in d:
+    return "bn"  # AdapterHub's bottleneck configs carry no architecture.
+  return "bottleneck"
 
 
 def layers_for(config, bert_config, where):

@@ -48,6 +48,8 @@ GLOBAL_STEP = "global_step"
 # AdapterConfig fields that change the variables or the function computed;
 # `init_scale` only matters before training.
 _STRUCTURAL_ADAPTER_FIELDS = ("size", "activation", "locations", "kind")
+# Fields of the other methods' configs that only matter before training.
+_INIT_ONLY_FIELDS = {"init_weights", "init_weights_seed", "init_scale"}
 
 
 # --- Fingerprint of the frozen base. ------------------------------------------
@@ -354,10 +356,18 @@ def check_compatible(model, directory, metadata, adapter_config,
   check_base_config(model.config, directory, metadata, flag_name)
   mine = model.adapter_config.to_dict()
   theirs = adapter_config.to_dict()
-  diff = _differences(mine, theirs, _STRUCTURAL_ADAPTER_FIELDS)
+  if mine.get("kind", "bottleneck") != theirs.get("kind", "bottleneck"):
+    raise UserError("%s holds %s adapters, this model has %s adapters; check "
+                    "--adapter_config" % (where, theirs.get("kind"),
+                                          mine.get("kind")))
+  keys = (_STRUCTURAL_ADAPTER_FIELDS
+          if mine.get("kind", "bottleneck") == "bottleneck" else
+          sorted((set(mine) | set(theirs)) - _INIT_ONLY_FIELDS))
+  diff = _differences(mine, theirs, keys)
   if diff:
     raise UserError("%s holds adapters of another configuration (%s); check "
-                    "--adapter_size" % (where, "; ".join(diff)))
+                    "--adapter_size and --adapter_config"
+                    % (where, "; ".join(diff)))
   if skip_head or metadata.get("num_labels") is None:
     return
   if model.num_labels is None or int(metadata["num_labels"]) != int(

@@ -268,7 +268,23 @@ def _build_inputs(root):
     data = f.read()
   _write(data_file, data[:len(data) // 3], "wb")
   p["adapter_truncated"] = truncated_adapter
+  # A whole adapter-bert adapter directory of this base.
+  p["adapter_reference"] = adapter_io.save_adapter(
+      model, trainable, os.path.join(root, "reference_adapter", "adapter"),
+      adapter_config=adapter_config,
+      run_config={"task_name": "MRPC", "max_seq_length": 24,
+                  "do_lower_case": True, "train_mode": "adapters"},
+      bert_config=model.config,
+      processor=glue_processors.get_processor("MRPC"),
+      init_checkpoint=base["init_checkpoint"])
   del np
+  # Adapter method configs.
+  p["adapter_cfg_field"] = _write(
+      os.path.join(root, "adapter_configs", "field.json"),
+      json.dumps({"architecture": "lora", "rank": 4}))
+  p["adapter_cfg_range"] = _write(
+      os.path.join(root, "adapter_configs", "range.json"),
+      json.dumps({"architecture": "lora", "r": 0}))
 
   # Data.
   def data_copy(name):
@@ -403,6 +419,25 @@ def _cases(p):
        {"fresh": True}),
       ("adapter_checkpoint_missing", {"adapter_checkpoint": missing},
        ["--adapter_checkpoint=" + missing, "not found"], {}),
+      # Adapter methods.
+      ("adapter_config_unknown", {"adapter_config": "pfeifer"},
+       ["--adapter_config=pfeifer", "unknown adapter preset 'pfeifer'",
+        "pfeiffer"], {}),
+      ("adapter_config_missing_file", {"adapter_config": missing + ".json"},
+       ["--adapter_config=" + missing + ".json", "no such file"], {}),
+      ("adapter_config_foreign_field", {"adapter_config": p["adapter_cfg_field"]},
+       ["--adapter_config=" + p["adapter_cfg_field"],
+        "unknown field(s) of a lora adapter config: rank"], {}),
+      ("adapter_config_out_of_range", {"adapter_config": p["adapter_cfg_range"]},
+       ["--adapter_config=" + p["adapter_cfg_range"], "r=0"], {}),
+      ("adapter_size_for_lora", {"adapter_config": "lora",
+                                 "adapter_size": 8},
+       ["--adapter_size", "--adapter_config=lora"], {}),
+      ("adapter_of_another_method",
+       {"adapter_checkpoint": p["adapter_reference"], "adapter_config": "lora",
+        "adapter_size": None, "do_eval": True},
+       ["--adapter_checkpoint=" + p["adapter_reference"],
+        "bottleneck adapters", "lora adapters"], {}),
       # Data files.
       ("tsv_wrong_column_count", {"data_dir": p["data_columns"]},
        [os.path.join(p["data_columns"], "train.tsv"), "line 5", "4",
@@ -449,7 +484,8 @@ def _case_ids():
       "ckpt_hidden32", "ckpt_corrupt", "ckpt_uncased", "adapter_other_base",
       "ckpt_truncated", "ckpt_string", "ckpt_int32", "adapter_truncated",
       "data_columns", "data_label", "data_empty_dev", "data_no_test",
-      "a_file")}
+      "a_file", "adapter_reference", "adapter_cfg_field",
+      "adapter_cfg_range")}
   fake["base"] = {"data_dir": "/x/data", "bert_config_file": "/x/c.json"}
   return [case[0] for case in _cases(fake)]
 

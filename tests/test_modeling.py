@@ -511,7 +511,7 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 
 def test_bert_base_trainable_parameter_counts():
   model = modeling.BertClassifier(modeling.BertConfig(**BERT_BASE), 2,
-                                  adapters.get_preset("houlsby"))
+                                  adapters.get_preset("adapter-bert"))
   trainable = modeling.set_train_mode(model, "adapters")
   count = lambda pairs: sum(int(np.prod(v.shape)) for _, v in pairs)
   adapter = [(n, v) for n, v in trainable if "/adapters/" in n]
@@ -578,8 +578,8 @@ def test_adapter_layer_init_and_identity_start():
 
 
 def test_adapter_config_presets_and_json(tmp_path):
-  assert adapters.get_preset("Houlsby").size == 64
-  assert adapters.get_preset("houlsby-8").size == 8
+  assert adapters.get_preset("Adapter-BERT").size == 64
+  assert adapters.get_preset("adapter-bert-8").size == 8
   cfg = adapters.AdapterConfig(size=16, locations=["ffn_output"])
   path = tmp_path / "adapter_config.json"
   path.write_text(cfg.to_json_string())

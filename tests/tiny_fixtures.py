@@ -165,8 +165,11 @@ def make_job(tmp_path, **model_overrides):
 
 
 def flag_args(flags):
+  """--key=value for each flag; a value None leaves the flag out."""
   args = []
   for key, value in flags.items():
+    if value is None:
+      continue
     if isinstance(value, bool):
       value = "true" if value else "false"
     args.append("--%s=%s" % (key, value))

@@ -60,7 +60,10 @@ class RunConfig:
   gcp_project: str = None
   master: str = None
   num_tpu_cores: int = 8
-  # None: the --adapter_checkpoint directory's size (64 without one).
+  # A preset name or a JSON file; None: adapter-bert (the reference).
+  adapter_config: str = None
+  # None: the --adapter_checkpoint directory's size (64 without one), or
+  # the --adapter_config's own.
   adapter_size: int = 64
   adapter_init_scale: float = 1e-3
   train_mode: str = "adapters"
@@ -119,7 +122,8 @@ class RunConfig:
     for name in ("weight_decay_rate", "adapter_weight_decay_rate"):
       if getattr(self, name) < 0:
         raise UserError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
-    if self.adapter_size is None and not self.adapter_checkpoint:
+    if (self.adapter_size is None and not self.adapter_checkpoint
+        and not self.adapter_config):
       raise UserError("--adapter_size is required without "
                       "--adapter_checkpoint")
     if self.adapter_size is not None and self.adapter_size < 0:
@@ -180,8 +184,8 @@ class RunConfig:
 
   # Settings that define what a checkpoint in output_dir holds; a rerun must
   # agree on them to resume.
-  IDENTITY_FIELDS = ("task_name", "max_seq_length", "adapter_size",
-                     "train_mode", "do_lower_case")
+  IDENTITY_FIELDS = ("task_name", "max_seq_length", "adapter_config",
+                     "adapter_size", "train_mode", "do_lower_case")
   # What fixes the training run's steps, batches and their order: a resumed
   # run must agree on them to see the batches it would have seen.
   TRAINING_FIELDS = ("train_batch_size", "num_train_epochs",

@@ -77,21 +77,81 @@ def check_inputs(cfg, bert_config):
     adapter_io.read_metadata(cfg.adapter_checkpoint)
 
 
-def resolve_adapter_config(cfg):
+def resolve_adapter_config(cfg, bert_config):
   """The adapters of the model: from the flags, or the adapter directory's.
 
   With --adapter_checkpoint and no --adapter_size (RunConfig.adapter_size
   None), the directory's adapter_config.json defines the adapters; a size
   given explicitly must match it (checked when the adapters are loaded).
   """
-  if cfg.adapter_checkpoint and cfg.adapter_size is None:
+  if cfg.adapter_checkpoint and cfg.adapter_size is None and (
+      not cfg.adapter_config):
     stored = adapter_io.read_adapter_config(cfg.adapter_checkpoint)
-    logging.info("Adapters from --adapter_checkpoint=%s: size %d at %s",
-                 cfg.adapter_checkpoint, stored.size,
-                 ", ".join(stored.locations))
+    logging.info("Adapters from --adapter_checkpoint=%s: %s",
+                 cfg.adapter_checkpoint, describe_adapter_config(stored))
     return stored
-  return adapters.AdapterConfig(size=cfg.adapter_size,
-                                init_scale=cfg.adapter_init_scale)
+  if not cfg.adapter_config:
+    return adapters.AdapterConfig(size=cfg.adapter_size,
+                                  init_scale=cfg.adapter_init_scale)
+  config = adapter_config_from_flag(cfg.adapter_config)
+  if cfg.adapter_size is not None:
+    if isinstance(config, adapters.AdapterConfig):
+      config = dataclasses.replace(config, size=cfg.adapter_size)
+    elif config.kind == "bn":
+      if cfg.adapter_size < 1:
+        raise UserError("--adapter_size=%d with --adapter_config=%s: a "
+                        "bottleneck needs a size >= 1"
+                        % (cfg.adapter_size, cfg.adapter_config))
+      config = config.replace(
+          reduction_factor=bert_config.hidden_size / cfg.adapter_size)
+    else:
+      raise UserError("--adapter_size does not apply to --adapter_config=%s "
+                      "(a %s adapter); set its fields in a JSON file"
+                      % (cfg.adapter_config, config.kind))
+  if isinstance(config, adapters.AdapterConfig) and (
+      cfg.adapter_init_scale != config.init_scale):
+    config = dataclasses.replace(config, init_scale=cfg.adapter_init_scale)
+  logging.info("Adapters: --adapter_config=%s: %s", cfg.adapter_config,
+               describe_adapter_config(config))
+  return config
+
+
+def adapter_config_from_flag(value):
+  """The config --adapter_config names: a JSON file or a preset.
+
+  Raises:
+    UserError: for a file that cannot be read or holds a bad config, or an
+      unknown preset.
+  """
+  if value.endswith(".json") or os.sep in value or os.path.exists(value):
+    if not os.path.isfile(value):
+      raise UserError("--adapter_config=%s: no such file" % value)
+    try:
+      with open(value, encoding="utf-8") as f:
+        data = json.load(f)
+    except OSError as e:
+      raise UserError("--adapter_config=%s: cannot read it: %s"
+                      % (value, e.strerror)) from None
+    except ValueError as e:
+      raise UserError("--adapter_config=%s is not valid JSON: %s"
+                      % (value, e)) from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+      data = data["config"]  # AdapterHub's adapter_config.json.
+    return adapters.config_from_dict(data, source="--adapter_config=" + value)
+  try:
+    return adapters.get_preset(value)
+  except UserError as e:
+    raise UserError("--adapter_config=%s: %s" % (value, e)) from None
+
+
+def describe_adapter_config(config):
+  if isinstance(config, adapters.AdapterConfig):
+    return "adapter-bert, size %d at %s" % (config.size,
+                                            ", ".join(config.locations))
+  fields = {k: v for k, v in config.to_dict().items()
+            if k != "kind" and v != getattr(type(config)(), k, None)}
+  return "%s%s" % (config.kind, (" " + json.dumps(fields, sort_keys=True))
+                   if fields else " (defaults)")
 
 
 def _is_remote(path):
@@ -291,8 +351,9 @@ def run(cfg):
   processor = glue_processors.get_processor(cfg.task_name)
   bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
-  adapter_config = resolve_adapter_config(cfg)
-  cfg = dataclasses.replace(cfg, adapter_size=adapter_config.size)
+  adapter_config = resolve_adapter_config(cfg, bert_config)
+  cfg = dataclasses.replace(cfg, adapter_size=getattr(
+      adapter_config, "size", cfg.adapter_size))
   identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
   previous = check_output_dir(cfg, identity)
 

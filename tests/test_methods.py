@@ -1,0 +1,449 @@
+"""Adapter methods by name: each against an independent NumPy forward pass.
+
+The NumPy BERT below is written from the papers and AdapterHub's
+semantics (its `Adapter.pre_forward/forward/post_forward`, `ParallelAdapter`,
+`LoRA`, `IA3`), in float64, and compared with the Keras model on a tiny
+config whose every variable (adapters' included) is random.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adapters
+from adapters import bottleneck
+from storage import checkpoint_io
+import modeling
+from training.errors import UserError
+
+
+def tiny_config(**overrides):
+  values = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                num_attention_heads=4, intermediate_size=24, hidden_act="gelu",
+                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                max_position_embeddings=32, type_vocab_size=2,
+                initializer_range=0.02)
+  values.update(overrides)
+  return modeling.BertConfig(**values)
+
+
+def model_with(config, cfg=None, seed=0):
+  cfg = cfg or tiny_config()
+  model = modeling.BertAdapterModel(cfg)
+  model.add_adapter("a", config, set_active=True)
+  model.add_classification_head("a", num_labels=3)
+  rng = np.random.default_rng(seed)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    value = rng.normal(0.0, 0.3, size=v.shape)
+    if name.endswith("gamma") or name.endswith("scaling"):
+      value += 1.0
+    if name.endswith("lora_B") and len(v.shape) == 1:
+      value += 1.0  # (IA)^3 scales near one.
+    v.assign(value.astype(np.float32))
+  return model
+
+
+def weights(model):
+  return {n: v.numpy().astype(np.float64)
+          for n, v in checkpoint_io.checkpoint_name_map(model).items()}
+
+
+def batch(cfg, lengths=(9, 4, 1, 7), seq=9, seed=1):
+  rng = np.random.default_rng(seed)
+  b = len(lengths)
+  ids = rng.integers(1, cfg.vocab_size, size=(b, seq)).astype(np.int32)
+  mask = np.zeros((b, seq), np.int32)
+  segs = np.zeros((b, seq), np.int32)
+  for i, n in enumerate(lengths):
+    mask[i, :n] = 1
+    ids[i, n:] = 0
+    segs[i, n // 2:n] = 1
+  return ids, mask, segs
+
+
+def as_features(ids, mask, segs):
+  return {"input_ids": tf.constant(ids), "input_mask": tf.constant(mask),
+          "segment_ids": tf.constant(segs)}
+
+
+# --------------------------------------------------------------- NumPy side
+
+ACTS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "swish": lambda x: x / (1.0 + np.exp(-x)),
+    "gelu_new": lambda x: 0.5 * x * (1.0 + np.tanh(
+        math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "gelu": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(
+        x / math.sqrt(2.0))),
+    "tanh": np.tanh,
+}
+
+
+def np_ln(x, gamma, beta, eps=1e-12):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def np_bn(c, w, prefix, h, r, ln):
+  """AdapterHub's bottleneck at one place: what goes into LN(. + r)."""
+  if prefix + "/weights1" not in w:
+    return h
+
+  def up_of(x):
+    if c.ln_before:
+      x = np_ln(x, w[prefix + "/ln_before/gamma"], w[prefix + "/ln_before/beta"],
+                1e-5)
+    down = ACTS[c.non_linearity](x @ w[prefix + "/weights1"]
+                                 + w[prefix + "/biases1"])
+    up = down @ w[prefix + "/weights2"] + w[prefix + "/biases2"]
+    if isinstance(c.scaling, str):
+      return up * w[prefix + "/scaling"]
+    return up * c.scaling
+
+  def ln_after(x):
+    return np_ln(x, w[prefix + "/ln_after/gamma"], w[prefix + "/ln_after/beta"],
+                 1e-5) if c.ln_after else x
+
+  if c.is_parallel:
+    # ParallelAdapter: the adapter reads the sub-layer's input; its output
+    # joins the sub-layer's output before the usual residual LayerNorm.
+    return h + ln_after(up_of(r))
+  residual = h if c.residual_before_ln is True else None
+  if c.original_ln_before:
+    if c.residual_before_ln == "post_add":
+      residual = h + r
+    h = ln(h + r)
+  if c.residual_before_ln is False:
+    residual = h
+  up = up_of(h)
+  if c.adapter_residual_before_ln:
+    return ln_after(up + residual)
+  return ln_after(up) + residual
+
+
+def np_projection(c, w, scope, x, point):
+  """x·W + b with LoRA or (IA)^3 on it where the config puts them."""
+  y = x @ w[scope + "/kernel"] + w[scope + "/bias"]
+  if c is None or c.kind not in ("lora", "ia3"):
+    return y
+  if scope + "/lora_B" not in w:
+    return y
+  if c.kind == "ia3":
+    return y * w[scope + "/lora_B"] * c.alpha
+  return y + x @ w[scope + "/lora_A"] @ w[scope + "/lora_B"] * (c.alpha / c.r)
+
+
+def np_bert(w, cfg, ids, mask, segs, c):
+  b, s = ids.shape
+  h, n = cfg.hidden_size, cfg.num_attention_heads
+  d = h // n
+  x = (w["bert/embeddings/word_embeddings"][ids]
+       + w["bert/embeddings/token_type_embeddings"][segs]
+       + w["bert/embeddings/position_embeddings"][:s][None])
+  x = np_ln(x, w["bert/embeddings/LayerNorm/gamma"],
+            w["bert/embeddings/LayerNorm/beta"])
+  if c.kind == "bn" and c.inv_adapter:
+    # MAD-X's invertible adapter (NICE coupling) on the embedding output.
+    pre = "bert/embeddings/invertible_adapter/"
+
+    def subnet(net, t):
+      hidden = ACTS[c.non_linearity](t @ w[pre + net + "/weights1"]
+                                     + w[pre + net + "/biases1"])
+      return hidden @ w[pre + net + "/weights2"] + w[pre + net + "/biases2"]
+
+    x1, x2 = x[..., :h // 2], x[..., h // 2:]
+    y1 = x1 + subnet("F", x2)
+    x = np.concatenate([y1, x2 + subnet("G", y1)], axis=-1)
+  adder = (1.0 - mask[:, None, None, :].astype(np.float64)) * -10000.0
+  for layer in range(cfg.num_hidden_layers):
+    p = "bert/encoder/layer_%d/" % layer
+
+    def heads(t):
+      return t.reshape(b, s, n, d).transpose(0, 2, 1, 3)
+
+    q = heads(np_projection(c, w, p + "attention/self/query", x, "query"))
+    k = heads(np_projection(c, w, p + "attention/self/key", x, "key"))
+    v = heads(np_projection(c, w, p + "attention/self/value", x, "value"))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + adder
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)
+    a = ctx @ w[p + "attention/output/dense/kernel"] + w[
+        p + "attention/output/dense/bias"]
+
+    def ln_att(t, p=p):
+      return np_ln(t, w[p + "attention/output/LayerNorm/gamma"],
+                   w[p + "attention/output/LayerNorm/beta"])
+
+    def ln_out(t, p=p):
+      return np_ln(t, w[p + "output/LayerNorm/gamma"],
+                   w[p + "output/LayerNorm/beta"])
+
+    if c.kind == "bn":
+      a = np_bn(c, w, p + "attention/output/adapters", a, x, ln_att)
+    a = ln_att(a + x)
+    inter = ACTS["gelu_new"](np_projection(c, w, p + "intermediate/dense", a,
+                                           "intermediate_projection"))
+    o = np_projection(c, w, p + "output/dense", inter, "output_projection")
+    if c.kind == "bn":
+      o = np_bn(c, w, p + "output/adapters", o, a, ln_out)
+    x = ln_out(o + a)
+  return x
+
+
+BN_CASES = {
+    "pfeiffer": "pfeiffer",
+    "seq_bn": "seq_bn",
+    "houlsby": "houlsby",
+    "parallel": "parallel",
+    "scaled_parallel": "scaled_parallel",
+    "pfeiffer+inv": "pfeiffer+inv",
+    "houlsby+inv": "double_seq_bn_inv",
+    # The other switches of the general config, two ways.
+    "ln_before_after_post_add_channel": adapters.BnConfig(
+        mh_adapter=True, reduction_factor=4, non_linearity="gelu",
+        ln_before=True, ln_after=True, residual_before_ln="post_add",
+        adapter_residual_before_ln=True, scaling="channel"),
+    "residual_after_ln_leave_out": adapters.BnConfig(
+        reduction_factor={"0": 2, "default": 8}, non_linearity="tanh",
+        residual_before_ln=False, ln_after=True, leave_out=[1],
+        scaling=0.5),
+    "parallel_ln_after": adapters.BnConfig(
+        reduction_factor=4, original_ln_before=False, is_parallel=True,
+        ln_after=True, scaling=2.0, non_linearity="gelu_new"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BN_CASES))
+def test_bottleneck_family_matches_numpy(case):
+  config = BN_CASES[case]
+  model = model_with(config)
+  c = model.adapters["a"]
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  want = np_bert(weights(model), cfg, ids, mask, segs, c)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  # The adapters are really there: without them the output differs.
+  plain = {k: v for k, v in weights(model).items() if "/adapters/" not in k}
+  if c.inv_adapter:
+    plain = dict(plain, **{k: np.zeros_like(v) for k, v in plain.items()
+                           if "invertible_adapter" in k})
+  assert np.max(np.abs(np_bert(plain, cfg, ids, mask, segs, c) - want)) > 1e-3
+
+
+def test_invertible_adapter_inverts():
+  model = model_with("pfeiffer+inv")
+  layer = model.bert.embeddings.embedding_output.layers_by_adapter["a"]
+  x = tf.constant(np.random.default_rng(3).normal(size=(7, 16)), tf.float32)
+  y = layer(x)
+  assert np.max(np.abs(y.numpy() - x.numpy())) > 1e-2
+  np.testing.assert_allclose(layer(y, reverse=True).numpy(), x.numpy(),
+                             atol=1e-5)
+
+
+LORA_CASES = {
+    "lora": "lora",
+    "lora_everywhere": adapters.LoRAConfig(
+        r=4, alpha=16, attn_matrices=["q", "k", "v"], intermediate_lora=True,
+        output_lora=True, leave_out=[0]),
+    "ia3": "ia3",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LORA_CASES))
+def test_lora_and_ia3_match_numpy(case):
+  model = model_with(LORA_CASES[case])
+  c = model.adapters["a"]
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  w = weights(model)
+  want = np_bert(w, cfg, ids, mask, segs, c)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  plain = {k: v for k, v in w.items() if "lora_" not in k}
+  assert np.max(np.abs(np_bert(plain, cfg, ids, mask, segs, c) - want)) > 1e-3
+
+
+@pytest.mark.parametrize("case", ["lora_everywhere", "ia3"])
+def test_merged_predicts_what_unmerged_does(case):
+  model = model_with(LORA_CASES[case])
+  cfg = model.config
+  feats = as_features(*batch(cfg))
+  before = {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(
+      model).items()}
+  unmerged = model.predict(feats, verbose=0)
+  model.merge_adapter("a")
+  assert model.merged_adapters == ["a"]
+  # The base projections changed; the predictions did not.
+  changed = [n for n, v in checkpoint_io.checkpoint_name_map(model).items()
+             if not np.array_equal(v.numpy(), before[n])]
+  assert changed and all(n.endswith(("/kernel", "/bias")) for n in changed)
+  merged = model.predict(feats, verbose=0)
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+  # Merged, the adapter's layers are out of the computation: with no
+  # adapter active the model still computes the adapted function.
+  model.set_active_adapters(None)
+  seq_merged, _ = model.encode(feats)
+  model.set_active_adapters("a")
+  with pytest.raises(UserError, match="reset_adapter"):
+    model.save_adapter("/tmp/never-written", "a")
+  model.reset_adapter("a")
+  assert model.merged_adapters == []
+  for n, v in checkpoint_io.checkpoint_name_map(model).items():
+    np.testing.assert_allclose(v.numpy(), before[n], atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(model.predict(feats, verbose=0), unmerged,
+                             atol=1e-5)
+  seq_active, _ = model.encode(feats)
+  np.testing.assert_allclose(seq_merged.numpy(), seq_active.numpy(),
+                             atol=1e-5)
+
+
+def test_merge_refusals():
+  model = model_with("lora")
+  model.add_adapter("b", "lora")
+  model.add_adapter("bn", "pfeiffer")
+  with pytest.raises(UserError, match="cannot be merged"):
+    model.merge_adapter("bn")
+  model.merge_adapter("a")
+  with pytest.raises(UserError, match=r"'a' is merged already"):
+    model.merge_adapter("b")
+  model.delete_adapter("a")  # Deleting a merged adapter takes it out first.
+  model.merge_adapter("b")
+
+
+# ------------------------------------------------------------ names, counts
+
+def test_every_adapterhub_name_is_accepted():
+  for name in ("pfeiffer", "seq_bn", "houlsby", "double_seq_bn", "parallel",
+               "pfeiffer+inv", "seq_bn_inv", "houlsby+inv", "double_seq_bn_inv",
+               "par_bn", "scaled_parallel", "scaled_par_bn", "lora", "ia3",
+               "adapter-bert"):
+    assert adapters.get_preset(name) is not None
+  assert adapters.get_preset("pfeiffer") == adapters.get_preset("seq_bn")
+  assert adapters.get_preset("houlsby") == bottleneck.DOUBLE_SEQ_BN
+  assert adapters.get_preset("adapter-bert") == adapters.AdapterConfig()
+
+
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072,
+                 hidden_act="gelu", hidden_dropout_prob=0.1,
+                 attention_probs_dropout_prob=0.1,
+                 max_position_embeddings=512, type_vocab_size=2,
+                 initializer_range=0.02)
+
+# AdapterHub 1.3.0's trainable parameters of each method at its default on
+# the BERT-base config (`train_adapter`, head excluded): the first three are
+# recorded by AdapterHub itself in ../shared/adapterhub/summary.json, the
+# others were counted the same way (sum of numel of requires_grad
+# parameters outside the head) in an AdapterHub environment. By hand:
+#   seq_bn: 12 x (768*48 + 48 + 48*768 + 768)              =   894,528
+#   double_seq_bn: twice that                              = 1,789,056
+#   seq_bn_inv: seq_bn + NICE on the embeddings, F and G each
+#     384*192 + 192 + 192*384 + 384 = 148,032              = 1,190,592
+#   double_seq_bn_inv: double_seq_bn + 296,064             = 2,085,120
+#   par_bn: 12 x (768*384 + 384 + 384*768 + 768)           = 7,091,712
+#   scaled_par_bn: par_bn + 12 learned scalars             = 7,091,724
+#   lora (r 8, q and v): 12 x 2 x (768*8 + 8*768)          =   294,912
+#   ia3 (k, v, intermediate): 12 x (768 + 768 + 3072)      =    55,296
+ADAPTERHUB_BERT_BASE = {
+    "seq_bn": 894_528, "double_seq_bn": 1_789_056, "seq_bn_inv": 1_190_592,
+    "double_seq_bn_inv": 2_085_120, "par_bn": 7_091_712,
+    "scaled_par_bn": 7_091_724, "lora": 294_912, "ia3": 55_296,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERHUB_BERT_BASE))
+def test_bert_base_trainable_counts_equal_adapterhubs(name):
+  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+  model.add_adapter(name, name)
+  model.add_classification_head(name, num_labels=2)
+  model.train_adapter(name)
+  view = model.adapter_view(name)
+  trainable = view.trainable_names("adapters")
+  counts = {"adapter": 0, "head": 0}
+  for n, (v, tag) in view.checkpoint_variables().items():
+    if n in trainable:
+      counts["head" if tag.kind == "head" else "adapter"] += int(
+          np.prod(v.shape))
+  assert counts["adapter"] == ADAPTERHUB_BERT_BASE[name]
+  # The head: this toolkit's classifier reads BERT's (frozen) pooler, so it
+  # trains 768 * 2 + 2 weights; AdapterHub's default head trains its own
+  # dense 768 x 768 + tanh too (592,130).
+  assert counts["head"] == 768 * 2 + 2
+
+
+def test_bad_method_configs_are_one_line():
+  cases = [
+      ({"reduction_factor": 0}, "reduction_factor=0"),
+      ({"non_linearity": "mish"}, "non_linearity='mish'"),
+      ({"use_gating": True}, "use_gating=True"),
+      ({"inv_adapter": "glow"}, "inv_adapter='glow'"),
+      ({"inv_adapter": "nice"}, "inv_adapter_reduction_factor=None"),
+      ({"mh_adapter": False, "output_adapter": False}, "nowhere"),
+      ({"reduction": 4}, "unknown field(s) of a bn adapter config: reduction"),
+  ]
+  for fields, message in cases:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(
+        ")", r"\)")):
+      adapters.config_from_dict(dict({"mh_adapter": True}, **fields))
+  with pytest.raises(UserError, match="r=0"):
+    adapters.LoRAConfig(r=0)
+  with pytest.raises(UserError, match="attn_matrices 'o'"):
+    adapters.LoRAConfig(attn_matrices=["q", "o"])
+  with pytest.raises(UserError, match="needs r=1"):
+    adapters.IA3Config(r=2)
+  with pytest.raises(UserError, match="unknown adapter method 'prefix_magic'"):
+    adapters.config_from_dict({"architecture": "prefix_magic"})
+  model = modeling.BertAdapterModel(tiny_config())
+  with pytest.raises(UserError, match="unknown adapter preset 'pfeifer'"):
+    model.add_adapter("x", "pfeifer")
+
+
+def test_adapterhub_config_dicts_load(tmp_path):
+  # The "config" objects AdapterHub writes in adapter_config.json.
+  seq_bn = dict(bottleneck.SEQ_BN.to_dict())
+  del seq_bn["kind"]
+  assert adapters.config_from_dict(seq_bn) == bottleneck.SEQ_BN
+  lora = dict(adapters.LoRAConfig().to_dict(), architecture="lora")
+  del lora["kind"]
+  assert adapters.config_from_dict(lora) == adapters.LoRAConfig()
+  ia3 = dict(adapters.IA3Config().to_dict(), architecture="lora")
+  del ia3["kind"]
+  assert adapters.config_from_dict(ia3).kind == "ia3"
+
+
+@pytest.mark.parametrize("case", ["pfeiffer", "scaled_parallel", "ia3"])
+def test_saved_adapter_loads_back_with_its_method(case, tmp_path):
+  model = model_with(case)
+  feats = as_features(*batch(model.config))
+  want = model.predict(feats, verbose=0)
+  path = model.save_adapter(str(tmp_path / case), "a")
+  # Another model of the same base (its weights copied by name), then the
+  # adapter directory: the method comes from the directory.
+  other = modeling.BertAdapterModel(model.config)
+  base = checkpoint_io.checkpoint_name_map(model)
+  for n, v in checkpoint_io.checkpoint_name_map(other).items():
+    v.assign(base[n])
+  loaded = other.load_adapter(path)
+  other.set_active_adapters(loaded)
+  assert other.adapters[loaded] == model.adapters["a"]
+  np.testing.assert_allclose(other.predict(feats, verbose=0), want, atol=1e-6)
+
+
+def test_preset_files_are_the_presets():
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "adapters")
+  files = sorted(glob.glob(os.path.join(folder, "*.json")))
+  assert len(files) >= 10
+  for path in files:
+    name = os.path.basename(path)[:-len(".json")]
+    with open(path) as f:
+      assert adapters.config_from_dict(json.load(f)) == adapters.get_preset(
+          name), path
