@@ -254,14 +254,18 @@ def _build_inputs(root):
       adapter_config)
   model.load_base_checkpoint(base["init_checkpoint"])
   trainable = modeling.set_train_mode(model, "adapters")
-  truncated_adapter = adapter_io.save_adapter(
-      model, trainable, os.path.join(root, "truncated_adapter", "adapter"),
-      adapter_config=adapter_config,
-      run_config={"task_name": "MRPC", "max_seq_length": 24,
-                  "do_lower_case": True, "train_mode": "adapters"},
-      bert_config=model.config,
-      processor=glue_processors.get_processor("MRPC"),
-      init_checkpoint=base["init_checkpoint"])
+
+  def save_this_base_adapter(folder):
+    return adapter_io.save_adapter(
+        model, trainable, os.path.join(root, folder, "adapter"),
+        adapter_config=adapter_config,
+        run_config={"task_name": "MRPC", "max_seq_length": 24,
+                    "do_lower_case": True, "train_mode": "adapters"},
+        bert_config=model.config,
+        processor=glue_processors.get_processor("MRPC"),
+        init_checkpoint=base["init_checkpoint"])
+
+  truncated_adapter = save_this_base_adapter("truncated_adapter")
   data_file = os.path.join(truncated_adapter,
                            "adapter.ckpt.data-00000-of-00001")
   with open(data_file, "rb") as f:
@@ -269,14 +273,7 @@ def _build_inputs(root):
   _write(data_file, data[:len(data) // 3], "wb")
   p["adapter_truncated"] = truncated_adapter
   # A whole adapter-bert adapter directory of this base.
-  p["adapter_reference"] = adapter_io.save_adapter(
-      model, trainable, os.path.join(root, "reference_adapter", "adapter"),
-      adapter_config=adapter_config,
-      run_config={"task_name": "MRPC", "max_seq_length": 24,
-                  "do_lower_case": True, "train_mode": "adapters"},
-      bert_config=model.config,
-      processor=glue_processors.get_processor("MRPC"),
-      init_checkpoint=base["init_checkpoint"])
+  p["adapter_reference"] = save_this_base_adapter("reference_adapter")
   del np
   # Adapter method configs.
   p["adapter_cfg_field"] = _write(

@@ -17,16 +17,12 @@ from adapters import bottleneck
 from storage import checkpoint_io
 import modeling
 from training.errors import UserError
-
-
-def tiny_config(**overrides):
-  values = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2,
-                num_attention_heads=4, intermediate_size=24, hidden_act="gelu",
-                hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                max_position_embeddings=32, type_vocab_size=2,
-                initializer_range=0.02)
-  values.update(overrides)
-  return modeling.BertConfig(**values)
+# The tiny config, batch and weight helpers of the model core's tests (the
+# NumPy reference of each method is below, on its own).
+from test_modeling import features as as_features
+from test_modeling import mixed_batch
+from test_modeling import tiny_config
+from test_modeling import weights_by_name as weights
 
 
 def model_with(config, cfg=None, seed=0):
@@ -45,27 +41,8 @@ def model_with(config, cfg=None, seed=0):
   return model
 
 
-def weights(model):
-  return {n: v.numpy().astype(np.float64)
-          for n, v in checkpoint_io.checkpoint_name_map(model).items()}
-
-
 def batch(cfg, lengths=(9, 4, 1, 7), seq=9, seed=1):
-  rng = np.random.default_rng(seed)
-  b = len(lengths)
-  ids = rng.integers(1, cfg.vocab_size, size=(b, seq)).astype(np.int32)
-  mask = np.zeros((b, seq), np.int32)
-  segs = np.zeros((b, seq), np.int32)
-  for i, n in enumerate(lengths):
-    mask[i, :n] = 1
-    ids[i, n:] = 0
-    segs[i, n // 2:n] = 1
-  return ids, mask, segs
-
-
-def as_features(ids, mask, segs):
-  return {"input_ids": tf.constant(ids), "input_mask": tf.constant(mask),
-          "segment_ids": tf.constant(segs)}
+  return mixed_batch(cfg, list(lengths), seq, seed)
 
 
 # --------------------------------------------------------------- NumPy side

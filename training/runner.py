@@ -148,8 +148,12 @@ def describe_adapter_config(config):
   if isinstance(config, adapters.AdapterConfig):
     return "adapter-bert, size %d at %s" % (config.size,
                                             ", ".join(config.locations))
+  presets = sorted(n for n, c in adapters.PRESETS.items() if c == config)
+  if presets:
+    return "%s (preset %s)" % (config.kind, " = ".join(presets))
+  defaults = type(config)().to_dict()
   fields = {k: v for k, v in config.to_dict().items()
-            if k != "kind" and v != getattr(type(config)(), k, None)}
+            if k != "kind" and v != defaults.get(k)}
   return "%s%s" % (config.kind, (" " + json.dumps(fields, sort_keys=True))
                    if fields else " (defaults)")
 
