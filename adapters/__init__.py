@@ -23,13 +23,14 @@ from adapters.bottleneck import BnConfig
 from adapters.lora import IA3Config
 from adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapters.lora import LoRALayer
+from adapters.union import ConfigUnion  # Registers "union".
 from adapters import composition
 from adapters.composition import Parallel
 from adapters.composition import Stack
 
 __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
-    "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
+    "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "METHODS", "PRESETS", "Parallel", "Stack", "composition",
     "config_from_dict", "get_method", "get_preset", "register_method",
     "register_preset",

@@ -349,6 +349,17 @@ def check_base_config(bert_config, directory, metadata,
                     % (flag_name, directory, "; ".join(diff)))
 
 
+def _without_init_fields(value):
+  """A config dict (unions' configs too) without what only matters before
+  training."""
+  if isinstance(value, dict):
+    return {k: _without_init_fields(v) for k, v in value.items()
+            if k not in _INIT_ONLY_FIELDS}
+  if isinstance(value, list):
+    return [_without_init_fields(v) for v in value]
+  return value
+
+
 def check_compatible(model, directory, metadata, adapter_config,
                      flag_name="adapter_checkpoint", skip_head=False):
   """Raises UserError unless `model` can hold this adapter directory's task."""
@@ -360,9 +371,11 @@ def check_compatible(model, directory, metadata, adapter_config,
     raise UserError("%s holds %s adapters, this model has %s adapters; check "
                     "--adapter_config" % (where, theirs.get("kind"),
                                           mine.get("kind")))
-  keys = (_STRUCTURAL_ADAPTER_FIELDS
-          if mine.get("kind", "bottleneck") == "bottleneck" else
-          sorted((set(mine) | set(theirs)) - _INIT_ONLY_FIELDS))
+  if mine.get("kind", "bottleneck") == "bottleneck":
+    keys = _STRUCTURAL_ADAPTER_FIELDS
+  else:
+    mine, theirs = _without_init_fields(mine), _without_init_fields(theirs)
+    keys = sorted(set(mine) | set(theirs))
   diff = _differences(mine, theirs, keys)
   if diff:
     raise UserError("%s holds adapters of another configuration (%s); check "

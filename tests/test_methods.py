@@ -113,7 +113,14 @@ def np_projection(c, w, scope, x, point):
   return y + x @ w[scope + "/lora_A"] @ w[scope + "/lora_B"] * (c.alpha / c.r)
 
 
-def np_bert(w, cfg, ids, mask, segs, c):
+def np_bert(w, cfg, ids, mask, segs, config):
+  # A union's parts: the bottleneck at each place, the LoRA/(IA)^3 one.
+  parts = list(config.configs) if config.kind == "union" else [config]
+  bns = [x for x in parts if x.kind == "bn"]
+  bn_attention = next((x for x in bns if x.mh_adapter), None)
+  bn_ffn = next((x for x in bns if x.output_adapter), None)
+  c = next((x for x in parts if x.kind in ("lora", "ia3")), parts[0])
+  inv = next((x for x in bns if x.inv_adapter), None)
   b, s = ids.shape
   h, n = cfg.hidden_size, cfg.num_attention_heads
   d = h // n
@@ -122,12 +129,12 @@ def np_bert(w, cfg, ids, mask, segs, c):
        + w["bert/embeddings/position_embeddings"][:s][None])
   x = np_ln(x, w["bert/embeddings/LayerNorm/gamma"],
             w["bert/embeddings/LayerNorm/beta"])
-  if c.kind == "bn" and c.inv_adapter:
+  if inv is not None:
     # MAD-X's invertible adapter (NICE coupling) on the embedding output.
     pre = "bert/embeddings/invertible_adapter/"
 
     def subnet(net, t):
-      hidden = ACTS[c.non_linearity](t @ w[pre + net + "/weights1"]
+      hidden = ACTS[inv.non_linearity](t @ w[pre + net + "/weights1"]
                                      + w[pre + net + "/biases1"])
       return hidden @ w[pre + net + "/weights2"] + w[pre + net + "/biases2"]
 
@@ -159,14 +166,14 @@ def np_bert(w, cfg, ids, mask, segs, c):
       return np_ln(t, w[p + "output/LayerNorm/gamma"],
                    w[p + "output/LayerNorm/beta"])
 
-    if c.kind == "bn":
-      a = np_bn(c, w, p + "attention/output/adapters", a, x, ln_att)
+    if bn_attention is not None:
+      a = np_bn(bn_attention, w, p + "attention/output/adapters", a, x, ln_att)
     a = ln_att(a + x)
     inter = ACTS["gelu_new"](np_projection(c, w, p + "intermediate/dense", a,
                                            "intermediate_projection"))
     o = np_projection(c, w, p + "output/dense", inter, "output_projection")
-    if c.kind == "bn":
-      o = np_bn(c, w, p + "output/adapters", o, a, ln_out)
+    if bn_ffn is not None:
+      o = np_bn(bn_ffn, w, p + "output/adapters", o, a, ln_out)
     x = ln_out(o + a)
   return x
 
@@ -220,6 +227,56 @@ def test_invertible_adapter_inverts():
   assert np.max(np.abs(y.numpy() - x.numpy())) > 1e-2
   np.testing.assert_allclose(layer(y, reverse=True).numpy(), x.numpy(),
                              atol=1e-5)
+
+
+UNION_CASES = {
+    "lora_and_pfeiffer": adapters.ConfigUnion("lora", "pfeiffer"),
+    "two_bottlenecks_at_two_places": adapters.ConfigUnion(
+        adapters.BnConfig(mh_adapter=True, output_adapter=False,
+                          reduction_factor=4, non_linearity="swish"),
+        adapters.BnConfig(reduction_factor=8, original_ln_before=False,
+                          is_parallel=True, scaling=2.0)),
+    "ia3_and_houlsby_inv": {"architecture": "union", "configs": [
+        adapters.IA3Config().to_dict(),
+        adapters.get_preset("houlsby+inv").to_dict()]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNION_CASES))
+def test_config_unions_match_numpy(case):
+  model = model_with(UNION_CASES[case])
+  c = model.adapters["a"]
+  assert c.kind == "union"
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  w = weights(model)
+  want = np_bert(w, cfg, ids, mask, segs, c)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  # Each part is in the computation.
+  for marker in ("/adapters/", "lora_"):
+    if any(marker in k for k in w):
+      without = {k: v for k, v in w.items() if marker not in k}
+      assert np.max(np.abs(np_bert(without, cfg, ids, mask, segs, c)
+                           - want)) > 1e-3, marker
+
+
+def test_config_union_refusals_and_round_trip():
+  with pytest.raises(UserError, match="two lora configs"):
+    adapters.ConfigUnion("lora", adapters.LoRAConfig(r=4))
+  with pytest.raises(UserError, match="two bn configs"):
+    adapters.ConfigUnion("pfeiffer", "parallel")
+  with pytest.raises(UserError, match="another ConfigUnion"):
+    adapters.ConfigUnion(adapters.ConfigUnion("lora"))
+  union = adapters.ConfigUnion("lora", "pfeiffer")
+  assert adapters.config_from_dict(union.to_dict()) == union
+  # AdapterHub's own form of a union, as its adapter_config.json holds it.
+  theirs = {"architecture": "union", "configs": [
+      dict({k: v for k, v in adapters.LoRAConfig().to_dict().items()
+            if k != "kind"}, architecture="lora"),
+      {k: v for k, v in adapters.get_preset("pfeiffer").to_dict().items()
+       if k != "kind"}]}
+  assert adapters.config_from_dict(theirs) == union
 
 
 LORA_CASES = {
@@ -424,3 +481,29 @@ def test_preset_files_are_the_presets():
     with open(path) as f:
       assert adapters.config_from_dict(json.load(f)) == adapters.get_preset(
           name), path
+
+
+@pytest.mark.parametrize("case", ["pfeiffer", "lora"])
+def test_fit_trains_only_the_method_and_its_head(case):
+  import optimization  # pylint: disable=g-import-not-at-top
+  model = model_with(case)
+  model.add_adapter("other", case)
+  trained = {n for n, _ in model.train_adapter("a")}
+  names = checkpoint_io.checkpoint_name_map(model)
+  assert trained and all(
+      n in ("output_weights", "output_bias") or "/adapters/" in n
+      or "lora_" in n for n in trained)
+  before = {n: v.numpy().copy() for n, v in names.items()}
+  other_before = {n: v.numpy().copy() for n, v in
+                  model.adapter_view("other").checkpoint_name_map().items()}
+  ids, mask, segs = batch(model.config)
+  labels = np.array([0, 1, 2, 1], np.int32)
+  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
+  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
+  model.fit(data, epochs=3, verbose=0)
+  changed = {n for n, v in names.items()
+             if not np.array_equal(v.numpy(), before[n])}
+  assert changed == trained
+  for n, v in model.adapter_view("other").checkpoint_name_map().items():
+    if n not in ("output_weights", "output_bias"):
+      np.testing.assert_array_equal(v.numpy(), other_before[n], err_msg=n)

@@ -151,6 +151,9 @@ def describe_adapter_config(config):
   presets = sorted(n for n, c in adapters.PRESETS.items() if c == config)
   if presets:
     return "%s (preset %s)" % (config.kind, " = ".join(presets))
+  if config.kind == "union":
+    return "union of %s" % ", ".join(describe_adapter_config(c)
+                                     for c in config.configs)
   defaults = type(config)().to_dict()
   fields = {k: v for k, v in config.to_dict().items()
             if k != "kind" and v != defaults.get(k)}
