@@ -178,6 +178,25 @@ def np_bert(w, cfg, ids, mask, segs, config):
   return x
 
 
+def check_against_numpy(config):
+  """Builds the model with adapter `config`, checks its sequence output
+  against np_bert (<= 1e-5); returns a function of a weight dict giving
+  np_bert's output, the weights and that output."""
+  model = model_with(config)
+  c = model.adapters["a"]
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  w = weights(model)
+
+  def reference(values):
+    return np_bert(values, cfg, ids, mask, segs, c)
+
+  want = reference(w)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  return reference, w, want, c
+
+
 BN_CASES = {
     "pfeiffer": "pfeiffer",
     "seq_bn": "seq_bn",
@@ -203,20 +222,13 @@ BN_CASES = {
 
 @pytest.mark.parametrize("case", sorted(BN_CASES))
 def test_bottleneck_family_matches_numpy(case):
-  config = BN_CASES[case]
-  model = model_with(config)
-  c = model.adapters["a"]
-  cfg = model.config
-  ids, mask, segs = batch(cfg)
-  got, _ = model.encode(as_features(ids, mask, segs))
-  want = np_bert(weights(model), cfg, ids, mask, segs, c)
-  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  reference, w, want, c = check_against_numpy(BN_CASES[case])
   # The adapters are really there: without them the output differs.
-  plain = {k: v for k, v in weights(model).items() if "/adapters/" not in k}
+  plain = {k: v for k, v in w.items() if "/adapters/" not in k}
   if c.inv_adapter:
     plain = dict(plain, **{k: np.zeros_like(v) for k, v in plain.items()
                            if "invertible_adapter" in k})
-  assert np.max(np.abs(np_bert(plain, cfg, ids, mask, segs, c) - want)) > 1e-3
+  assert np.max(np.abs(reference(plain) - want)) > 1e-3
 
 
 def test_invertible_adapter_inverts():
@@ -244,21 +256,13 @@ UNION_CASES = {
 
 @pytest.mark.parametrize("case", sorted(UNION_CASES))
 def test_config_unions_match_numpy(case):
-  model = model_with(UNION_CASES[case])
-  c = model.adapters["a"]
+  reference, w, want, c = check_against_numpy(UNION_CASES[case])
   assert c.kind == "union"
-  cfg = model.config
-  ids, mask, segs = batch(cfg)
-  got, _ = model.encode(as_features(ids, mask, segs))
-  w = weights(model)
-  want = np_bert(w, cfg, ids, mask, segs, c)
-  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
   # Each part is in the computation.
   for marker in ("/adapters/", "lora_"):
     if any(marker in k for k in w):
       without = {k: v for k, v in w.items() if marker not in k}
-      assert np.max(np.abs(np_bert(without, cfg, ids, mask, segs, c)
-                           - want)) > 1e-3, marker
+      assert np.max(np.abs(reference(without) - want)) > 1e-3, marker
 
 
 def test_config_union_refusals_and_round_trip():
@@ -290,16 +294,9 @@ LORA_CASES = {
 
 @pytest.mark.parametrize("case", sorted(LORA_CASES))
 def test_lora_and_ia3_match_numpy(case):
-  model = model_with(LORA_CASES[case])
-  c = model.adapters["a"]
-  cfg = model.config
-  ids, mask, segs = batch(cfg)
-  got, _ = model.encode(as_features(ids, mask, segs))
-  w = weights(model)
-  want = np_bert(w, cfg, ids, mask, segs, c)
-  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  reference, w, want, _ = check_against_numpy(LORA_CASES[case])
   plain = {k: v for k, v in w.items() if "lora_" not in k}
-  assert np.max(np.abs(np_bert(plain, cfg, ids, mask, segs, c) - want)) > 1e-3
+  assert np.max(np.abs(reference(plain) - want)) > 1e-3
 
 
 @pytest.mark.parametrize("case", ["lora_everywhere", "ia3"])
