@@ -280,7 +280,7 @@ def compare_checkpoints(dir_a, dir_b):
                    ) if a.size else 0.0
     if name.endswith(("/adam_m", "/adam_v")):
       group = "adam_slots"
-    elif "/adapters/" in name:
+    elif "/adapters/" in name or "/lora_" in name or "/invertible_adapter/" in name:
       group = "adapters"
     elif name in ("output_weights", "output_bias"):
       group = "classifier_head"

@@ -36,11 +36,11 @@ def _job_flags(base):
   return flags
 
 
-def _run_kill_resume(tmp_path_factory, signal_name, kill_seed):
+def _run_kill_resume(tmp_path_factory, signal_name, kill_seed, **overrides):
   root = str(tmp_path_factory.mktemp("resume_" + signal_name.lower()))
   # One layer: the same code paths, less tracing per restart.
   base = tiny_fixtures.make_job(root, num_hidden_layers=1)
-  flags = _job_flags(base)
+  flags = dict(_job_flags(base), **overrides)
   work_dir = os.path.join(root, "kill_resume")
   cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "kill_resume.py"),
          "--work_dir=" + work_dir, "--kills=%d" % KILLS, "--startup_kills=1",
@@ -66,7 +66,9 @@ def kill_resume(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def term_resume(tmp_path_factory):
-  return _run_kill_resume(tmp_path_factory, "TERM", 7)
+  # With another adapter method (LoRA): resuming is method-independent.
+  return _run_kill_resume(tmp_path_factory, "TERM", 7, adapter_config="lora",
+                          adapter_size=None)
 
 
 def _report(run):
@@ -82,6 +84,7 @@ def _report(run):
 
 
 def test_sigterm_at_five_moments_resumes_from_each_saved_step(term_resume):
+  # (This run trains a LoRA adapter: --adapter_config=lora.)
   # SIGTERM (a preemptible VM, a batch scheduler) at 5 random moments: each
   # stopped run exits 143; while training it saves at the next step
   # boundary and names that step, and the rerun resumes from exactly that
@@ -106,6 +109,8 @@ def test_sigterm_at_five_moments_resumes_from_each_saved_step(term_resume):
   assert weights["global_steps"] == [total, total], weights
   assert weights["only_in_one"] == [], weights
   assert weights["max_abs_diff"] <= 1e-6, weights
+  # The LoRA weights (the only adapter variables of this run) compared.
+  assert weights["max_abs_diff_by_group"]["adapters"] <= 1e-6, weights
   assert summary["eval_max_abs_diff"] <= 1e-6, summary["eval_results"]
   assert summary["equal"] and term_resume["proc"].returncode == 0, report
 
@@ -199,6 +204,8 @@ def _other_config_cases(kill_resume):
        ["task_name was 'MRPC', now 'RTE'"]),
       ("other_adapter_size", {"adapter_size": 8},
        ["adapter_size was 4, now 8"]),
+      ("other_adapter_method", {"adapter_config": "pfeiffer"},
+       ["adapter_config was None, now 'pfeiffer'"]),
       ("other_model", {"bert_config_file": other_model["bert_config_file"],
                        "init_checkpoint": other_model["init_checkpoint"]},
        ["bert_config.intermediate_size was 32, now 48"]),
