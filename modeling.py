@@ -814,6 +814,17 @@ class TransformerBlock(keras.layers.Layer):
                 else getattr(self, point))
         hook.add(name, layer)
 
+  def projections(self):
+    """{projection hook point: (its AdapterHook, the base Dense after which
+    it sits)}: where LoRA-like layers are and what they merge into."""
+    a = self.attention
+    return {"query": (a.hooks["query"], a.query),
+            "key": (a.hooks["key"], a.key),
+            "value": (a.hooks["value"], a.value),
+            "intermediate_projection": (self.intermediate_projection,
+                                        self.intermediate_dense),
+            "output_projection": (self.output_projection, self.output_dense)}
+
   def delete_adapter(self, name):
     with _unlocked(self):
       self.adapter_configs.pop(name, None)
@@ -1359,17 +1370,10 @@ class BertAdapterModel(keras.Model):
     """[(LoRA/(IA)^3 layer, base Dense)] of adapter `name`."""
     pairs = []
     for block in self.bert.blocks:
-      dense = {"query": block.attention.query, "key": block.attention.key,
-               "value": block.attention.value,
-               "intermediate_projection": block.intermediate_dense,
-               "output_projection": block.output_dense}
-      hooks = dict(block.attention.hooks,
-                   intermediate_projection=block.intermediate_projection,
-                   output_projection=block.output_projection)
-      for point, base in dense.items():
-        layer = hooks[point].layers_by_adapter.get(name)
+      for hook, dense in block.projections().values():
+        layer = hook.layers_by_adapter.get(name)
         if layer is not None:
-          pairs.append((layer, base))
+          pairs.append((layer, dense))
     return pairs
 
   @property
@@ -1400,16 +1404,8 @@ class BertAdapterModel(keras.Model):
     if others:
       raise UserError("adapter %r is merged already; reset_adapter(%r) "
                       "before merging %r" % (others[0], others[0], name))
-    if all(layer.merged for layer, _ in pairs):
-      return
     for layer, dense in pairs:
-      mode, delta = layer.delta()
-      if mode == "add":
-        dense.kernel.assign(dense.kernel + tf.cast(delta, dense.kernel.dtype))
-      else:
-        dense.kernel.assign(dense.kernel * tf.cast(delta, dense.kernel.dtype))
-        dense.bias.assign(dense.bias * tf.cast(delta, dense.bias.dtype))
-      layer.merged = True
+      layer.merge_into(dense)
     self._forget_traced_steps()
 
   def reset_adapter(self, name=None):
@@ -1423,15 +1419,7 @@ class BertAdapterModel(keras.Model):
     for n in names:
       self._check_adapter(n)
       for layer, dense in self._mergeable_layers(n):
-        if not layer.merged:
-          continue
-        mode, delta = layer.delta()
-        if mode == "add":
-          dense.kernel.assign(dense.kernel - tf.cast(delta, dense.kernel.dtype))
-        else:
-          dense.kernel.assign(dense.kernel / tf.cast(delta, dense.kernel.dtype))
-          dense.bias.assign(dense.bias / tf.cast(delta, dense.bias.dtype))
-        layer.merged = False
+        layer.reset_from(dense)
     self._forget_traced_steps()
 
   def _check_adapter(self, name):

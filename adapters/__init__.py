@@ -15,6 +15,7 @@ from adapters.config import register_preset
 from adapters.registry import HOOK_SCOPES
 from adapters.registry import METHODS
 from adapters.registry import config_from_dict
+from adapters.registry import config_from_json_file
 from adapters.registry import get_method
 from adapters.registry import register_method
 from adapters.bottleneck import BottleneckAdapter  # Registers "bottleneck".
@@ -32,6 +33,6 @@ __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "METHODS", "PRESETS", "Parallel", "Stack", "composition",
-    "config_from_dict", "get_method", "get_preset", "register_method",
+    "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",
 ]

@@ -212,13 +212,36 @@ class LoRALayer(keras.layers.Layer):
                       tf.cast(self.lora_B, dtype))  # [rows, out]
     return projected + delta * self.scaling
 
-  def delta(self):
-    """What merging does to (kernel [in, out], bias [out]):
-    ("add", A·B·alpha/r) or ("scale", l·alpha)."""
+  def merge_into(self, dense):
+    """Folds this layer into `dense` (the projection it sits on), once."""
+    if self.merged:
+      return
+    self._fold(dense, inverse=False)
+    self.merged = True
+
+  def reset_from(self, dense):
+    """Takes this layer back out of `dense` (undoes merge_into)."""
+    if not self.merged:
+      return
+    self._fold(dense, inverse=True)
+    self.merged = False
+
+  def _fold(self, dense, inverse):
+    kernel = tf.convert_to_tensor(dense.kernel)
     if self.is_scale:
-      return "scale", tf.convert_to_tensor(self.lora_B) * self.scaling
-    return "add", tf.matmul(tf.convert_to_tensor(self.lora_A),
-                            tf.convert_to_tensor(self.lora_B)) * self.scaling
+      # y * (l·alpha): the kernel's columns and the bias, scaled.
+      scale = tf.cast(tf.convert_to_tensor(self.lora_B) * self.scaling,
+                      kernel.dtype)
+      if inverse:
+        scale = 1.0 / scale
+      dense.kernel.assign(kernel * scale)
+      dense.bias.assign(tf.convert_to_tensor(dense.bias) * scale)
+    else:
+      # y + x·A·B·alpha/r: A·B·alpha/r added to the kernel.
+      delta = tf.cast(tf.matmul(tf.convert_to_tensor(self.lora_A),
+                                tf.convert_to_tensor(self.lora_B))
+                      * self.scaling, kernel.dtype)
+      dense.kernel.assign(kernel - delta if inverse else kernel + delta)
 
   def get_config(self):
     base = super().get_config()

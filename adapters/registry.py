@@ -58,12 +58,6 @@ MODEL_HOOKS = ("embedding_output",)
 RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
 PROJECTION_HOOKS = ("query", "key", "value", "intermediate_projection",
                     "output_projection")
-# The base dense layer each projection hook point follows (for merging).
-PROJECTION_DENSE = {"query": "attention/self/query",
-                    "key": "attention/self/key",
-                    "value": "attention/self/value",
-                    "intermediate_projection": "intermediate/dense",
-                    "output_projection": "output/dense"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,15 +126,34 @@ def config_from_dict(d, source="adapter config"):
     raise UserError("%s: %s" % (source, e)) from None
 
 
+def config_from_json_file(path):
+  """The config in a JSON file: a config object, or AdapterHub's
+  adapter_config.json (the config under "config").
+
+  Raises:
+    UserError: naming the file, if it cannot be read, is not JSON or holds
+      no valid config.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except OSError as e:
+    raise UserError("cannot read %s: %s" % (path, e.strerror)) from None
+  except ValueError as e:
+    raise UserError("%s is not valid JSON: %s" % (path, e)) from None
+  if isinstance(data, dict) and isinstance(data.get("config"), dict):
+    data = data["config"]
+  return config_from_dict(data, source=path)
+
+
 def kind_of_dict(d):
   """The method `kind` a config dict is for: its `kind`, else what
   AdapterHub's `architecture` (or its bottleneck fields) say."""
   if "kind" in d:
     return d["kind"]
   architecture = d.get("architecture")
-  if architecture == "lora":
-    return "ia3" if d.get("composition_mode") == "scale" else "lora"
-  if architecture is not None:
+  if architecture is not None:  # "lora": LoRAConfig tells lora from ia3.
     return architecture
   if "reduction_factor" in d or "mh_adapter" in d:
     return "bn"  # AdapterHub's bottleneck configs carry no architecture.

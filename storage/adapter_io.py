@@ -322,13 +322,7 @@ def read_adapter_config(directory, flag_name="adapter_checkpoint"):
     raise UserError("--%s=%s: %s is missing" % (flag_name, directory,
                                                  ADAPTER_CONFIG_FILE))
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError("--%s=%s: cannot read %s: %s"
-                    % (flag_name, directory, ADAPTER_CONFIG_FILE, e)) from None
-  try:
-    return adapters_lib.config_from_dict(data, source=path)
+    return adapters_lib.config_from_json_file(path)
   except UserError as e:
     raise UserError("--%s=%s: %s" % (flag_name, directory, e)) from None
 

@@ -126,20 +126,11 @@ def adapter_config_from_flag(value):
   if value.endswith(".json") or os.sep in value or os.path.exists(value):
     if not os.path.isfile(value):
       raise UserError("--adapter_config=%s: no such file" % value)
-    try:
-      with open(value, encoding="utf-8") as f:
-        data = json.load(f)
-    except OSError as e:
-      raise UserError("--adapter_config=%s: cannot read it: %s"
-                      % (value, e.strerror)) from None
-    except ValueError as e:
-      raise UserError("--adapter_config=%s is not valid JSON: %s"
-                      % (value, e)) from None
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-      data = data["config"]  # AdapterHub's adapter_config.json.
-    return adapters.config_from_dict(data, source="--adapter_config=" + value)
+    read = adapters.config_from_json_file
+  else:
+    read = adapters.get_preset
   try:
-    return adapters.get_preset(value)
+    return read(value)
   except UserError as e:
     raise UserError("--adapter_config=%s: %s" % (value, e)) from None
 
