@@ -354,13 +354,18 @@ class AdapterHook(keras.layers.Layer):
     return any(n in self.layers_by_adapter
                for b in setup.branches for n in b.adapters)
 
-  def checkpoint_variables(self, scope, adapter_names):
+  def checkpoint_variables(self, scope, adapter_names, serving=False):
+    """[(name, variable, tag)] of the named adapters' layers here; with
+    `serving`, what the adapters keep as saved and served (a layer's
+    `serving_variables()`, tensors, where it has them)."""
     items = []
     for name in adapter_names:
       layer = self.layers_by_adapter.get(name)
       if layer is not None:
+        listed = (layer.serving_variables() if serving and hasattr(
+            layer, "serving_variables") else layer.checkpoint_variables())
         items += [(scope + "/" + rel, variable, Tag("adapter", name))
-                  for rel, variable in layer.checkpoint_variables()]
+                  for rel, variable in listed]
     return items
 
   def _branch_layers(self, branch):
@@ -504,7 +509,7 @@ class BertEmbeddings(keras.layers.Layer):
   Hook point: `embedding_output` (after the dropout).
   """
 
-  def __init__(self, config, adapters=None, **kwargs):
+  def __init__(self, config, adapters=None, shared=None, **kwargs):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
     c = self.config
@@ -526,16 +531,17 @@ class BertEmbeddings(keras.layers.Layer):
     _add_hooks(self, registry.MODEL_HOOKS)
     self.adapter_configs = {}
     for name, adapter_config in _adapter_items(adapters):
-      self.add_adapter(name, adapter_config)
+      self.add_adapter(name, adapter_config, (shared or {}).get(name))
 
-  def add_adapter(self, name, adapter_config):
-    """Adds adapter `name`'s layers (and LayerNorm copy, if it trains one)."""
+  def add_adapter(self, name, adapter_config, shared=None):
+    """Adds adapter `name`'s layers (and LayerNorm copy, if it trains one);
+    `shared` is its model-level layer, if its method has one."""
     with _unlocked(self):
       self.adapter_configs[name] = adapter_config
       if registry.owns_layer_norms(adapter_config):
         self.layer_norms[name] = _copy_layer_norm(self.layer_norm, "LayerNorm")
       for point, layer in registry.layers_for(
-          adapter_config, self.config, "embeddings").items():
+          adapter_config, self.config, "embeddings", shared).items():
         getattr(self, point).add(name, layer)
 
   def delete_adapter(self, name):
@@ -545,7 +551,7 @@ class BertEmbeddings(keras.layers.Layer):
       for point in registry.MODEL_HOOKS:
         getattr(self, point).remove(name)
 
-  def checkpoint_variables(self, branch):
+  def checkpoint_variables(self, branch, serving=False):
     """[(name under `embeddings/`, variable, tag)] of one branch."""
     owner = branch.layer_norms
     items = [("word_embeddings", self.word_embeddings, BASE),
@@ -554,7 +560,7 @@ class BertEmbeddings(keras.layers.Layer):
     items += self._norms.of(owner).checkpoint_variables(
         "LayerNorm", Tag("layer_norm", owner))
     items += _strip_scope(self.embedding_output.checkpoint_variables(
-        registry.HOOK_SCOPES["embedding_output"], branch.adapters),
+        registry.HOOK_SCOPES["embedding_output"], branch.adapters, serving),
         "embeddings/")
     return items
 
@@ -632,17 +638,18 @@ class BertSelfAttention(keras.layers.Layer):
                   for point in ("query", "key", "value",
                                 "attention_keys_values")}
 
-  def checkpoint_variables(self, branch):
+  def checkpoint_variables(self, branch, serving=False):
     """[(name under `attention/self/`, variable, tag)] of one branch."""
     items = []
     for part in ("query", "key", "value"):
       items += _dense_variables(part, getattr(self, part))
       items += _strip_scope(self.hooks[part].checkpoint_variables(
-          registry.HOOK_SCOPES[part], branch.adapters), "attention/self/")
+          registry.HOOK_SCOPES[part], branch.adapters, serving),
+                            "attention/self/")
     items += _strip_scope(self.hooks["attention_keys_values"]
                           .checkpoint_variables(
                               registry.HOOK_SCOPES["attention_keys_values"],
-                              branch.adapters), "attention/self/")
+                              branch.adapters, serving), "attention/self/")
     return items
 
   def _split_heads(self, x, batch, seq, parts):
@@ -758,7 +765,8 @@ class TransformerBlock(keras.layers.Layer):
   holds its own copy of both.
   """
 
-  def __init__(self, config, adapters=None, attention_cls=None, **kwargs):
+  def __init__(self, config, adapters=None, attention_cls=None, shared=None,
+               **kwargs):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
     c = self.config
@@ -791,7 +799,7 @@ class TransformerBlock(keras.layers.Layer):
     # Adapters given here are built before the dense layers: the order in
     # which the random initial values are drawn is the toolkit's of before.
     for name, adapter_config in _adapter_items(adapters):
-      self.add_adapter(name, adapter_config)
+      self.add_adapter(name, adapter_config, (shared or {}).get(name))
     self.attention_output_dense.build((None, h))
     self.intermediate_dense.build((None, h))
     self.output_dense.build((None, c.intermediate_size))
@@ -799,8 +807,9 @@ class TransformerBlock(keras.layers.Layer):
   def _index(self):
     return int(self.name.rsplit("_", 1)[-1]) if "_" in self.name else 0
 
-  def add_adapter(self, name, adapter_config):
-    """Adds adapter `name`'s layers (and LayerNorm copies, if it trains them)."""
+  def add_adapter(self, name, adapter_config, shared=None):
+    """Adds adapter `name`'s layers (and LayerNorm copies, if it trains
+    them); `shared` is its model-level layer, if its method has one."""
     with _unlocked(self):
       self.adapter_configs[name] = adapter_config
       if registry.owns_layer_norms(adapter_config):
@@ -809,7 +818,7 @@ class TransformerBlock(keras.layers.Layer):
         self.output_layer_norms[name] = _copy_layer_norm(
             self.output_layer_norm, "output_LayerNorm")
       for point, layer in registry.layers_for(
-          adapter_config, self.config, self._index()).items():
+          adapter_config, self.config, self._index(), shared).items():
         hook = (self.attention.hooks[point] if point in self.attention.hooks
                 else getattr(self, point))
         hook.add(name, layer)
@@ -835,26 +844,26 @@ class TransformerBlock(keras.layers.Layer):
                       self.output_projection, self.ffn_output]):
         hook.remove(name)
 
-  def checkpoint_variables(self, branch):
+  def checkpoint_variables(self, branch, serving=False):
     """[(name under `encoder/layer_<i>/`, variable, tag)] of one branch."""
     owner = branch.layer_norms
     ln_tag = Tag("layer_norm", owner)
     items = _scoped("attention/self",
-                    self.attention.checkpoint_variables(branch))
+                    self.attention.checkpoint_variables(branch, serving))
     items += _dense_variables("attention/output/dense",
                               self.attention_output_dense)
     items += self.attention_output.checkpoint_variables(
-        registry.HOOK_SCOPES["attention_output"], branch.adapters)
+        registry.HOOK_SCOPES["attention_output"], branch.adapters, serving)
     items += self._attention_norms.of(owner).checkpoint_variables(
         "attention/output/LayerNorm", ln_tag)
     items += _dense_variables("intermediate/dense", self.intermediate_dense)
     items += self.intermediate_projection.checkpoint_variables(
-        registry.HOOK_SCOPES["intermediate_projection"], branch.adapters)
+        registry.HOOK_SCOPES["intermediate_projection"], branch.adapters, serving)
     items += _dense_variables("output/dense", self.output_dense)
     items += self.output_projection.checkpoint_variables(
-        registry.HOOK_SCOPES["output_projection"], branch.adapters)
+        registry.HOOK_SCOPES["output_projection"], branch.adapters, serving)
     items += self.ffn_output.checkpoint_variables(
-        registry.HOOK_SCOPES["ffn_output"], branch.adapters)
+        registry.HOOK_SCOPES["ffn_output"], branch.adapters, serving)
     items += self._output_norms.of(owner).checkpoint_variables(
         "output/LayerNorm", ln_tag)
     return items
@@ -960,32 +969,57 @@ class BertModel(keras.layers.Layer):
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
     items = _adapter_items(adapters)
-    self.embeddings = BertEmbeddings(self.config, items, name="embeddings")
+    # Each adapter's model-level layer, if its method has one (variables
+    # shared by its layers in every block; see adapters.registry).
+    self.shared = {}
+    for name, adapter_config in items:
+      layer = registry.shared_for(adapter_config, self.config)
+      if layer is not None:
+        self.shared[name] = layer
+    self.embeddings = BertEmbeddings(self.config, items, self.shared,
+                                     name="embeddings")
     self.blocks = [
-        TransformerBlock(self.config, items, name="layer_%d" % i)
+        TransformerBlock(self.config, items, shared=self.shared,
+                         name="layer_%d" % i)
         for i in range(self.config.num_hidden_layers)
     ]
     self.pooler = BertPooler(self.config, name="pooler")
 
   def add_adapter(self, name, adapter_config):
-    self.embeddings.add_adapter(name, adapter_config)
+    shared = registry.shared_for(adapter_config, self.config)
+    if shared is not None:
+      with _unlocked(self):
+        self.shared[name] = shared
+    self.embeddings.add_adapter(name, adapter_config, shared)
     for block in self.blocks:
-      block.add_adapter(name, adapter_config)
+      block.add_adapter(name, adapter_config, shared)
 
   def delete_adapter(self, name):
     self.embeddings.delete_adapter(name)
     for block in self.blocks:
       block.delete_adapter(name)
+    with _unlocked(self):
+      self.shared.pop(name, None)
 
-  def checkpoint_variables(self, branch):
+  def checkpoint_variables(self, branch, serving=False):
     """[(checkpoint name, variable, tag)] of one branch, in the original's
-    order (embeddings, layers, pooler)."""
+    order (embeddings, layers, pooler), then the adapters' model-level
+    variables. With `serving`, the adapters as saved and served (see
+    adapters.registry)."""
     items = _scoped("bert/embeddings",
-                    self.embeddings.checkpoint_variables(branch))
+                    self.embeddings.checkpoint_variables(branch, serving))
     for i, block in enumerate(self.blocks):
       items += _scoped("bert/encoder/layer_%d" % i,
-                       block.checkpoint_variables(branch))
+                       block.checkpoint_variables(branch, serving))
     items += _dense_variables("bert/pooler/dense", self.pooler.dense)
+    for name in branch.adapters:
+      layer = self.shared.get(name)
+      if layer is None:
+        continue
+      listed = (layer.serving_checkpoint_variables() if serving and hasattr(
+          layer, "serving_checkpoint_variables")
+                else layer.checkpoint_variables())
+      items += [("bert/" + rel, v, Tag("adapter", name)) for rel, v in listed]
     return items
 
   def call(self, input_ids, input_mask, segment_ids, setup=None,
@@ -1094,9 +1128,12 @@ class ModelView:
   model that they read (`config`, `adapter_config`, `num_labels`).
   """
 
-  def __init__(self, model, branch):
+  def __init__(self, model, branch, serving=False):
     self.model = model
     self.branch = branch
+    # The adapters as saved and served (see adapters.registry): what a
+    # prefix tuning MLP computes rather than the MLP.
+    self.serving = serving
     self.config = model.config
     names = branch.adapters
     self.adapter_config = (model.adapter_configs[names[-1]] if names else
@@ -1108,6 +1145,10 @@ class ModelView:
   def classifier(self):
     return self.head
 
+  def serving_view(self):
+    """This view with its adapters as saved and served."""
+    return ModelView(self.model, self.branch, serving=True)
+
   def checkpoint_variables(self):
     """OrderedDict {checkpoint name: (variable, Tag)}, the original's order.
 
@@ -1115,7 +1156,7 @@ class ModelView:
       UserError: if two of the branch's adapters would take one name (two
         adapters at one hook point: the reference names hold one).
     """
-    items = self.model.bert.checkpoint_variables(self.branch)
+    items = self.model.bert.checkpoint_variables(self.branch, self.serving)
     if self.head is not None:
       items += self.head.checkpoint_variables(Tag("head", self.branch.head))
     out = collections.OrderedDict()

@@ -24,7 +24,8 @@ from adapters.bottleneck import BnConfig
 from adapters.lora import IA3Config
 from adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapters.lora import LoRALayer
-from adapters.union import ConfigUnion  # Registers "union".
+from adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
+from adapters.union import ConfigUnion  # Registers "union" and "mam".
 from adapters import composition
 from adapters.composition import Parallel
 from adapters.composition import Stack
@@ -32,6 +33,7 @@ from adapters.composition import Stack
 __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
+    "PrefixTuningConfig",
     "METHODS", "PRESETS", "Parallel", "Stack", "composition",
     "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",

@@ -25,6 +25,17 @@ Hook points, and what a layer placed there is called with:
   ffn_output         after the feed-forward output projection and its
                      dropout, before the residual LayerNorm: layer(x) -> x
 
+A method may also hold variables at the model level, shared by its layers
+in every block (prefix tuning's reparametrisation MLP, Compacter's shared
+PHM rule): `shared_for(config, bert_config)` builds that one layer per
+adapter, and `layers_for` gets it. A shared layer lists its variables
+(names relative to `bert/`) with `checkpoint_variables()`, and those the
+adapter keeps as saved and served with `serving_checkpoint_variables()`:
+prefix tuning serves what its MLP computes, not the MLP (AdapterHub's
+"eject"), so its pool lists none, each block's layer gives its computed
+values (`serving_variables()`), and `serving_config(config)` is the config
+that builds layers holding those values directly.
+
 Every layer's call also takes `training` and `policy` (the KernelPolicy). A
 layer at a block's residual hook point (attention_output, ffn_output) whose
 class sets `uses_block_residual = True` is also called with `residual` (the
@@ -33,7 +44,7 @@ branch uses): what it returns goes into LayerNorm(. + residual).
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 from training.errors import UserError
 
@@ -72,24 +83,33 @@ class AdapterMethod:
       layer}, where `where` is a block index or "embeddings".
     owns_layer_norms: callable(config) -> bool: whether an adapter of this
       config trains LayerNorms, and so holds its own copy of them.
+    shared_for: None, or callable(config, bert_config) -> a Keras layer (or
+      None) of model-level variables; `layers_for` then takes it as a
+      fourth argument.
+    serving_config: None, or callable(config) -> the config of the adapter
+      as saved and served.
   """
   kind: str
   config_cls: type
   layers_for: Callable
   owns_layer_norms: Callable = lambda config: False
+  shared_for: Optional[Callable] = None
+  serving_config: Optional[Callable] = None
 
 
 METHODS = {}
 
 
-def register_method(kind, config_cls, layers_for, owns_layer_norms=None):
+def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
+                    shared_for=None, serving_config=None):
   """Registers an adapter method under `kind` (see AdapterMethod).
 
   Returns:
     The AdapterMethod.
   """
   method = AdapterMethod(kind, config_cls, layers_for,
-                         owns_layer_norms or (lambda config: False))
+                         owns_layer_norms or (lambda config: False),
+                         shared_for, serving_config)
   METHODS[kind] = method
   return method
 
@@ -160,13 +180,36 @@ def kind_of_dict(d):
   return "bottleneck"
 
 
-def layers_for(config, bert_config, where):
+def shared_for(config, bert_config):
+  """The model-level layer of an adapter of `config`, or None."""
+  method = method_of(config)
+  if method.shared_for is None:
+    return None
+  return method.shared_for(config, bert_config)
+
+
+def serving_config(config):
+  """The config of an adapter of `config` as saved and served."""
+  method = method_of(config)
+  if method.serving_config is None:
+    return config
+  return method.serving_config(config)
+
+
+def layers_for(config, bert_config, where, shared=None):
   """{hook point: new layer} of an adapter of `config` at `where`.
+
+  Args:
+    shared: the adapter's model-level layer (`shared_for`), if any.
 
   Raises:
     UserError: if the method names a hook point the model does not have.
   """
-  layers = method_of(config).layers_for(config, bert_config, where)
+  method = method_of(config)
+  if method.shared_for is not None:
+    layers = method.layers_for(config, bert_config, where, shared)
+  else:
+    layers = method.layers_for(config, bert_config, where)
   allowed = MODEL_HOOKS if where == "embeddings" else BLOCK_HOOKS
   unknown = sorted(set(layers) - set(allowed))
   if unknown:

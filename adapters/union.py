@@ -10,7 +10,12 @@ of one block is refused when the adapter is added.
 
 import json
 
+import keras
+
+from adapters import bottleneck
+from adapters import prefix_tuning
 from adapters import registry
+from adapters.config import register_preset
 from training.errors import UserError
 
 
@@ -87,10 +92,47 @@ def _check_pairs(configs):
                       "places" % a.kind)
 
 
-def _layers_for(config, bert_config, where):
+class SharedParts(keras.layers.Layer):
+  """The model-level layers of a union's parts, by part index."""
+
+  def __init__(self, parts, **kwargs):
+    super().__init__(**kwargs)
+    self.parts = parts  # {str(index): layer}
+    self.built = True
+
+  def checkpoint_variables(self):
+    return [item for i in sorted(self.parts)
+            for item in self.parts[i].checkpoint_variables()]
+
+  def serving_checkpoint_variables(self):
+    items = []
+    for i in sorted(self.parts):
+      part = self.parts[i]
+      items += (part.serving_checkpoint_variables()
+                if hasattr(part, "serving_checkpoint_variables")
+                else part.checkpoint_variables())
+    return items
+
+
+def _shared_for(config, bert_config):
+  parts = {}
+  for i, sub in enumerate(config.configs):
+    layer = registry.shared_for(sub, bert_config)
+    if layer is not None:
+      parts[str(i)] = layer
+  return SharedParts(parts, name="union") if parts else None
+
+
+def _serving_config(config):
+  return ConfigUnion(*[registry.serving_config(c) for c in config.configs])
+
+
+def _layers_for(config, bert_config, where, shared=None):
   layers = {}
-  for sub in config.configs:
-    for point, layer in registry.layers_for(sub, bert_config, where).items():
+  for i, sub in enumerate(config.configs):
+    part = shared.parts.get(str(i)) if shared is not None else None
+    for point, layer in registry.layers_for(sub, bert_config, where,
+                                            part).items():
       if point in layers:
         raise UserError("ConfigUnion: two of its configs put a layer at %s "
                         "of %s" % (point, "the embeddings" if where ==
@@ -102,4 +144,11 @@ def _layers_for(config, bert_config, where):
 registry.register_method(
     "union", ConfigUnion, _layers_for,
     owns_layer_norms=lambda config: any(
-        registry.owns_layer_norms(c) for c in config.configs))
+        registry.owns_layer_norms(c) for c in config.configs),
+    shared_for=_shared_for, serving_config=_serving_config)
+
+# AdapterHub's MAMConfig (He et al. 2022, "mix-and-match"): prefix tuning
+# with a wider MLP, and a parallel bottleneck at the feed-forward.
+register_preset("mam", ConfigUnion(
+    prefix_tuning.PrefixTuningConfig(bottleneck_size=800),
+    bottleneck.PAR_BN))

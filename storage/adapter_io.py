@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 import adapters as adapters_lib
+from adapters import registry
 from storage import checkpoint_io
 import modeling
 from storage.atomic_io import atomic_write_text
@@ -193,13 +194,20 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
     The directory written, or None when every variable was trained
     (`--train_mode=full`: the model checkpoint itself is the result).
   """
-  names = adapter_names(model, trainable)
-  name_map = checkpoint_io.checkpoint_name_map(model)
-  if len(names) == len(name_map):
+  if len(adapter_names(model, trainable)) == len(
+      checkpoint_io.checkpoint_name_map(model)):
     logging.info("Every variable was trained (train_mode=%s); no adapter "
                  "directory written, use the model checkpoint.",
                  _field(run_config, "train_mode"))
     return None
+  # The adapter as served: e.g. prefix tuning's prefixes, not the MLP that
+  # computed them while training (adapters.registry).
+  view = model.view() if hasattr(model, "view") else model
+  if hasattr(view, "serving_view"):
+    model = view.serving_view()
+    adapter_config = registry.serving_config(adapter_config)
+  names = adapter_names(model, trainable)
+  name_map = checkpoint_io.checkpoint_name_map(model)
   metadata = build_metadata(model, names, adapter_config, run_config,
                             bert_config, processor, init_checkpoint,
                             adapter_name)

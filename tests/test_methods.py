@@ -7,6 +7,7 @@ config whose every variable (adapters' included) is random.
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -113,6 +114,28 @@ def np_projection(c, w, scope, x, point):
   return y + x @ w[scope + "/lora_A"] @ w[scope + "/lora_B"] * (c.alpha / c.r)
 
 
+def np_prefixes(c, w, cfg, layer):
+  """Prefix tuning's (keys, values) [prefix, H] of one block: the flat
+  variables, or AdapterHub's PrefixTuning MLP, whose output [prefix,
+  n_layers * 2 * H] is viewed as [prefix, n_layers * 2, H]: the block's
+  keys at 2i, values at 2i + 1 (i counting blocks with prefixes)."""
+  flat = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
+  if flat + "keys" in w:
+    return w[flat + "keys"], w[flat + "values"]
+  pool = "bert/prefix_tuning/"
+  if pool + "wte" not in w:
+    return None  # Taken out (the checks that the prefixes count).
+  hidden = ACTS[c.non_linearity](
+      w[pool + "wte"] @ w[pool + "control_trans/dense_0/kernel"]
+      + w[pool + "control_trans/dense_0/bias"])
+  out = (hidden @ w[pool + "control_trans/dense_1/kernel"]
+         + w[pool + "control_trans/dense_1/bias"])
+  kept = [i for i in range(cfg.num_hidden_layers) if i not in c.leave_out]
+  out = out.reshape(c.prefix_length, 2 * len(kept), cfg.hidden_size)
+  i = kept.index(layer)
+  return out[:, 2 * i], out[:, 2 * i + 1]
+
+
 def np_bert(w, cfg, ids, mask, segs, config):
   # A union's parts: the bottleneck at each place, the LoRA/(IA)^3 one.
   parts = list(config.configs) if config.kind == "union" else [config]
@@ -121,6 +144,7 @@ def np_bert(w, cfg, ids, mask, segs, config):
   bn_ffn = next((x for x in bns if x.output_adapter), None)
   c = next((x for x in parts if x.kind in ("lora", "ia3")), parts[0])
   inv = next((x for x in bns if x.inv_adapter), None)
+  prefix = next((x for x in parts if x.kind == "prefix_tuning"), None)
   b, s = ids.shape
   h, n = cfg.hidden_size, cfg.num_attention_heads
   d = h // n
@@ -151,7 +175,23 @@ def np_bert(w, cfg, ids, mask, segs, config):
     q = heads(np_projection(c, w, p + "attention/self/query", x, "query"))
     k = heads(np_projection(c, w, p + "attention/self/key", x, "key"))
     v = heads(np_projection(c, w, p + "attention/self/value", x, "value"))
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + adder
+    layer_adder = adder
+    prefixes = (np_prefixes(prefix, w, cfg, layer) if prefix is not None
+                and layer not in prefix.leave_out else None)
+    if prefixes is not None:
+      # Prefix tuning: P keys and values in front, attended by every
+      # position (mask 0 there).
+      pk, pv = prefixes
+      length = pk.shape[0]
+
+      def prefix_heads(t):
+        t = t.reshape(length, n, d).transpose(1, 0, 2)
+        return np.broadcast_to(t[None], (b, n, length, d))
+
+      k = np.concatenate([prefix_heads(pk), k], axis=2)
+      v = np.concatenate([prefix_heads(pv), v], axis=2)
+      layer_adder = np.concatenate([np.zeros((b, 1, 1, length)), adder], -1)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + layer_adder
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)
@@ -251,6 +291,7 @@ UNION_CASES = {
     "ia3_and_houlsby_inv": {"architecture": "union", "configs": [
         adapters.IA3Config().to_dict(),
         adapters.get_preset("houlsby+inv").to_dict()]},
+    "mam": "mam",
 }
 
 
@@ -259,7 +300,7 @@ def test_config_unions_match_numpy(case):
   reference, w, want, c = check_against_numpy(UNION_CASES[case])
   assert c.kind == "union"
   # Each part is in the computation.
-  for marker in ("/adapters/", "lora_"):
+  for marker in ("/adapters/", "lora_", "prefix_tuning/"):
     if any(marker in k for k in w):
       without = {k: v for k, v in w.items() if marker not in k}
       assert np.max(np.abs(reference(without) - want)) > 1e-3, marker
@@ -281,6 +322,52 @@ def test_config_union_refusals_and_round_trip():
       {k: v for k, v in adapters.get_preset("pfeiffer").to_dict().items()
        if k != "kind"}]}
   assert adapters.config_from_dict(theirs) == union
+
+
+PREFIX_CASES = {
+    "prefix_tuning": "prefix_tuning",
+    "prefix_tuning_flat": "prefix_tuning_flat",
+    "short_relu_leave_out": adapters.PrefixTuningConfig(
+        prefix_length=3, bottleneck_size=5, non_linearity="relu",
+        leave_out=[0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREFIX_CASES))
+def test_prefix_tuning_matches_numpy(case):
+  reference, w, want, _ = check_against_numpy(PREFIX_CASES[case])
+  plain = {k: v for k, v in w.items() if "prefix_tuning" not in k}
+  assert np.max(np.abs(reference(plain) - want)) > 1e-3
+
+
+def test_prefix_tuning_saves_the_plain_prefixes(tmp_path):
+  # What is saved is what the MLP computes per block (AdapterHub's eject),
+  # with flat=True: another model predicts the same from it alone.
+  model = model_with(adapters.PrefixTuningConfig(prefix_length=4,
+                                                 leave_out=[1]))
+  feats = as_features(*batch(model.config))
+  want = model.predict(feats, verbose=0)
+  path = model.save_adapter(str(tmp_path / "p"), "a")
+  saved = dict(tf.train.list_variables(os.path.join(path, "adapter.ckpt")))
+  assert sorted(n for n in saved if n not in ("output_weights",
+                                              "output_bias")) == [
+      "bert/encoder/layer_0/attention/self/prefix_tuning/keys",
+      "bert/encoder/layer_0/attention/self/prefix_tuning/values"]
+  assert saved["bert/encoder/layer_0/attention/self/prefix_tuning/keys"] == [
+      4, model.config.hidden_size]
+  other = modeling.BertAdapterModel(model.config)
+  base = checkpoint_io.checkpoint_name_map(model)
+  for n, v in checkpoint_io.checkpoint_name_map(other).items():
+    v.assign(base[n])
+  loaded = other.load_adapter(path, set_active=True)
+  assert other.adapters[loaded] == model.adapters["a"].replace(flat=True)
+  assert not other.bert.shared  # No MLP.
+  np.testing.assert_allclose(other.predict(feats, verbose=0), want, atol=1e-5)
+  # The prefixes are those of the NumPy MLP.
+  keys, _ = np_prefixes(model.adapters["a"], weights(model), model.config, 0)
+  np.testing.assert_allclose(
+      weights(other)["bert/encoder/layer_0/attention/self/prefix_tuning/keys"],
+      keys, atol=1e-5)
 
 
 LORA_CASES = {
@@ -380,10 +467,17 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 #   scaled_par_bn: par_bn + 12 learned scalars             = 7,091,724
 #   lora (r 8, q and v): 12 x 2 x (768*8 + 8*768)          =   294,912
 #   ia3 (k, v, intermediate): 12 x (768 + 768 + 3072)      =    55,296
+#   prefix_tuning (30 positions, MLP 768 -> 512 -> 12*2*768):
+#     30*768 + 768*512 + 512 + 512*18432 + 18432           = 9,872,384
+#   prefix_tuning_flat: 30 x 12 x 2 x 768                  =   552,960
+#   mam: prefix_tuning with a 800-wide MLP (15,402,272) + par_bn
+#                                                          = 22,493,984
 ADAPTERHUB_BERT_BASE = {
     "seq_bn": 894_528, "double_seq_bn": 1_789_056, "seq_bn_inv": 1_190_592,
     "double_seq_bn_inv": 2_085_120, "par_bn": 7_091_712,
     "scaled_par_bn": 7_091_724, "lora": 294_912, "ia3": 55_296,
+    "prefix_tuning": 9_872_384, "prefix_tuning_flat": 552_960,
+    "mam": 22_493_984,
 }
 
 
@@ -480,7 +574,7 @@ def test_preset_files_are_the_presets():
           name), path
 
 
-@pytest.mark.parametrize("case", ["pfeiffer", "lora"])
+@pytest.mark.parametrize("case", ["pfeiffer", "lora", "prefix_tuning"])
 def test_fit_trains_only_the_method_and_its_head(case):
   import optimization  # pylint: disable=g-import-not-at-top
   model = model_with(case)
@@ -489,7 +583,7 @@ def test_fit_trains_only_the_method_and_its_head(case):
   names = checkpoint_io.checkpoint_name_map(model)
   assert trained and all(
       n in ("output_weights", "output_bias") or "/adapters/" in n
-      or "lora_" in n for n in trained)
+      or "lora_" in n or "prefix_tuning/" in n for n in trained)
   before = {n: v.numpy().copy() for n, v in names.items()}
   other_before = {n: v.numpy().copy() for n, v in
                   model.adapter_view("other").checkpoint_name_map().items()}
