@@ -35,6 +35,7 @@ from typing import Any, Optional, Tuple, Union
 import keras
 import tensorflow as tf
 
+from adapters import compacter
 from adapters import registry
 from adapters.config import AdapterConfig
 from adapters.config import MethodConfig
@@ -182,9 +183,11 @@ class BnConfig(MethodConfig):
     scaling: a number, "learned" (a scalar) or "channel" (a vector).
     leave_out: block indices without adapters.
     dropout: dropout of the up projection's output while training.
-    use_gating, inv_adapter, phm_layer, cross_adapter, stochastic_depth and
-    the phm_* fields are AdapterHub's; the values that need the invertible,
-    Compacter or gating parts are refused until those parts exist.
+    phm_layer and the phm_* fields: Compacter's PHM projections
+      (adapters.compacter).
+    use_gating, inv_adapter, cross_adapter, stochastic_depth are
+    AdapterHub's; the values that need gating, a decoder or stochastic depth
+    are refused until those parts exist.
   """
   mh_adapter: bool = False
   output_adapter: bool = True
@@ -260,8 +263,9 @@ class BnConfig(MethodConfig):
         raise UserError("bn adapter config: inv_adapter_reduction_factor=%r "
                         "must be a number > 0 with inv_adapter"
                         % (self.inv_adapter_reduction_factor,))
+    if self.phm_layer:
+      compacter.check_phm_config(self)
     for field, why in (("use_gating", "gating"),
-                       ("phm_layer", "PHM (Compacter) layers"),
                        ("cross_adapter", "cross-attention adapters (no "
                         "decoder here)"),
                        ("stochastic_depth", "stochastic depth")):
@@ -288,21 +292,40 @@ class BnAdapter(keras.layers.Layer):
   """One adapter of AdapterHub's bottleneck family at a residual hook point.
 
   Variables (checkpoint names under `.../adapters/`): `weights1` [H, m],
-  `biases1` [1, m], `weights2` [m, H], `biases2` [1, H]; `scaling` ([1] or
-  [H]) if learned; `ln_before/{gamma,beta}`, `ln_after/{gamma,beta}` if set.
+  `biases1` [1, m], `weights2` [m, H], `biases2` [1, H], or with phm_layer
+  the PHM projections' `down/...` and `up/...` (adapters.compacter);
+  `scaling` ([1] or [H]) if learned; `ln_before/{gamma,beta}`,
+  `ln_after/{gamma,beta}` if set.
   """
 
   uses_block_residual = True  # Called with residual= and layer_norm=.
 
-  def __init__(self, config, bottleneck_size, **kwargs):
+  def __init__(self, config, bottleneck_size, shared_rule=None, **kwargs):
     super().__init__(**kwargs)
     self.config = (config if isinstance(config, BnConfig)
                    else BnConfig.from_dict(config))
     self.bottleneck_size = int(bottleneck_size)
     self._act = BN_ACTIVATIONS[self.config.non_linearity]
+    # Compacter's shared PHM rule (the model's; not a sub-layer here).
+    self._shared_rule = registry.LayerRef(shared_rule)
 
   def build(self, input_shape):
     hidden, m, c = int(input_shape[-1]), self.bottleneck_size, self.config
+    self.down = self.up = None
+    if c.phm_layer:
+      for what, size in (("hidden size %d" % hidden, hidden),
+                         ("bottleneck size %d (hidden size %d // "
+                          "reduction_factor %s)" % (m, hidden,
+                                                    c.reduction_factor), m)):
+        if size % c.phm_dim:
+          raise UserError("bn adapter config with phm_layer: the %s is not "
+                          "divisible by phm_dim=%d" % (what, c.phm_dim))
+      rule = self._shared_rule.layer
+      self.down = compacter.PHMLinear(c, hidden, m, rule, name="down")
+      self.up = compacter.PHMLinear(c, m, hidden, rule, name="up")
+      self._build_scaling_and_norms(hidden)
+      super().build(input_shape)
+      return
     if c.init_weights == "bert":
       down = up = keras.initializers.RandomNormal(stddev=0.02,
                                                   seed=c.init_weights_seed)
@@ -323,6 +346,11 @@ class BnAdapter(keras.layers.Layer):
                                     initializer=up)
     self.biases2 = self.add_weight(name="biases2", shape=(1, hidden),
                                    initializer="zeros")
+    self._build_scaling_and_norms(hidden)
+    super().build(input_shape)
+
+  def _build_scaling_and_norms(self, hidden):
+    c = self.config
     self.scaling = None
     if c.scaling in ("learned", "channel"):
       self.scaling = self.add_weight(
@@ -336,12 +364,16 @@ class BnAdapter(keras.layers.Layer):
                             initializer="ones"),
             self.add_weight(name=which + "_beta", shape=(hidden,),
                             initializer="zeros"))
-    super().build(input_shape)
 
   def checkpoint_variables(self):
     """[(name relative to the hook point's scope, variable)]."""
-    items = [("adapters/" + name, getattr(self, name))
-             for name in ("weights1", "biases1", "weights2", "biases2")]
+    if self.down is not None:
+      items = [("adapters/%s/%s" % (part.name, name), v)
+               for part in (self.down, self.up)
+               for name, v in part.checkpoint_variables()]
+    else:
+      items = [("adapters/" + name, getattr(self, name))
+               for name in ("weights1", "biases1", "weights2", "biases2")]
     if self.scaling is not None:
       items.append(("adapters/scaling", self.scaling))
     for which, (gamma, beta) in self.norms.items():
@@ -361,10 +393,14 @@ class BnAdapter(keras.layers.Layer):
     dtype = x.dtype
     if "ln_before" in self.norms:
       x = self._norm("ln_before", x)
-    h = self._act(tf.matmul(x, tf.cast(self.weights1, dtype))
-                  + tf.cast(self.biases1, dtype))  # [rows, m]
-    up = tf.matmul(h, tf.cast(self.weights2, dtype)) + tf.cast(
-        self.biases2, dtype)  # [rows, H]
+    if self.down is not None:  # Compacter's PHM projections.
+      h = self._act(self.down(x))  # [rows, m]
+      up = self.up(h)  # [rows, H]
+    else:
+      h = self._act(tf.matmul(x, tf.cast(self.weights1, dtype))
+                    + tf.cast(self.biases1, dtype))  # [rows, m]
+      up = tf.matmul(h, tf.cast(self.weights2, dtype)) + tf.cast(
+          self.biases2, dtype)  # [rows, H]
     if self.scaling is not None:
       up = up * tf.cast(self.scaling, dtype)
     elif self.config.scaling != 1.0:
@@ -474,7 +510,7 @@ class InvertibleAdapter(keras.layers.Layer):
     return base
 
 
-def _bn_layers_for(config, bert_config, where):
+def _bn_layers_for(config, bert_config, where, shared=None):
   if where == "embeddings":
     if not config.inv_adapter:
       return {}
@@ -490,13 +526,14 @@ def _bn_layers_for(config, bert_config, where):
                         ("ffn_output", config.output_adapter)):
     if wanted:
       layer = BnAdapter(config, config.bottleneck_size(
-          bert_config.hidden_size, where), name=point)
+          bert_config.hidden_size, where), shared_rule=shared, name=point)
       layer.build((None, bert_config.hidden_size))
       layers[point] = layer
   return layers
 
 
-registry.register_method("bn", BnConfig, _bn_layers_for)
+registry.register_method("bn", BnConfig, _bn_layers_for,
+                         shared_for=compacter.shared_for)
 
 # AdapterHub's presets, under both of its names for each.
 SEQ_BN = BnConfig()
@@ -511,12 +548,19 @@ SEQ_BN_INV = dataclasses.replace(SEQ_BN, inv_adapter="nice",
                                  inv_adapter_reduction_factor=2)
 DOUBLE_SEQ_BN_INV = dataclasses.replace(DOUBLE_SEQ_BN, inv_adapter="nice",
                                         inv_adapter_reduction_factor=2)
+# Compacter (on houlsby) and Compacter++ (on pfeiffer): PHM projections.
+COMPACTER = dataclasses.replace(DOUBLE_SEQ_BN, phm_layer=True,
+                                reduction_factor=32, non_linearity="gelu")
+COMPACTER_PP = dataclasses.replace(SEQ_BN, phm_layer=True,
+                                   reduction_factor=32, non_linearity="gelu")
 for _names, _config in ((("pfeiffer", "seq_bn"), SEQ_BN),
                         (("houlsby", "double_seq_bn"), DOUBLE_SEQ_BN),
                         (("pfeiffer+inv", "seq_bn_inv"), SEQ_BN_INV),
                         (("houlsby+inv", "double_seq_bn_inv"),
                          DOUBLE_SEQ_BN_INV),
                         (("parallel", "par_bn"), PAR_BN),
-                        (("scaled_parallel", "scaled_par_bn"), SCALED_PAR_BN)):
+                        (("scaled_parallel", "scaled_par_bn"), SCALED_PAR_BN),
+                        (("compacter",), COMPACTER),
+                        (("compacter++",), COMPACTER_PP)):
   for _name in _names:
     register_preset(_name, _config)

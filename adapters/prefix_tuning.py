@@ -173,13 +173,6 @@ class PrefixPool(keras.layers.Layer):
     return base
 
 
-class _Ref:
-  """Holds a layer without making it a sub-layer (the pool is the model's,
-  listed once; each block's prefix layer only reads it)."""
-
-  def __init__(self, layer):
-    self.layer = layer
-
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class PrefixLayer(keras.layers.Layer):
@@ -198,7 +191,7 @@ class PrefixLayer(keras.layers.Layer):
     self.hidden_size = int(hidden_size)
     self.num_heads = int(num_heads)
     self.index = int(index)
-    self._pool = _Ref(pool) if pool is not None else None
+    self._pool = registry.LayerRef(pool) if pool is not None else None
     if pool is None:
       init = keras.initializers.RandomNormal(stddev=1.0,
                                              seed=config.init_weights_seed)

@@ -180,6 +180,15 @@ def kind_of_dict(d):
   return "bottleneck"
 
 
+class LayerRef:
+  """Holds a model-level shared layer inside a block's layer without making
+  it a sub-layer there (it is listed, and its variables counted, once: at
+  the model)."""
+
+  def __init__(self, layer):
+    self.layer = layer
+
+
 def shared_for(config, bert_config):
   """The model-level layer of an adapter of `config`, or None."""
   method = method_of(config)

@@ -65,18 +65,49 @@ def np_ln(x, gamma, beta, eps=1e-12):
   return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
+def np_kron(a, b):
+  """The Kronecker product of two matrices, entry by entry."""
+  out = np.zeros((a.shape[0] * b.shape[0], a.shape[1] * b.shape[1]))
+  for i in range(a.shape[0]):
+    for j in range(a.shape[1]):
+      out[i * b.shape[0]:(i + 1) * b.shape[0],
+          j * b.shape[1]:(j + 1) * b.shape[1]] = a[i, j] * b
+  return out
+
+
+def np_phm(c, w, scope, x):
+  """Compacter's PHM layer: x·sum_i kron(rule_i, W_i) + b (AdapterHub's
+  PHMLayer), the rule the adapter's shared one or the layer's own."""
+  if scope + "/W" in w:
+    ws = w[scope + "/W"]
+  else:
+    ws = w[scope + "/W_left"] @ w[scope + "/W_right"]
+  owner = "bert/adapters/" if c.shared_phm_rule else scope + "/"
+  if owner + "phm_rule" in w:
+    rule = w[owner + "phm_rule"]
+  else:
+    rule = w[owner + "phm_rule_left"] @ w[owner + "phm_rule_right"]
+  h = sum(np_kron(rule[i], ws[i]) for i in range(c.phm_dim))
+  y = x @ h
+  return y + w[scope + "/b"] if c.phm_bias else y
+
+
 def np_bn(c, w, prefix, h, r, ln):
   """AdapterHub's bottleneck at one place: what goes into LN(. + r)."""
-  if prefix + "/weights1" not in w:
+  if not any(k.startswith(prefix + "/") for k in w):
     return h
 
   def up_of(x):
     if c.ln_before:
       x = np_ln(x, w[prefix + "/ln_before/gamma"], w[prefix + "/ln_before/beta"],
                 1e-5)
-    down = ACTS[c.non_linearity](x @ w[prefix + "/weights1"]
-                                 + w[prefix + "/biases1"])
-    up = down @ w[prefix + "/weights2"] + w[prefix + "/biases2"]
+    if c.phm_layer:
+      down = ACTS[c.non_linearity](np_phm(c, w, prefix + "/down", x))
+      up = np_phm(c, w, prefix + "/up", down)
+    else:
+      down = ACTS[c.non_linearity](x @ w[prefix + "/weights1"]
+                                   + w[prefix + "/biases1"])
+      up = down @ w[prefix + "/weights2"] + w[prefix + "/biases2"]
     if isinstance(c.scaling, str):
       return up * w[prefix + "/scaling"]
     return up * c.scaling
@@ -257,6 +288,19 @@ BN_CASES = {
     "parallel_ln_after": adapters.BnConfig(
         reduction_factor=4, original_ln_before=False, is_parallel=True,
         ln_after=True, scaling=2.0, non_linearity="gelu_new"),
+    # Compacter: PHM projections with the adapter's shared rule.
+    "compacter": adapters.get_preset("compacter").replace(reduction_factor=2),
+    "compacter++": adapters.get_preset("compacter++").replace(
+        reduction_factor=2),
+    # The PHM switches the other way: full W, factorized per-layer rules,
+    # no bias, rank 2.
+    "phm_own_factorized_rules": adapters.BnConfig(
+        reduction_factor=2, phm_layer=True, phm_dim=2,
+        factorized_phm_W=False, shared_phm_rule=False,
+        factorized_phm_rule=True, phm_bias=False),
+    "phm_rank_2_shared_factorized": adapters.BnConfig(
+        reduction_factor=2, phm_layer=True, phm_rank=2,
+        factorized_phm_rule=True, phm_c_init="uniform"),
 }
 
 
@@ -264,7 +308,7 @@ BN_CASES = {
 def test_bottleneck_family_matches_numpy(case):
   reference, w, want, c = check_against_numpy(BN_CASES[case])
   # The adapters are really there: without them the output differs.
-  plain = {k: v for k, v in w.items() if "/adapters/" not in k}
+  plain = {k: v for k, v in w.items() if "adapters/" not in k}
   if c.inv_adapter:
     plain = dict(plain, **{k: np.zeros_like(v) for k, v in plain.items()
                            if "invertible_adapter" in k})
@@ -439,11 +483,20 @@ def test_every_adapterhub_name_is_accepted():
   for name in ("pfeiffer", "seq_bn", "houlsby", "double_seq_bn", "parallel",
                "pfeiffer+inv", "seq_bn_inv", "houlsby+inv", "double_seq_bn_inv",
                "par_bn", "scaled_parallel", "scaled_par_bn", "lora", "ia3",
-               "adapter-bert"):
+               "prefix_tuning", "prefix_tuning_flat", "compacter",
+               "compacter++", "mam", "adapter-bert"):
     assert adapters.get_preset(name) is not None
   assert adapters.get_preset("pfeiffer") == adapters.get_preset("seq_bn")
   assert adapters.get_preset("houlsby") == bottleneck.DOUBLE_SEQ_BN
   assert adapters.get_preset("adapter-bert") == adapters.AdapterConfig()
+  # AdapterHub's definitions: Compacter on houlsby, Compacter++ on pfeiffer,
+  # mam = prefix tuning (MLP 800) + par_bn.
+  assert adapters.get_preset("compacter") == bottleneck.DOUBLE_SEQ_BN.replace(
+      phm_layer=True, reduction_factor=32, non_linearity="gelu")
+  assert adapters.get_preset("compacter++") == bottleneck.SEQ_BN.replace(
+      phm_layer=True, reduction_factor=32, non_linearity="gelu")
+  assert adapters.get_preset("mam") == adapters.ConfigUnion(
+      adapters.PrefixTuningConfig(bottleneck_size=800), "par_bn")
 
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
@@ -472,12 +525,17 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 #   prefix_tuning_flat: 30 x 12 x 2 x 768                  =   552,960
 #   mam: prefix_tuning with a 800-wide MLP (15,402,272) + par_bn
 #                                                          = 22,493,984
+#   compacter++ (bottleneck 768/32 = 24, phm_dim 4, rank 1):
+#     down W_left 4*192*1 + W_right 4*1*6 + b 24 = 816,
+#     up W_left 4*6*1 + W_right 4*1*192 + b 768 = 1,560;
+#     12 x 2,376 + the shared rule 4*4*4                   =    28,576
+#   compacter (at both places): 24 x 2,376 + 64            =    57,088
 ADAPTERHUB_BERT_BASE = {
     "seq_bn": 894_528, "double_seq_bn": 1_789_056, "seq_bn_inv": 1_190_592,
     "double_seq_bn_inv": 2_085_120, "par_bn": 7_091_712,
     "scaled_par_bn": 7_091_724, "lora": 294_912, "ia3": 55_296,
     "prefix_tuning": 9_872_384, "prefix_tuning_flat": 552_960,
-    "mam": 22_493_984,
+    "mam": 22_493_984, "compacter++": 28_576, "compacter": 57_088,
 }
 
 
@@ -541,9 +599,17 @@ def test_adapterhub_config_dicts_load(tmp_path):
   assert adapters.config_from_dict(ia3).kind == "ia3"
 
 
-@pytest.mark.parametrize("case", ["pfeiffer", "scaled_parallel", "ia3"])
+SAVE_CASES = {
+    "pfeiffer": "pfeiffer", "scaled_parallel": "scaled_parallel", "ia3": "ia3",
+    # The shared PHM rule is saved with the adapter.
+    "compacter++": adapters.get_preset("compacter++").replace(
+        reduction_factor=4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAVE_CASES))
 def test_saved_adapter_loads_back_with_its_method(case, tmp_path):
-  model = model_with(case)
+  model = model_with(SAVE_CASES[case])
   feats = as_features(*batch(model.config))
   want = model.predict(feats, verbose=0)
   path = model.save_adapter(str(tmp_path / case), "a")
