@@ -50,6 +50,20 @@ def test_auto_and_one_device_on_cpu():
   assert mirrored.num_replicas_in_sync == 1
 
 
+def test_one_cpu_device_reads_the_dataset_itself():
+  # A distributed dataset is read through a MultiDeviceIterator whose own
+  # pipeline autotunes (tf.data's defaults), and deleting that iterator
+  # waits for the autotuning thread's sleep (up to a minute): the end of a
+  # CPU training run waited 40-56 s there. On one CPU device the trainer
+  # reads the dataset itself, with its own options (autotuning off).
+  dataset = tf.data.Dataset.range(6).batch(2)
+  one = tf.distribute.OneDeviceStrategy("/cpu:0")
+  assert distribution.distribute_dataset(one, dataset) is dataset
+  default = tf.distribute.get_strategy()
+  assert [int(b[0]) for b in distribution.distribute_dataset(
+      default, dataset)] == [0, 2, 4]
+
+
 def test_per_replica_batch_size():
   assert distribution.per_replica_batch_size(32, 4, "train_batch_size") == 8
   assert distribution.per_replica_batch_size(7, 1, "--eval_batch_size") == 7

@@ -355,3 +355,25 @@ def _check_reachable(host, port, where):
   except OSError as e:
     raise errors.UserError("TPU %s: cannot reach the TPU worker at %s:%d: %s"
                            % (where, host, port, _short(e))) from None
+
+
+def distribute_dataset(strategy, dataset):
+  """`strategy.experimental_distribute_dataset(dataset)`, or on one CPU
+  device the dataset itself.
+
+  A distributed dataset is read through a MultiDeviceIterator, whose own
+  input pipeline has tf.data's default options: its autotuning thread
+  sleeps for a period that doubles up to a minute, and deleting the
+  iterator waits for that sleep (the end of a CPU training run waited up
+  to 56 s there). With one replica on the host CPU there is nothing to
+  distribute or copy: the dataset's own iterator runs, with its options
+  (autotuning off), and `strategy.run` takes its plain tensors.
+  """
+  try:
+    devices = list(strategy.extended.worker_devices)
+  except RuntimeError:  # The default (no) strategy: nothing to distribute.
+    return strategy.experimental_distribute_dataset(dataset)
+  if (len(devices) == 1 and strategy.num_replicas_in_sync == 1
+      and tf.DeviceSpec.from_string(devices[0]).device_type in (None, "CPU")):
+    return dataset
+  return strategy.experimental_distribute_dataset(dataset)

@@ -19,6 +19,7 @@ import tensorflow as tf
 import modeling
 from storage import checkpoint_io
 from compute import kernels
+from training import distribution
 from training import preemption
 from training import run_config
 from training import summaries
@@ -346,7 +347,8 @@ class Trainer:
     if start >= num_train_steps:
       logging.info("Training already complete at step %d.", start)
       return {"loss": float("nan"), "global_step": start}
-    dataset = self.strategy.experimental_distribute_dataset(make_dataset(start))
+    dataset = distribution.distribute_dataset(self.strategy,
+                                              make_dataset(start))
     iterator = iter(dataset)
     watch = preemption.current()
     if watch is not None:
@@ -567,7 +569,7 @@ class Trainer:
     if self._eval_step is None:
       self._build_eval_step()
     outputs = collections.defaultdict(list)
-    for features in self.strategy.experimental_distribute_dataset(dataset):
+    for features in distribution.distribute_dataset(self.strategy, dataset):
       logits, losses = self._eval_step(features)
       logits = _gather(self.strategy, logits)
       losses = _gather(self.strategy, losses)
