@@ -559,9 +559,10 @@ class BertEmbeddings(keras.layers.Layer):
              ("position_embeddings", self.position_embeddings, BASE)]
     items += self._norms.of(owner).checkpoint_variables(
         "LayerNorm", Tag("layer_norm", owner))
-    items += _strip_scope(self.embedding_output.checkpoint_variables(
-        registry.HOOK_SCOPES["embedding_output"], branch.adapters, serving),
-        "embeddings/")
+    for point in registry.MODEL_HOOKS:
+      items += _strip_scope(getattr(self, point).checkpoint_variables(
+          registry.HOOK_SCOPES[point], branch.adapters, serving),
+                            "embeddings/")
     return items
 
   def call(self, input_ids, segment_ids, setup=None, training=False,
@@ -945,6 +946,7 @@ class BertPooler(keras.layers.Layer):
         self.config.hidden_size, activation="tanh",
         kernel_initializer=_initializer(self.config), name="dense")
     self.dense.build((None, self.config.hidden_size))
+    self.built = True
 
   def call(self, sequence_output):
     # sequence_output: [batch, seq, H] -> [batch, H]
@@ -984,6 +986,16 @@ class BertModel(keras.layers.Layer):
         for i in range(self.config.num_hidden_layers)
     ]
     self.pooler = BertPooler(self.config, name="pooler")
+    # Adapters that read every hidden state of the (frozen) encoder.
+    self.encoder_output = AdapterHook("encoder_output", name="encoder_output")
+    for name, adapter_config in items:
+      self._add_encoder_layers(name, adapter_config)
+
+  def _add_encoder_layers(self, name, adapter_config):
+    for point, layer in registry.layers_for(
+        adapter_config, self.config, "encoder",
+        self.shared.get(name)).items():
+      getattr(self, point).add(name, layer)
 
   def add_adapter(self, name, adapter_config):
     shared = registry.shared_for(adapter_config, self.config)
@@ -993,11 +1005,14 @@ class BertModel(keras.layers.Layer):
     self.embeddings.add_adapter(name, adapter_config, shared)
     for block in self.blocks:
       block.add_adapter(name, adapter_config, shared)
+    with _unlocked(self):
+      self._add_encoder_layers(name, adapter_config)
 
   def delete_adapter(self, name):
     self.embeddings.delete_adapter(name)
     for block in self.blocks:
       block.delete_adapter(name)
+    self.encoder_output.remove(name)
     with _unlocked(self):
       self.shared.pop(name, None)
 
@@ -1011,6 +1026,9 @@ class BertModel(keras.layers.Layer):
     for i, block in enumerate(self.blocks):
       items += _scoped("bert/encoder/layer_%d" % i,
                        block.checkpoint_variables(branch, serving))
+    items += self.encoder_output.checkpoint_variables(
+        "bert/" + registry.HOOK_SCOPES["encoder_output"], branch.adapters,
+        serving)
     items += _dense_variables("bert/pooler/dense", self.pooler.dense)
     for name in branch.adapters:
       layer = self.shared.get(name)
@@ -1032,12 +1050,22 @@ class BertModel(keras.layers.Layer):
     """
     setup = setup or NO_ADAPTERS
     policy = kernels.policy_or_default(policy)
+    if self.encoder_output.is_active(setup):
+      return self._read_frozen_encoder(input_ids, input_mask, segment_ids,
+                                       setup, training, seed, output_range,
+                                       policy)
     n = len(setup.branches)
     shape = tf.shape(input_ids)
     batch, seq = shape[0] * n, shape[1]
     embedded = self.embeddings(input_ids, segment_ids, setup=setup,
                                training=training,
                                seed=kernels.fold_seed(seed, 0), policy=policy)
+    if self.embeddings.prompts.is_active(setup):
+      # Prompt tuning: soft tokens join the sequence (and the mask).
+      embedded, input_mask = self.embeddings.prompts(
+          embedded, input_mask, setup=setup, training=training,
+          policy=policy)
+      seq = tf.shape(embedded)[1]
     # Additive mask: 0 where attended, -10000 where padded. [batch, 1, 1, seq]
     mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
     mask_adder = (1.0 - mask) * MASK_ADDER
@@ -1055,6 +1083,40 @@ class BertModel(keras.layers.Layer):
     sequence_output = tf.reshape(x, [batch, rows, self.config.hidden_size])
     pooled_output = self.pooler(sequence_output)
     return sequence_output, pooled_output
+
+  def _read_frozen_encoder(self, input_ids, input_mask, segment_ids, setup,
+                           training, seed, output_range, policy):
+    """An encoder_output adapter (layer attention) on the frozen encoder.
+
+    The encoder runs in inference mode and its hidden states are cut from
+    the gradient: training computes nothing below the adapter. The pooled
+    output is the adapter's first ([CLS]) row (not the frozen pooler).
+    """
+    if setup.parallel or len(setup.branches[0].adapters) > 1:
+      raise UserError("a layer_attention adapter reads the frozen encoder: "
+                      "it runs alone, not stacked or side by side with "
+                      "other adapters (%s)" % ", ".join(
+                          n for b in setup.branches for n in b.adapters))
+    shape = tf.shape(input_ids)
+    batch, seq = shape[0], shape[1]
+    h = self.config.hidden_size
+    embedded = self.embeddings(input_ids, segment_ids, training=False,
+                               policy=policy)  # [batch, seq, H]
+    mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
+    mask_adder = (1.0 - mask) * MASK_ADDER
+    x = tf.reshape(embedded, [batch * seq, h])
+    states = [embedded]
+    for block in self.blocks:
+      x = block(x, mask_adder, batch, seq, training=False, policy=policy)
+      states.append(tf.reshape(x, [batch, seq, h]))
+    states = [tf.stop_gradient(s) for s in states]
+    layer, = self.encoder_output._branch_layers(setup.branches[0])  # pylint: disable=protected-access
+    sequence_output = layer(states, input_mask, training=training,
+                            policy=policy,
+                            seed=kernels.fold_seed(seed, len(self.blocks) + 1))
+    if output_range is not None:
+      sequence_output = sequence_output[:, :output_range]
+    return sequence_output, sequence_output[:, 0]
 
   def get_config(self):
     base = super().get_config()

@@ -25,6 +25,8 @@ from adapters.lora import IA3Config
 from adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapters.lora import LoRALayer
 from adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
+from adapters.layer_attention import LayerAttentionConfig  # Basirat's.
+from adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
 from adapters.union import ConfigUnion  # Registers "union" and "mam".
 from adapters import composition
 from adapters.composition import Parallel
@@ -33,7 +35,7 @@ from adapters.composition import Stack
 __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
-    "PrefixTuningConfig",
+    "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
     "METHODS", "PRESETS", "Parallel", "Stack", "composition",
     "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",

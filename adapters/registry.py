@@ -10,6 +10,9 @@ Hook points, and what a layer placed there is called with:
 
   embedding_output   the embeddings after LayerNorm and dropout:
                      layer(x [batch * seq, H]) -> [batch * seq, H]
+  prompts            the embedding output and the mask, which it may
+                     lengthen: layer(x [batch, seq, H], input_mask
+                     [batch, seq]) -> (x, input_mask) [batch, seq', ...]
   query, key, value  a projection of the attention input:
                      layer(x [rows, H], projected [rows, H]) -> [rows, H]
   attention_keys_values  the attention's keys and values per head:
@@ -24,6 +27,11 @@ Hook points, and what a layer placed there is called with:
                      dropout: layer(x [rows, I], projected [rows, H]) -> [rows, H]
   ffn_output         after the feed-forward output projection and its
                      dropout, before the residual LayerNorm: layer(x) -> x
+  encoder_output     the encoder's output, from all its hidden states
+                     (methods registered with `encoder_level=True`; the
+                     encoder then runs frozen, in inference mode):
+                     layer(hidden_states [L+1 of [batch, seq, H]],
+                     input_mask [batch, seq]) -> [batch, seq, H]
 
 A method may also hold variables at the model level, shared by its layers
 in every block (prefix tuning's reparametrisation MLP, Compacter's shared
@@ -52,6 +60,7 @@ from training.errors import UserError
 # block (`bert/encoder/layer_<i>/`) or, for the embeddings, to `bert/`.
 HOOK_SCOPES = {
     "embedding_output": "embeddings",
+    "prompts": "embeddings",
     "query": "attention/self/query",
     "key": "attention/self/key",
     "value": "attention/self/value",
@@ -60,11 +69,13 @@ HOOK_SCOPES = {
     "intermediate_projection": "intermediate/dense",
     "output_projection": "output/dense",
     "ffn_output": "output",
+    "encoder_output": "encoder",
 }
 BLOCK_HOOKS = ("query", "key", "value", "attention_keys_values",
                "attention_output", "intermediate_projection",
                "output_projection", "ffn_output")
-MODEL_HOOKS = ("embedding_output",)
+MODEL_HOOKS = ("embedding_output", "prompts")
+ENCODER_HOOKS = ("encoder_output",)
 # Hook points on the residual stream: layer(x) -> x.
 RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
 PROJECTION_HOOKS = ("query", "key", "value", "intermediate_projection",
@@ -88,6 +99,8 @@ class AdapterMethod:
       fourth argument.
     serving_config: None, or callable(config) -> the config of the adapter
       as saved and served.
+    encoder_level: the method also has a layer at `encoder_output`
+      (`layers_for` is called with where="encoder").
   """
   kind: str
   config_cls: type
@@ -95,13 +108,15 @@ class AdapterMethod:
   owns_layer_norms: Callable = lambda config: False
   shared_for: Optional[Callable] = None
   serving_config: Optional[Callable] = None
+  encoder_level: bool = False
 
 
 METHODS = {}
 
 
 def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
-                    shared_for=None, serving_config=None):
+                    shared_for=None, serving_config=None,
+                    encoder_level=False):
   """Registers an adapter method under `kind` (see AdapterMethod).
 
   Returns:
@@ -109,7 +124,7 @@ def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
   """
   method = AdapterMethod(kind, config_cls, layers_for,
                          owns_layer_norms or (lambda config: False),
-                         shared_for, serving_config)
+                         shared_for, serving_config, encoder_level)
   METHODS[kind] = method
   return method
 
@@ -215,17 +230,27 @@ def layers_for(config, bert_config, where, shared=None):
     UserError: if the method names a hook point the model does not have.
   """
   method = method_of(config)
+  if where == "encoder" and not is_encoder_level(config):
+    return {}
   if method.shared_for is not None:
     layers = method.layers_for(config, bert_config, where, shared)
   else:
     layers = method.layers_for(config, bert_config, where)
-  allowed = MODEL_HOOKS if where == "embeddings" else BLOCK_HOOKS
+  allowed = {"embeddings": MODEL_HOOKS, "encoder": ENCODER_HOOKS}.get(
+      where, BLOCK_HOOKS)
   unknown = sorted(set(layers) - set(allowed))
   if unknown:
     raise UserError("adapter method %r puts layers at unknown hook point(s) "
                     "%s; expected %s" % (config.kind, ", ".join(unknown),
                                          ", ".join(allowed)))
   return layers
+
+
+def is_encoder_level(config):
+  """Whether an adapter of `config` reads the encoder's hidden states."""
+  if getattr(config, "kind", None) == "union":
+    return any(is_encoder_level(c) for c in config.configs)
+  return method_of(config).encoder_level
 
 
 def owns_layer_norms(config):

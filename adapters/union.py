@@ -79,6 +79,9 @@ class ConfigUnion:
 
 
 def _check_pairs(configs):
+  if len(configs) > 1 and any(registry.is_encoder_level(c) for c in configs):
+    raise UserError("a ConfigUnion cannot hold layer_attention: it reads a "
+                    "frozen encoder, which the other methods would change")
   for i, a in enumerate(configs):
     for b in configs[i + 1:]:
       if a.kind != b.kind:
@@ -142,7 +145,7 @@ def _layers_for(config, bert_config, where, shared=None):
 
 
 registry.register_method(
-    "union", ConfigUnion, _layers_for,
+    "union", ConfigUnion, _layers_for, encoder_level=False,
     owns_layer_norms=lambda config: any(
         registry.owns_layer_norms(c) for c in config.configs),
     shared_for=_shared_for, serving_config=_serving_config)

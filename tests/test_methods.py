@@ -196,7 +196,21 @@ def np_bert(w, cfg, ids, mask, segs, config):
     x1, x2 = x[..., :h // 2], x[..., h // 2:]
     y1 = x1 + subnet("F", x2)
     x = np.concatenate([y1, x2 + subnet("G", y1)], axis=-1)
+  prompt = next((x for x in parts if x.kind == "prompt_tuning"), None)
+  name = "bert/embeddings/prompt_tuning/prompt_embedding"
+  if prompt is not None and name in w:
+    # Prompt tuning: soft tokens join the embedding output, attended.
+    soft = np.broadcast_to(w[name][None], (b,) + w[name].shape)
+    ones = np.ones((b, w[name].shape[0]), mask.dtype)
+    if prompt.combine == "prefix":
+      x = np.concatenate([soft, x], axis=1)
+      mask = np.concatenate([ones, mask], axis=1)
+    else:
+      x = np.concatenate([x[:, :1], soft, x[:, 1:]], axis=1)
+      mask = np.concatenate([mask[:, :1], ones, mask[:, 1:]], axis=1)
+    s = x.shape[1]
   adder = (1.0 - mask[:, None, None, :].astype(np.float64)) * -10000.0
+  states = [x]
   for layer in range(cfg.num_hidden_layers):
     p = "bert/encoder/layer_%d/" % layer
 
@@ -246,7 +260,56 @@ def np_bert(w, cfg, ids, mask, segs, config):
     if bn_ffn is not None:
       o = np_bn(bn_ffn, w, p + "output/adapters", o, a, ln_out)
     x = ln_out(o + a)
+    states.append(x)
+  if config.kind == "layer_attention":
+    return np_layer_attention(config, w, states, mask)
   return x
+
+
+def np_head_averaged(q, k, heads, key_adder=None):
+  """torch MultiheadAttention's weights: the heads' softmax(q_i·k_iᵀ /
+  sqrt(d)), averaged over heads. q [b, n, h], k [b, m, h] -> [b, n, m]."""
+  d = q.shape[-1] // heads
+  out = 0.0
+  for i in range(heads):
+    scores = q[..., i * d:(i + 1) * d] @ np.swapaxes(
+        k[..., i * d:(i + 1) * d], 1, 2) / math.sqrt(d)
+    if key_adder is not None:
+      scores = scores + key_adder
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    out = out + e / e.sum(-1, keepdims=True)
+  return out / heads
+
+
+def np_layer_attention(c, w, states, mask):
+  """Basirat's adapter on the hidden states (embedding output first): the
+  per-token attention over layers, then the tailor block."""
+  pre = "bert/encoder/layer_attention/"
+
+  def dense(name, x):
+    return x @ w[pre + name + "/kernel"] + w[pre + name + "/bias"]
+
+  layers = list(c.aggregation_layers) or list(range(len(states)))
+  s = np.stack([states[i] for i in layers], axis=2)  # [b, seq, L', H]
+  m = mask.astype(np.float64)[:, :, None]  # [b, seq, 1]
+  q = dense("query_projector", s.mean(axis=2))
+  token_mean = (s * m[..., None]).sum(1) / m.sum(1)[:, :, None]  # [b, L', H]
+  k = dense("key_projector", token_mean)
+  a = np_head_averaged(dense("layer_attention/query", q),
+                       dense("layer_attention/key", k), c.num_heads)
+  r = np.einsum("btlh,btl->bth", s, a) * m
+  if not c.enable_tailor:
+    return r
+  normed = np_ln(r, w[pre + "tailor/LayerNorm/gamma"],
+                 w[pre + "tailor/LayerNorm/beta"])
+  x = r + np.maximum(dense("tailor/dense", normed), 0.0)
+  if c.tailor_attention:
+    p = dense("tailor/query_reducer", x)
+    key_adder = (1.0 - mask.astype(np.float64))[:, None, :] * -1e9
+    x = np_head_averaged(dense("tailor/attention/query", p),
+                         dense("tailor/attention/key", p), c.num_heads,
+                         key_adder) @ x
+  return (r + x) * m
 
 
 def check_against_numpy(config):
@@ -414,6 +477,80 @@ def test_prefix_tuning_saves_the_plain_prefixes(tmp_path):
       keys, atol=1e-5)
 
 
+LAYER_ATTENTION_CASES = {
+    "default_width": adapters.LayerAttentionConfig(num_heads=1),
+    "with_tailor_attention": adapters.LayerAttentionConfig(reduced_size=6),
+    "no_tailor_some_layers": adapters.LayerAttentionConfig(
+        reduced_size=4, enable_tailor=False, aggregation_layers=[0, 2]),
+    "tailor_without_attention": adapters.LayerAttentionConfig(
+        reduced_size=4, num_heads=4, tailor_attention=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_ATTENTION_CASES))
+def test_layer_attention_matches_numpy(case):
+  reference, w, want, _ = check_against_numpy(LAYER_ATTENTION_CASES[case])
+  # The last layer alone is not the output.
+  assert np.max(np.abs(want)) > 0.1
+  changed = dict(w)
+  changed["bert/encoder/layer_attention/key_projector/kernel"] = (
+      w["bert/encoder/layer_attention/key_projector/kernel"] * 3.0)
+  assert np.max(np.abs(reference(changed) - want)) > 1e-3
+
+
+def test_layer_attention_trains_on_a_frozen_encoder():
+  # No gradient reaches the encoder: the loss's gradients with respect to
+  # every base variable are absent (not zero), and the encoder runs in
+  # inference mode (no dropout: with the adapter's own dropout off,
+  # training and inference give the same output).
+  model = model_with(adapters.LayerAttentionConfig(reduced_size=6,
+                                                   dropout=0.0))
+  model.train_adapter("a")
+  feats = as_features(*batch(model.config))
+  view = model.adapter_view("a")
+  trainable = set(view.trainable_names("adapters"))
+  named = view.checkpoint_variables()
+  with tf.GradientTape() as tape:
+    logits = model(feats, training=True,
+                   dropout_seed=tf.constant([1, 2], tf.int64))
+    loss = tf.reduce_sum(logits ** 2)
+  names = list(named)
+  grads = tape.gradient(loss, [named[n][0] for n in names])
+  for name, grad in zip(names, grads):
+    if name in trainable:
+      assert grad is not None, name
+    else:
+      assert grad is None, name
+  assert any("layer_attention" in n for n in trainable)
+  seq_train, _ = model.encode(feats, training=True,
+                              dropout_seed=tf.constant([1, 2], tf.int64))
+  seq_eval, _ = model.encode(feats)
+  np.testing.assert_allclose(seq_train.numpy(), seq_eval.numpy(), atol=1e-6)
+  # It runs alone.
+  model.add_adapter("b", "lora")
+  with pytest.raises(UserError, match="runs alone"):
+    model(feats, setup=model.resolve_setup(["a", "b"]))
+  with pytest.raises(UserError, match="cannot hold layer_attention"):
+    adapters.ConfigUnion("layer_attention", "lora")
+
+
+PROMPT_CASES = {
+    "prompt_tuning": "prompt_tuning",
+    "after_bos": adapters.PromptTuningConfig(prompt_length=3,
+                                             combine="prefix_after_bos"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PROMPT_CASES))
+def test_prompt_tuning_matches_numpy(case):
+  reference, w, want, c = check_against_numpy(PROMPT_CASES[case])
+  ids, _, _ = batch(tiny_config())
+  assert want.shape[1] == ids.shape[1] + c.prompt_length
+  changed = {k: (v * 2.0 if "prompt_embedding" in k else v)
+             for k, v in w.items()}
+  assert np.max(np.abs(reference(changed) - want)) > 1e-3
+
+
 LORA_CASES = {
     "lora": "lora",
     "lora_everywhere": adapters.LoRAConfig(
@@ -484,7 +621,7 @@ def test_every_adapterhub_name_is_accepted():
                "pfeiffer+inv", "seq_bn_inv", "houlsby+inv", "double_seq_bn_inv",
                "par_bn", "scaled_parallel", "scaled_par_bn", "lora", "ia3",
                "prefix_tuning", "prefix_tuning_flat", "compacter",
-               "compacter++", "mam", "adapter-bert"):
+               "compacter++", "mam", "prompt_tuning", "adapter-bert"):
     assert adapters.get_preset(name) is not None
   assert adapters.get_preset("pfeiffer") == adapters.get_preset("seq_bn")
   assert adapters.get_preset("houlsby") == bottleneck.DOUBLE_SEQ_BN
@@ -530,12 +667,14 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 #     up W_left 4*6*1 + W_right 4*1*192 + b 768 = 1,560;
 #     12 x 2,376 + the shared rule 4*4*4                   =    28,576
 #   compacter (at both places): 24 x 2,376 + 64            =    57,088
+#   prompt_tuning: 10 soft tokens x 768                    =     7,680
 ADAPTERHUB_BERT_BASE = {
     "seq_bn": 894_528, "double_seq_bn": 1_789_056, "seq_bn_inv": 1_190_592,
     "double_seq_bn_inv": 2_085_120, "par_bn": 7_091_712,
     "scaled_par_bn": 7_091_724, "lora": 294_912, "ia3": 55_296,
     "prefix_tuning": 9_872_384, "prefix_tuning_flat": 552_960,
     "mam": 22_493_984, "compacter++": 28_576, "compacter": 57_088,
+    "prompt_tuning": 7_680,
 }
 
 
