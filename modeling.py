@@ -40,6 +40,7 @@ from compute.activations import ACTIVATIONS
 from compute.activations import get_activation
 import adapters as adapters_lib
 from adapters import composition
+from adapters import gating
 from adapters import registry
 from compute import kernels
 from training.errors import UserError
@@ -373,12 +374,15 @@ class AdapterHook(keras.layers.Layer):
             if n in self.layers_by_adapter]
 
   def call(self, *args, setup=None, training=False, policy=None,
-           residual=None, norms=None):
+           residual=None, norms=None, tokens=None, x=None):
     """Applies the active adapters' layers here.
 
     Residual hook points also take the block's `residual` (the sub-layer's
     input, [rows, H]) and `norms` (its LayerNorms: the base's and each
-    adapter's copy), which layers with `uses_block_residual` read.
+    adapter's copy), which layers with `uses_block_residual` read. Layers
+    with `uses_tokens` (gates) also get `tokens`, the batch's
+    adapters.gating.TokenLayout, and at attention_keys_values `x`, the
+    attention input [rows, H].
     """
     setup = setup or NO_ADAPTERS
     if not self.is_active(setup):
@@ -389,34 +393,42 @@ class AdapterHook(keras.layers.Layer):
         return args[1]
       return args
     if self.point in registry.RESIDUAL_HOOKS:
-      return self._residual(args[0], setup, training, policy, residual, norms)
+      return self._residual(args[0], setup, training, policy, residual, norms,
+                            tokens)
     if self.point in registry.PROJECTION_HOOKS:
-      return self._projection(args[0], args[1], setup, training, policy)
-    # attention_keys_values: (k, v, mask_adder).
+      return self._projection(args[0], args[1], setup, training, policy,
+                              tokens)
+    # attention_keys_values: (k, v, mask_adder); prompts: (x, input_mask).
     if setup.parallel:
       raise UserError("adapters at %s cannot yet run side by side "
                       "(Parallel)" % self.point)
     for layer in self._branch_layers(setup.branches[0]):
-      args = layer(*args, training=training, policy=policy)
+      extra = (dict(tokens=tokens, x=x)
+               if getattr(layer, "uses_tokens", False) else {})
+      args = layer(*args, training=training, policy=policy, **extra)
     return args
 
-  def _apply(self, layers, x, branch, residual, norms, training, policy):
+  def _apply(self, layers, x, branch, residual, norms, training, policy,
+             tokens=None):
     for layer in layers:
+      extra = ({"tokens": tokens} if getattr(layer, "uses_tokens", False)
+               else {})
       if getattr(layer, "uses_block_residual", False):
         if residual is None or norms is None:
           raise ValueError("%s: adapter layer %s needs the block's residual "
                            "and LayerNorm" % (self.point, layer.name))
         x = layer(x, residual=residual, layer_norm=norms.of(
-            branch.layer_norms), training=training, policy=policy)
+            branch.layer_norms), training=training, policy=policy, **extra)
       else:
-        x = layer(x, training=training, policy=policy)
+        x = layer(x, training=training, policy=policy, **extra)
     return x
 
-  def _residual(self, x, setup, training, policy, residual=None, norms=None):
+  def _residual(self, x, setup, training, policy, residual=None, norms=None,
+                tokens=None):
     if not setup.parallel:
       branch = setup.branches[0]
       return self._apply(self._branch_layers(branch), x, branch, residual,
-                         norms, training, policy)
+                         norms, training, policy, tokens)
     n = len(setup.branches)
     hidden = tf.shape(x)[-1]
     parts = tf.reshape(x, [n, -1, hidden])  # [n, rows, H]
@@ -430,25 +442,32 @@ class AdapterHook(keras.layers.Layer):
       residuals = ([None] * n if residual is None else
                    tf.unstack(tf.reshape(residual, [n, -1, hidden]), n))
       outs = []
+      branch_tokens = _branch_tokens(tokens, n)
       for branch, layers, part, res in zip(setup.branches, per_branch,
                                            tf.unstack(parts, n), residuals):
         outs.append(self._apply(layers, part, branch, res, norms, training,
-                                policy))
+                                policy, branch_tokens))
       out = tf.stack(outs)
     return tf.reshape(out, [-1, hidden])
 
-  def _projection(self, x, projected, setup, training, policy):
+  def _projection(self, x, projected, setup, training, policy, tokens=None):
     if not setup.parallel:
       for layer in self._branch_layers(setup.branches[0]):
-        projected = layer(x, projected, training=training, policy=policy)
+        extra = ({"tokens": tokens} if getattr(layer, "uses_tokens", False)
+                 else {})
+        projected = layer(x, projected, training=training, policy=policy,
+                          **extra)
       return projected
     n = len(setup.branches)
     xs = tf.split(x, n, axis=0)
     ps = tf.split(projected, n, axis=0)
+    branch_tokens = _branch_tokens(tokens, n)
     outs = []
     for branch, xi, pi in zip(setup.branches, xs, ps):
       for layer in self._branch_layers(branch):
-        pi = layer(xi, pi, training=training, policy=policy)
+        extra = ({"tokens": branch_tokens}
+                 if getattr(layer, "uses_tokens", False) else {})
+        pi = layer(xi, pi, training=training, policy=policy, **extra)
       outs.append(pi)
     return tf.concat(outs, axis=0)
 
@@ -456,6 +475,14 @@ class AdapterHook(keras.layers.Layer):
     base = super().get_config()
     base["point"] = self.point
     return base
+
+
+def _branch_tokens(tokens, n):
+  """The TokenLayout of one of n branches side by side (branch-major)."""
+  if tokens is None or n == 1:
+    return tokens
+  batch = tokens.batch // n
+  return gating.TokenLayout(batch, tokens.seq, tokens.mask[:batch])
 
 
 def _add_hooks(layer, points):
@@ -689,7 +716,7 @@ class BertSelfAttention(keras.layers.Layer):
     return q, k, v
 
   def _project_heads_hooked(self, x, batch, seq, output_range, setup,
-                            training, policy):
+                            training, policy, tokens=None):
     """As _project_heads, each projection passed through its hook point."""
     hidden = self.config.hidden_size
     qkv = tf.split(policy.projection(
@@ -698,7 +725,7 @@ class BertSelfAttention(keras.layers.Layer):
         [tf.convert_to_tensor(l.bias) for l in (self.query, self.key,
                                                 self.value)]), 3, axis=1)
     q, k, v = [self.hooks[p](x, t, setup=setup, training=training,
-                             policy=policy)
+                             policy=policy, tokens=tokens)
                for p, t in zip(("query", "key", "value"), qkv)]
     rows = seq
     if output_range is not None:
@@ -709,7 +736,7 @@ class BertSelfAttention(keras.layers.Layer):
     return q, k, v
 
   def call(self, x, mask_adder, batch, seq, setup=None, training=False,
-           seed=None, output_range=None, policy=None):
+           seed=None, output_range=None, policy=None, tokens=None):
     """Attention context before the output projection.
 
     Args:
@@ -723,6 +750,7 @@ class BertSelfAttention(keras.layers.Layer):
         the first k positions of each example attend (their rows are the
         same numbers as in the whole computation, dropout masks included).
       policy: the KernelPolicy.
+      tokens: the batch's adapters.gating.TokenLayout (for gated adapters).
 
     Returns:
       [batch * rows, H] with rows = seq, or k with output_range.
@@ -732,12 +760,13 @@ class BertSelfAttention(keras.layers.Layer):
     rows = seq if output_range is None else output_range
     if any(self.hooks[p].is_active(setup) for p in ("query", "key", "value")):
       q, k, v = self._project_heads_hooked(x, batch, seq, output_range,
-                                           setup, training, policy)
+                                           setup, training, policy, tokens)
     else:
       q, k, v = self._project_heads(x, batch, seq, output_range, policy)
     if self.hooks["attention_keys_values"].is_active(setup):
       k, v, mask_adder = self.hooks["attention_keys_values"](
-          k, v, mask_adder, setup=setup, training=training, policy=policy)
+          k, v, mask_adder, setup=setup, training=training, policy=policy,
+          tokens=tokens, x=x)
     # Scaled, masked softmax (float32, also under mixed precision), dropout,
     # times v.
     context = policy.attention_context(
@@ -869,17 +898,19 @@ class TransformerBlock(keras.layers.Layer):
         "output/LayerNorm", ln_tag)
     return items
 
-  def intermediate(self, x, setup=None, training=False, policy=None):
+  def intermediate(self, x, setup=None, training=False, policy=None,
+                   tokens=None):
     """The intermediate dense layer and its activation: [rows, H] -> [rows, I]."""
     intermediate = _dense(self.intermediate_dense, x)
     intermediate = self.intermediate_projection(
-        x, intermediate, setup=setup, training=training, policy=policy)
+        x, intermediate, setup=setup, training=training, policy=policy,
+        tokens=tokens)
     if self._fast_gelu:
       return kernels.policy_or_default(policy).gelu(intermediate, training)
     return self.intermediate_act(intermediate)
 
   def call(self, x, mask_adder, batch, seq, setup=None, training=False,
-           seed=None, output_range=None, policy=None):
+           seed=None, output_range=None, policy=None, tokens=None):
     """One layer: [batch * seq, H] -> [batch * seq, H].
 
     With output_range k (a python int), only the first k positions of each
@@ -894,7 +925,8 @@ class TransformerBlock(keras.layers.Layer):
     c = self.config
     setup = setup or NO_ADAPTERS
     policy = kernels.policy_or_default(policy)
-    hooks = dict(setup=setup, training=training, policy=policy)
+    hooks = dict(setup=setup, training=training, policy=policy,
+                 tokens=tokens)
     rows, residual = seq, x
     attention_args = {}
     if output_range is not None:
@@ -912,8 +944,7 @@ class TransformerBlock(keras.layers.Layer):
     attention = _apply_layer_norm(self._attention_norms, attention, residual,
                                   setup, training, policy, self.compute_dtype)
 
-    intermediate = self.intermediate(attention, setup=setup,
-                                     training=training, policy=policy)
+    intermediate = self.intermediate(attention, **hooks)
     output = _dense(self.output_dense, intermediate)
     output = self.output_projection(intermediate, output, **hooks)
     output = policy.token_dropout(output, c.hidden_dropout_prob, training,
@@ -1069,8 +1100,12 @@ class BertModel(keras.layers.Layer):
     # Additive mask: 0 where attended, -10000 where padded. [batch, 1, 1, seq]
     mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
     mask_adder = (1.0 - mask) * MASK_ADDER
+    token_mask = tf.cast(input_mask, tf.float32)  # [batch / n, seq]
     if n > 1:
       mask_adder = tf.tile(mask_adder, [n, 1, 1, 1])
+      token_mask = tf.tile(token_mask, [n, 1])
+    # Where each example's rows are (gated adapters average over them).
+    tokens = gating.TokenLayout(batch, seq, token_mask)
     x = tf.reshape(embedded, [batch * seq, self.config.hidden_size])
     last = len(self.blocks) - 1
     for i, block in enumerate(self.blocks):
@@ -1078,7 +1113,7 @@ class BertModel(keras.layers.Layer):
           i == last and output_range is not None) else {}
       x = block(x, mask_adder, batch, seq, setup=setup, training=training,
                 seed=kernels.fold_seed(seed, i + 1), policy=policy,
-                **block_args)
+                tokens=tokens, **block_args)
     rows = seq if output_range is None or not self.blocks else output_range
     sequence_output = tf.reshape(x, [batch, rows, self.config.hidden_size])
     pooled_output = self.pooler(sequence_output)
@@ -1725,9 +1760,13 @@ class BertAdapterModel(keras.Model):
   def call(self, features, training=False, dropout_seed=None, policy=None,
            setup=None):
     setup = setup or self.active_setup()
-    # Only the [CLS] row of the last layer reaches the pooler.
+    # Only the [CLS] row of the last layer reaches the pooler (unless a
+    # gated adapter there averages over every token).
+    gated = any(gating.uses_gating(self.adapter_configs[name])
+                for b in setup.branches for name in b.adapters)
     _, pooled = self.encode(features, training=training,
-                            dropout_seed=dropout_seed, output_range=1,
+                            dropout_seed=dropout_seed,
+                            output_range=None if gated else 1,
                             policy=policy, setup=setup)
     if any(b.head is None for b in setup.branches):
       raise UserError("no active head: add one (add_classification_head) or "

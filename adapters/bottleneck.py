@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from adapters import compacter
+from adapters import gating
 from adapters import registry
 from adapters.config import AdapterConfig
 from adapters.config import MethodConfig
@@ -185,9 +186,10 @@ class BnConfig(MethodConfig):
     dropout: dropout of the up projection's output while training.
     phm_layer and the phm_* fields: Compacter's PHM projections
       (adapters.compacter).
-    use_gating, inv_adapter, cross_adapter, stochastic_depth are
-    AdapterHub's; the values that need gating, a decoder or stochastic depth
-    are refused until those parts exist.
+    use_gating: a per-example gate on the adapter's output (UniPELT;
+      adapters.gating).
+    inv_adapter, cross_adapter, stochastic_depth are AdapterHub's; the
+    values that need a decoder or stochastic depth are refused.
   """
   mh_adapter: bool = False
   output_adapter: bool = True
@@ -265,8 +267,7 @@ class BnConfig(MethodConfig):
                         % (self.inv_adapter_reduction_factor,))
     if self.phm_layer:
       compacter.check_phm_config(self)
-    for field, why in (("use_gating", "gating"),
-                       ("cross_adapter", "cross-attention adapters (no "
+    for field, why in (("cross_adapter", "cross-attention adapters (no "
                         "decoder here)"),
                        ("stochastic_depth", "stochastic depth")):
       if getattr(self, field):
@@ -299,6 +300,7 @@ class BnAdapter(keras.layers.Layer):
   """
 
   uses_block_residual = True  # Called with residual= and layer_norm=.
+  uses_tokens = True  # Called with tokens= (the gate's token mean).
 
   def __init__(self, config, bottleneck_size, shared_rule=None, **kwargs):
     super().__init__(**kwargs)
@@ -351,6 +353,9 @@ class BnAdapter(keras.layers.Layer):
 
   def _build_scaling_and_norms(self, hidden):
     c = self.config
+    # AdapterHub: Linear(hidden, 1) with BERT's init (normal 0.02, bias 0).
+    self.gate = (gating.Gate(hidden, 1, name="gate") if c.use_gating
+                 else None)
     self.scaling = None
     if c.scaling in ("learned", "channel"):
       self.scaling = self.add_weight(
@@ -379,6 +384,8 @@ class BnAdapter(keras.layers.Layer):
     for which, (gamma, beta) in self.norms.items():
       items += [("adapters/%s/gamma" % which, gamma),
                 ("adapters/%s/beta" % which, beta)]
+    if self.gate is not None:
+      items += self.gate.checkpoint_variables("adapters/gate")
     return items
 
   def _norm(self, which, x):
@@ -388,9 +395,11 @@ class BnAdapter(keras.layers.Layer):
     x = (x - mean) * tf.math.rsqrt(variance + 1e-5)
     return x * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
 
-  def bottleneck(self, x, training):
-    """s·W_up·act(W_down·[LN_before](x) + b1) + b2 (dropout when training)."""
+  def bottleneck(self, x, training, tokens=None):
+    """s·W_up·act(W_down·[LN_before](x) + b1) + b2 (dropout when training),
+    times the gate of x when gated."""
     dtype = x.dtype
+    gate_input = x
     if "ln_before" in self.norms:
       x = self._norm("ln_before", x)
     if self.down is not None:  # Compacter's PHM projections.
@@ -407,15 +416,18 @@ class BnAdapter(keras.layers.Layer):
       up = up * tf.cast(self.config.scaling, dtype)
     if training and self.config.dropout > 0:
       up = tf.nn.dropout(up, rate=self.config.dropout)
+    if self.gate is not None:
+      up = up * gating.per_row(self.gate(gate_input, tokens), tokens, dtype)
     return up
 
   def call(self, x, residual=None, layer_norm=None, training=False,
-           policy=None):
+           policy=None, tokens=None):
     """x: the sub-layer's output h [rows, H]; residual: its input r;
-    layer_norm: the block's LayerNorm there. Returns what LN(. + r) takes."""
+    layer_norm: the block's LayerNorm there; tokens: the batch's
+    TokenLayout (gates). Returns what LN(. + r) takes."""
     c = self.config
     if c.is_parallel:
-      up = self.bottleneck(tf.cast(residual, x.dtype), training)
+      up = self.bottleneck(tf.cast(residual, x.dtype), training, tokens)
       if "ln_after" in self.norms:
         up = self._norm("ln_after", up)
       return x + up
@@ -429,7 +441,7 @@ class BnAdapter(keras.layers.Layer):
                   x.dtype)
     if c.residual_before_ln is False:
       adapter_residual = h
-    up = self.bottleneck(h, training)
+    up = self.bottleneck(h, training, tokens)
     if c.adapter_residual_before_ln:
       out = up + adapter_residual
       return self._norm("ln_after", out) if "ln_after" in self.norms else out

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
+from adapters import gating
 from adapters import registry
 from adapters.config import MethodConfig
 from adapters.config import check_choice
@@ -49,8 +50,10 @@ class LoRAConfig(MethodConfig):
     composition_mode: "add" (LoRA) or "scale" ((IA)^3).
     init_weights: "lora" (A uniform, B zero), "bert" (both normal 0.02) or
       "ia3" (ones).
-    use_gating, use_dora, vera_d, vera_b, dtype: AdapterHub's; gating,
-      DoRA and VeRA are refused until they exist here.
+    use_gating: a per-example gate on the LoRA branch, in place of
+      alpha / r (UniPELT; adapters.gating); such an adapter cannot merge.
+    use_dora, vera_d, vera_b, dtype: AdapterHub's; DoRA and VeRA are
+      refused until they exist here.
   """
   selfattn_lora: bool = True
   intermediate_lora: bool = False
@@ -99,7 +102,10 @@ class LoRAConfig(MethodConfig):
       raise UserError("%s adapter config: attn_matrices %s; expected a "
                       "subset of q, k, v" % (self.kind, ", ".join(
                           map(repr, unknown))))
-    for field in ("use_gating", "use_dora", "vera_d", "vera_b"):
+    if self.use_gating and self.composition_mode == "scale":
+      raise UserError("ia3 adapter config: use_gating=True is not supported "
+                      "with composition_mode 'scale'")
+    for field in ("use_dora", "vera_d", "vera_b"):
       if getattr(self, field):
         raise UserError("%s adapter config: %s=%r is not supported by this "
                         "toolkit yet" % (self.kind, field,
@@ -144,8 +150,11 @@ class LoRALayer(keras.layers.Layer):
 
   Variables (checkpoint names under the projection's scope, e.g.
   `bert/encoder/layer_0/attention/self/query/`): `lora_A` [in, r] and
-  `lora_B` [r, out] ("add"), or `lora_B` [out] ("scale").
+  `lora_B` [r, out] ("add"), or `lora_B` [out] ("scale"); with gating
+  `lora_gate/{kernel,bias}`.
   """
+
+  uses_tokens = True  # Called with tokens= (the gate's token mean).
 
   def __init__(self, config, in_features, out_features, **kwargs):
     super().__init__(**kwargs)
@@ -185,6 +194,9 @@ class LoRALayer(keras.layers.Layer):
       self.lora_B = self.add_weight(name="lora_B",
                                     shape=(c.r, self.out_features),
                                     initializer=b_init)
+    # AdapterHub: Linear(in, 1), weight normal 0.02, torch's default bias.
+    self.gate = (gating.Gate(self.in_features, 1, torch_bias=True,
+                             name="lora_gate") if c.use_gating else None)
     super().build(input_shape)
 
   @property
@@ -196,24 +208,39 @@ class LoRALayer(keras.layers.Layer):
     """[(name relative to the projection's scope, variable)]."""
     if self.is_scale:
       return [("lora_B", self.lora_B)]
-    return [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
+    items = [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
+    if self.gate is not None:
+      items += self.gate.checkpoint_variables("lora_gate")
+    return items
 
-  def call(self, x, projected, training=False, policy=None):
-    """x: the projection's input [rows, in]; projected: x·W + b [rows, out]."""
+  def call(self, x, projected, training=False, policy=None, tokens=None):
+    """x: the projection's input [rows, in]; projected: x·W + b [rows, out];
+    tokens: the batch's TokenLayout (gates)."""
     if self.merged:
       return projected
     dtype = projected.dtype
     if self.is_scale:
       return projected * (tf.cast(self.lora_B, dtype) * self.scaling)
     x = tf.cast(x, dtype)
+    branch_input = x
     if training and self.config.dropout > 0:
-      x = tf.nn.dropout(x, rate=self.config.dropout)
-    delta = tf.matmul(tf.matmul(x, tf.cast(self.lora_A, dtype)),
+      branch_input = tf.nn.dropout(x, rate=self.config.dropout)
+    delta = tf.matmul(tf.matmul(branch_input, tf.cast(self.lora_A, dtype)),
                       tf.cast(self.lora_B, dtype))  # [rows, out]
+    if self.gate is not None:  # The gate replaces alpha / r (AdapterHub).
+      return projected + delta * gating.per_row(self.gate(x, tokens), tokens,
+                                                dtype)
     return projected + delta * self.scaling
 
   def merge_into(self, dense):
-    """Folds this layer into `dense` (the projection it sits on), once."""
+    """Folds this layer into `dense` (the projection it sits on), once.
+
+    Raises:
+      UserError: for a gated LoRA (its scale depends on the input).
+    """
+    if self.gate is not None:
+      raise UserError("a gated LoRA adapter (use_gating=True) cannot be "
+                      "merged: its scale depends on the input")
     if self.merged:
       return
     self._fold(dense, inverse=False)

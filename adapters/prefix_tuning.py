@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
+from adapters import gating
 from adapters import registry
 from adapters.bottleneck import BN_ACTIVATIONS
 from adapters.config import MethodConfig
@@ -54,8 +55,9 @@ class PrefixTuningConfig(MethodConfig):
     bottleneck_size: the MLP's hidden width.
     non_linearity: the MLP's activation (a name of BN_ACTIVATIONS).
     dropout: dropout on the prefixes while training.
-    use_gating, shared_gating: AdapterHub's gate (UniPELT); refused until it
-      exists here.
+    use_gating: a per-example gate on each block's prefixes, from the
+      attention input (UniPELT; adapters.gating); shared_gating: one gate
+      for keys and values (else one each).
     init_weights_seed: seed of the initial values.
   """
   encoder_prefix: bool = True
@@ -83,9 +85,6 @@ class PrefixTuningConfig(MethodConfig):
         raise UserError("prefix_tuning adapter config: %s=%r must be an "
                         "integer >= 1" % (field, value))
     check_range(self, "dropout", 0.0, 1.0)
-    if self.use_gating:
-      raise UserError("prefix_tuning adapter config: use_gating=True is not "
-                      "supported by this toolkit yet")
     if not self.encoder_prefix:
       raise UserError("prefix_tuning adapter config: encoder_prefix=False "
                       "puts no prefix anywhere in a BERT encoder")
@@ -181,8 +180,11 @@ class PrefixLayer(keras.layers.Layer):
 
   With a pool (training form), the prefixes are the pool's output for this
   block; flat, they are this layer's variables `prefix_tuning/keys` and
-  `prefix_tuning/values` [prefix, H].
+  `prefix_tuning/values` [prefix, H]. Gated, `prefix_tuning/gate/{kernel,
+  bias}` scale them per example.
   """
+
+  uses_tokens = True  # Called with tokens= and x= (the attention input).
 
   def __init__(self, config, hidden_size, num_heads, index, pool=None,
                **kwargs):
@@ -199,20 +201,30 @@ class PrefixLayer(keras.layers.Layer):
       self.keys = self.add_weight(name="keys", shape=shape, initializer=init)
       self.values_ = self.add_weight(name="values", shape=shape,
                                      initializer=init)
+    # AdapterHub: Linear(H, 1 or 2), weight normal 0.02, torch's bias.
+    self.gate = (gating.Gate(self.hidden_size, 1 if config.shared_gating
+                             else 2, torch_bias=True, name="gate")
+                 if config.use_gating else None)
     self.built = True
 
   def checkpoint_variables(self):
     """[(name relative to `attention/self/`, variable)]: the flat prefixes;
     none with a pool (its variables are listed once, at the model)."""
-    if self._pool is not None:
+    items = [] if self._pool is not None else [
+        ("prefix_tuning/keys", self.keys),
+        ("prefix_tuning/values", self.values_)]
+    return items + self._gate_variables()
+
+  def _gate_variables(self):
+    if self.gate is None:
       return []
-    return [("prefix_tuning/keys", self.keys),
-            ("prefix_tuning/values", self.values_)]
+    return self.gate.checkpoint_variables("prefix_tuning/gate")
 
   def serving_variables(self):
     """[(name, tensor)] of the prefixes as saved and served."""
     keys, values = self.prefixes(training=False)
-    return [("prefix_tuning/keys", keys), ("prefix_tuning/values", values)]
+    return ([("prefix_tuning/keys", keys), ("prefix_tuning/values", values)]
+            + self._gate_variables())
 
   def prefixes(self, training=False):
     """(keys, values) [prefix, H]."""
@@ -223,8 +235,11 @@ class PrefixLayer(keras.layers.Layer):
             _dropout(tf.convert_to_tensor(self.values_), self.config.dropout,
                      training))
 
-  def call(self, k, v, mask_adder, training=False, policy=None):
-    """k, v: [batch, heads, seq, size]; mask_adder: [batch, 1, 1, seq].
+  def call(self, k, v, mask_adder, training=False, policy=None, tokens=None,
+           x=None):
+    """k, v: [batch, heads, seq, size]; mask_adder: [batch, 1, 1, seq];
+    tokens, x: the batch's TokenLayout and the attention input [rows, H]
+    (gates).
 
     Returns:
       (k, v) [batch, heads, prefix + seq, size], mask_adder [batch, 1, 1,
@@ -241,8 +256,13 @@ class PrefixLayer(keras.layers.Layer):
       return tf.tile(p[tf.newaxis], [batch, 1, 1, 1])
 
     keys, values = self.prefixes(training)
-    k = tf.concat([per_head(keys), k], axis=2)
-    v = tf.concat([per_head(values), v], axis=2)
+    keys, values = per_head(keys), per_head(values)
+    if self.gate is not None:
+      g = tf.cast(self.gate(tf.cast(x, k.dtype), tokens), k.dtype)  # [b, 1|2]
+      keys *= g[:, 0, tf.newaxis, tf.newaxis, tf.newaxis]
+      values *= g[:, -1, tf.newaxis, tf.newaxis, tf.newaxis]
+    k = tf.concat([keys, k], axis=2)
+    v = tf.concat([values, v], axis=2)
     mask_adder = tf.concat(
         [tf.zeros([batch, 1, 1, length], mask_adder.dtype), mask_adder],
         axis=-1)

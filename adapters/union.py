@@ -13,6 +13,7 @@ import json
 import keras
 
 from adapters import bottleneck
+from adapters import lora
 from adapters import prefix_tuning
 from adapters import registry
 from adapters.config import register_preset
@@ -155,3 +156,11 @@ registry.register_method(
 register_preset("mam", ConfigUnion(
     prefix_tuning.PrefixTuningConfig(bottleneck_size=800),
     bottleneck.PAR_BN))
+
+# AdapterHub's UniPELTConfig (Mao et al. 2022): prefix tuning (10
+# positions), a pfeiffer bottleneck (reduction 16) and LoRA (r 8, alpha 2),
+# each with its gate.
+register_preset("unipelt", ConfigUnion(
+    prefix_tuning.PrefixTuningConfig(prefix_length=10, use_gating=True),
+    bottleneck.SEQ_BN.replace(reduction_factor=16, use_gating=True),
+    lora.LoRAConfig(r=8, alpha=2, use_gating=True)))

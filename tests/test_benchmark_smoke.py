@@ -191,3 +191,19 @@ def test_versus_adapterhub_ratios_are_adapterhub_over_ours():
   assert got["train_speedup"] == pytest.approx(3.5 / 1.5)
   assert got["eval_speedup"] == pytest.approx(0.6 / 0.3)
   assert got["memory_ratio"] == pytest.approx(200 / 400)
+
+
+def test_merged_benchmark_checks_and_reports(tiny, tmp_path):
+  # The three models run interleaved, merged equals unmerged, the figures
+  # are there (never how fast).
+  script = _load_script("benchmark_merged")
+  out = str(tmp_path / "merged.json")
+  result = script.main(["--config=" + tiny["config_file"], "--method=ia3",
+                        "--batch_size=2", "--seq_length=8", "--rounds=2",
+                        "--steps=1", "--output=" + out])
+  assert result["max_abs_logit_diff_merged_unmerged"] <= 1e-5
+  assert set(result["median_step_ms"]) == {"plain", "unmerged", "merged"}
+  assert result["merged_over_plain"] == pytest.approx(
+      result["median_step_ms"]["merged"] / result["median_step_ms"]["plain"])
+  with open(out) as f:
+    assert json.load(f)["rounds"] == 2

@@ -92,12 +92,28 @@ def np_phm(c, w, scope, x):
   return y + w[scope + "/b"] if c.phm_bias else y
 
 
-def np_bn(c, w, prefix, h, r, ln):
+def np_gate(w, scope, x, mask):
+  """A UniPELT gate: per example, the mean over its real tokens of
+  sigmoid(x·W + b). x [b, s, in], mask [b, s] -> [b, heads]."""
+  scores = 1.0 / (1.0 + np.exp(-(x @ w[scope + "/kernel"]
+                                 + w[scope + "/bias"])))  # [b, s, heads]
+  m = mask.astype(np.float64)[:, :, None]
+  return (scores * m).sum(1) / m.sum(1)
+
+
+def np_bn(c, w, prefix, h, r, ln, mask):
   """AdapterHub's bottleneck at one place: what goes into LN(. + r)."""
   if not any(k.startswith(prefix + "/") for k in w):
     return h
 
   def up_of(x):
+    gate_input = x
+    up = up_without_gate(x)
+    if c.use_gating:
+      up = up * np_gate(w, prefix + "/gate", gate_input, mask)[:, None, :]
+    return up
+
+  def up_without_gate(x):
     if c.ln_before:
       x = np_ln(x, w[prefix + "/ln_before/gamma"], w[prefix + "/ln_before/beta"],
                 1e-5)
@@ -133,7 +149,7 @@ def np_bn(c, w, prefix, h, r, ln):
   return ln_after(up) + residual
 
 
-def np_projection(c, w, scope, x, point):
+def np_projection(c, w, scope, x, point, mask=None):
   """x·W + b with LoRA or (IA)^3 on it where the config puts them."""
   y = x @ w[scope + "/kernel"] + w[scope + "/bias"]
   if c is None or c.kind not in ("lora", "ia3"):
@@ -142,7 +158,10 @@ def np_projection(c, w, scope, x, point):
     return y
   if c.kind == "ia3":
     return y * w[scope + "/lora_B"] * c.alpha
-  return y + x @ w[scope + "/lora_A"] @ w[scope + "/lora_B"] * (c.alpha / c.r)
+  delta = x @ w[scope + "/lora_A"] @ w[scope + "/lora_B"]
+  if c.use_gating:  # The gate takes the place of alpha / r.
+    return y + delta * np_gate(w, scope + "/lora_gate", x, mask)[:, None, :]
+  return y + delta * (c.alpha / c.r)
 
 
 def np_prefixes(c, w, cfg, layer):
@@ -217,9 +236,9 @@ def np_bert(w, cfg, ids, mask, segs, config):
     def heads(t):
       return t.reshape(b, s, n, d).transpose(0, 2, 1, 3)
 
-    q = heads(np_projection(c, w, p + "attention/self/query", x, "query"))
-    k = heads(np_projection(c, w, p + "attention/self/key", x, "key"))
-    v = heads(np_projection(c, w, p + "attention/self/value", x, "value"))
+    q = heads(np_projection(c, w, p + "attention/self/query", x, "query", mask))
+    k = heads(np_projection(c, w, p + "attention/self/key", x, "key", mask))
+    v = heads(np_projection(c, w, p + "attention/self/value", x, "value", mask))
     layer_adder = adder
     prefixes = (np_prefixes(prefix, w, cfg, layer) if prefix is not None
                 and layer not in prefix.leave_out else None)
@@ -233,8 +252,13 @@ def np_bert(w, cfg, ids, mask, segs, config):
         t = t.reshape(length, n, d).transpose(1, 0, 2)
         return np.broadcast_to(t[None], (b, n, length, d))
 
-      k = np.concatenate([prefix_heads(pk), k], axis=2)
-      v = np.concatenate([prefix_heads(pv), v], axis=2)
+      pk, pv = prefix_heads(pk), prefix_heads(pv)  # [b, heads, P, d]
+      if prefix.use_gating:  # Per example, from the attention input.
+        g = np_gate(w, p + "attention/self/prefix_tuning/gate", x, mask)
+        pk = pk * g[:, 0][:, None, None, None]
+        pv = pv * g[:, -1][:, None, None, None]
+      k = np.concatenate([pk, k], axis=2)
+      v = np.concatenate([pv, v], axis=2)
       layer_adder = np.concatenate([np.zeros((b, 1, 1, length)), adder], -1)
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + layer_adder
     probs = np.exp(scores - scores.max(-1, keepdims=True))
@@ -252,13 +276,15 @@ def np_bert(w, cfg, ids, mask, segs, config):
                    w[p + "output/LayerNorm/beta"])
 
     if bn_attention is not None:
-      a = np_bn(bn_attention, w, p + "attention/output/adapters", a, x, ln_att)
+      a = np_bn(bn_attention, w, p + "attention/output/adapters", a, x, ln_att,
+                mask)
     a = ln_att(a + x)
     inter = ACTS["gelu_new"](np_projection(c, w, p + "intermediate/dense", a,
-                                           "intermediate_projection"))
-    o = np_projection(c, w, p + "output/dense", inter, "output_projection")
+                                           "intermediate_projection", mask))
+    o = np_projection(c, w, p + "output/dense", inter, "output_projection",
+                      mask)
     if bn_ffn is not None:
-      o = np_bn(bn_ffn, w, p + "output/adapters", o, a, ln_out)
+      o = np_bn(bn_ffn, w, p + "output/adapters", o, a, ln_out, mask)
     x = ln_out(o + a)
     states.append(x)
   if config.kind == "layer_attention":
@@ -361,6 +387,11 @@ BN_CASES = {
         reduction_factor=2, phm_layer=True, phm_dim=2,
         factorized_phm_W=False, shared_phm_rule=False,
         factorized_phm_rule=True, phm_bias=False),
+    "gated_parallel": adapters.BnConfig(
+        reduction_factor=4, original_ln_before=False, is_parallel=True,
+        use_gating=True, scaling=2.0),
+    "gated_houlsby": bottleneck.DOUBLE_SEQ_BN.replace(reduction_factor=4,
+                                                      use_gating=True),
     "phm_rank_2_shared_factorized": adapters.BnConfig(
         reduction_factor=2, phm_layer=True, phm_rank=2,
         factorized_phm_rule=True, phm_c_init="uniform"),
@@ -399,6 +430,11 @@ UNION_CASES = {
         adapters.IA3Config().to_dict(),
         adapters.get_preset("houlsby+inv").to_dict()]},
     "mam": "mam",
+    # Prefix tuning, a bottleneck and LoRA, each gated (reduction 4 here:
+    # 16 would leave the tiny hidden size a bottleneck of 1).
+    "unipelt": adapters.ConfigUnion(*[
+        c.replace(reduction_factor=4) if c.kind == "bn" else c
+        for c in adapters.get_preset("unipelt").configs]),
 }
 
 
@@ -437,6 +473,9 @@ PREFIX_CASES = {
     "short_relu_leave_out": adapters.PrefixTuningConfig(
         prefix_length=3, bottleneck_size=5, non_linearity="relu",
         leave_out=[0]),
+    "gated_keys_and_values_apart": adapters.PrefixTuningConfig(
+        prefix_length=3, bottleneck_size=5, use_gating=True,
+        shared_gating=False),
 }
 
 
@@ -557,6 +596,7 @@ LORA_CASES = {
         r=4, alpha=16, attn_matrices=["q", "k", "v"], intermediate_lora=True,
         output_lora=True, leave_out=[0]),
     "ia3": "ia3",
+    "lora_gated": adapters.LoRAConfig(use_gating=True, intermediate_lora=True),
 }
 
 
@@ -612,6 +652,15 @@ def test_merge_refusals():
     model.merge_adapter("b")
   model.delete_adapter("a")  # Deleting a merged adapter takes it out first.
   model.merge_adapter("b")
+  model.reset_adapter("b")
+  model.add_adapter("gated", adapters.LoRAConfig(use_gating=True))
+  before = {n: v.numpy() for n, v in
+            checkpoint_io.checkpoint_name_map(model.view()).items()}
+  with pytest.raises(UserError, match="gated LoRA .* cannot be merged"):
+    model.merge_adapter("gated")
+  assert not model.merged_adapters
+  for n, v in checkpoint_io.checkpoint_name_map(model.view()).items():
+    np.testing.assert_array_equal(v.numpy(), before[n], err_msg=n)
 
 
 # ------------------------------------------------------------ names, counts
@@ -621,7 +670,8 @@ def test_every_adapterhub_name_is_accepted():
                "pfeiffer+inv", "seq_bn_inv", "houlsby+inv", "double_seq_bn_inv",
                "par_bn", "scaled_parallel", "scaled_par_bn", "lora", "ia3",
                "prefix_tuning", "prefix_tuning_flat", "compacter",
-               "compacter++", "mam", "prompt_tuning", "adapter-bert"):
+               "compacter++", "mam", "prompt_tuning", "unipelt",
+               "adapter-bert"):
     assert adapters.get_preset(name) is not None
   assert adapters.get_preset("pfeiffer") == adapters.get_preset("seq_bn")
   assert adapters.get_preset("houlsby") == bottleneck.DOUBLE_SEQ_BN
@@ -668,13 +718,16 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 #     12 x 2,376 + the shared rule 4*4*4                   =    28,576
 #   compacter (at both places): 24 x 2,376 + 64            =    57,088
 #   prompt_tuning: 10 soft tokens x 768                    =     7,680
+#   unipelt: prefix tuning of 10 positions (9,857,024) + seq_bn (894,528)
+#     + lora r 8 (294,912), and a gate Linear(768, 1) = 769 per gated
+#     module: 12 prefixes + 12 bottlenecks + 24 LoRAs      = 11,083,376
 ADAPTERHUB_BERT_BASE = {
     "seq_bn": 894_528, "double_seq_bn": 1_789_056, "seq_bn_inv": 1_190_592,
     "double_seq_bn_inv": 2_085_120, "par_bn": 7_091_712,
     "scaled_par_bn": 7_091_724, "lora": 294_912, "ia3": 55_296,
     "prefix_tuning": 9_872_384, "prefix_tuning_flat": 552_960,
     "mam": 22_493_984, "compacter++": 28_576, "compacter": 57_088,
-    "prompt_tuning": 7_680,
+    "prompt_tuning": 7_680, "unipelt": 11_083_376,
 }
 
 
@@ -702,7 +755,7 @@ def test_bad_method_configs_are_one_line():
   cases = [
       ({"reduction_factor": 0}, "reduction_factor=0"),
       ({"non_linearity": "mish"}, "non_linearity='mish'"),
-      ({"use_gating": True}, "use_gating=True"),
+      ({"stochastic_depth": 0.1}, "stochastic_depth=0.1"),
       ({"inv_adapter": "glow"}, "inv_adapter='glow'"),
       ({"inv_adapter": "nice"}, "inv_adapter_reduction_factor=None"),
       ({"mh_adapter": False, "output_adapter": False}, "nowhere"),
@@ -718,6 +771,8 @@ def test_bad_method_configs_are_one_line():
     adapters.LoRAConfig(attn_matrices=["q", "o"])
   with pytest.raises(UserError, match="needs r=1"):
     adapters.IA3Config(r=2)
+  with pytest.raises(UserError, match="use_gating=True is not supported"):
+    adapters.IA3Config(use_gating=True)
   with pytest.raises(UserError, match="unknown adapter method 'prefix_magic'"):
     adapters.config_from_dict({"architecture": "prefix_magic"})
   model = modeling.BertAdapterModel(tiny_config())
