@@ -352,8 +352,7 @@ class AdapterHook(keras.layers.Layer):
       self.layers_by_adapter.pop(name, None)
 
   def is_active(self, setup):
-    return any(n in self.layers_by_adapter
-               for b in setup.branches for n in b.adapters)
+    return any(self._branch_layers(b) for b in setup.branches)
 
   def checkpoint_variables(self, scope, adapter_names, serving=False):
     """[(name, variable, tag)] of the named adapters' layers here; with
@@ -370,7 +369,10 @@ class AdapterHook(keras.layers.Layer):
     return items
 
   def _branch_layers(self, branch):
-    return [self.layers_by_adapter[n] for n in branch.adapters
+    names = branch.adapters
+    if self.point in registry.FIRST_ADAPTER_HOOKS:
+      names = names[:1]  # As AdapterHub: the first adapter of a Stack only.
+    return [self.layers_by_adapter[n] for n in names
             if n in self.layers_by_adapter]
 
   def call(self, *args, setup=None, training=False, policy=None,

@@ -78,6 +78,9 @@ MODEL_HOOKS = ("embedding_output", "prompts")
 ENCODER_HOOKS = ("encoder_output",)
 # Hook points on the residual stream: layer(x) -> x.
 RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
+# Hook points where only the first adapter of a Stack acts (AdapterHub's
+# invertible adapters and prompts: MAD-X's language adapter is the first).
+FIRST_ADAPTER_HOOKS = ("embedding_output", "prompts")
 PROJECTION_HOOKS = ("query", "key", "value", "intermediate_projection",
                     "output_projection")
 

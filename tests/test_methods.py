@@ -438,6 +438,27 @@ UNION_CASES = {
 }
 
 
+def test_only_the_first_adapter_of_a_stack_acts_at_the_embeddings():
+  # AdapterHub (MAD-X): in Stack(language, task) the invertible adapter and
+  # the prompts are the first adapter's; the others' are not applied.
+  from adapters import composition  # pylint: disable=g-import-not-at-top
+  model = model_with("pfeiffer+inv")
+  model.add_adapter("b", "pfeiffer+inv")
+  for name, v in model.adapter_view("b").checkpoint_name_map().items():
+    if "invertible_adapter" in name:
+      v.assign(np.full(v.shape, 0.3, np.float32))
+  ids, _, segs = batch(model.config)
+
+  def embedded(*names):
+    return model.bert.embeddings(
+        tf.constant(ids), tf.constant(segs),
+        setup=model.resolve_setup(composition.Stack(*names))).numpy()
+
+  np.testing.assert_array_equal(embedded("a", "b"), embedded("a"))
+  np.testing.assert_array_equal(embedded("b", "a"), embedded("b"))
+  assert np.max(np.abs(embedded("a") - embedded("b"))) > 1e-3
+
+
 @pytest.mark.parametrize("case", sorted(UNION_CASES))
 def test_config_unions_match_numpy(case):
   reference, w, want, c = check_against_numpy(UNION_CASES[case])
