@@ -156,6 +156,11 @@ class Run(object):
     return code
 
 
+# Checkpoint-name parts of every adapter method's variables.
+_ADAPTER_MARKERS = ("/adapters/", "/lora_", "/invertible_adapter/",
+                    "/prefix_tuning/", "/prompt_tuning/", "/layer_attention/")
+
+
 def _output_dir_flag(output_dir):
   return "--output_dir=" + output_dir
 
@@ -280,7 +285,7 @@ def compare_checkpoints(dir_a, dir_b):
                    ) if a.size else 0.0
     if name.endswith(("/adam_m", "/adam_v")):
       group = "adam_slots"
-    elif "/adapters/" in name or "/lora_" in name or "/invertible_adapter/" in name:
+    elif any(marker in name for marker in _ADAPTER_MARKERS):
       group = "adapters"
     elif name in ("output_weights", "output_bias"):
       group = "classifier_head"
