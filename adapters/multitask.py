@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from adapters import composition
+from adapters import registry
 import modeling
 from storage import adapter_io
 from storage import checkpoint_io
@@ -252,6 +253,11 @@ class MultiTaskModel(tf.Module):
     if stack_tasks is None:
       stack_tasks = self.stack_tasks
     names = [b.adapter_name for b in branches]
+    # Prefixes, prompts and layer attention cannot run in one Parallel pass:
+    # then each task runs its own, in the same graph.
+    stack_tasks = stack_tasks and all(
+        registry.runs_side_by_side(self.model.adapter_configs[n])
+        for n in names)
     if stack_tasks and len(names) > 1:
       setup = self.model.resolve_setup(composition.Parallel(*names))
       logits = self.model(features, setup=setup)

@@ -256,5 +256,15 @@ def is_encoder_level(config):
   return method_of(config).encoder_level
 
 
+def runs_side_by_side(config):
+  """Whether adapters of `config` can run in a Parallel block: not those
+  that change the sequence (prompts), the keys (prefixes) or read the whole
+  encoder (layer attention)."""
+  if getattr(config, "kind", None) == "union":
+    return all(runs_side_by_side(c) for c in config.configs)
+  return config.kind not in ("prefix_tuning", "prompt_tuning") and not (
+      method_of(config).encoder_level)
+
+
 def owns_layer_norms(config):
   return bool(method_of(config).owns_layer_norms(config))

@@ -213,3 +213,36 @@ def test_task_key():
   assert multitask.task_key("SST-2") == "sst_2"
   assert multitask.task_key("MNLI-mm") == "mnli_mm"
   assert multitask.task_key("--") == "task"
+
+
+def test_methods_that_cannot_stack_run_each_alone(setup, tmp_path):
+  # Prefix tuning and prompts change the keys or the sequence, so tasks of
+  # those methods cannot share one Parallel pass: predict_all runs each on
+  # its own (in one graph), with the stacked default still giving each
+  # task's own logits.
+  config, base = setup["config"], setup["base"]
+  dirs, references = [setup["dirs"][0]], {}
+  for i, (task, method) in enumerate((("RTE", "prefix_tuning"),
+                                      ("QNLI", "prompt_tuning"))):
+    model = modeling.BertAdapterModel(config)
+    model.load_base_checkpoint(base)
+    model.add_adapter(task, method, set_active=True)
+    model.add_classification_head(task, num_labels=2)
+    rng = np.random.default_rng(30 + i)
+    for name, v in model.adapter_view(task).checkpoint_name_map().items():
+      if "prefix_tuning" in name or "prompt_tuning" in name or (
+          name.startswith("output_")):
+        v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
+    directory = str(tmp_path / task)
+    model.save_adapter(directory, task, metadata={"task_name": task})
+    dirs.append(directory)
+    references[task] = model
+  mt = multitask.build_from_adapter_dirs(config, base, dirs)
+  features = random_features(4, 9, 5)
+  stacked = mt.logits_all(features)
+  for task, model in references.items():
+    np.testing.assert_allclose(stacked[task].numpy(),
+                               model.predict(features, verbose=0), atol=1e-5)
+  np.testing.assert_allclose(stacked["MRPC"].numpy(),
+                             setup["models"]["MRPC"](features).numpy(),
+                             atol=1e-5)
