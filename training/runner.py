@@ -20,6 +20,7 @@ import tensorflow as tf
 from compute import precision
 from storage import adapter_io
 import adapters
+from adapters import registry
 from storage import atomic_io
 from storage import checkpoint_io
 from training import distribution
@@ -111,6 +112,12 @@ def resolve_adapter_config(cfg, bert_config):
   if isinstance(config, adapters.AdapterConfig) and (
       cfg.adapter_init_scale != config.init_scale):
     config = dataclasses.replace(config, init_scale=cfg.adapter_init_scale)
+  if cfg.adapter_checkpoint:
+    # An adapter directory holds the adapter as served (prefix tuning: its
+    # plain prefixes, flat=True); the config that trained it means it.
+    stored = adapter_io.read_adapter_config(cfg.adapter_checkpoint)
+    if stored != config and registry.serving_config(config) == stored:
+      config = stored
   logging.info("Adapters: --adapter_config=%s: %s", cfg.adapter_config,
                describe_adapter_config(config))
   return config
