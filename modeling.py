@@ -1488,8 +1488,16 @@ class BertAdapterModel(keras.Model):
     config = _as_adapter_config(config)
     registry.method_of(config)  # An unknown method fails before any change.
     self.adapter_configs[name] = config
-    with _unlocked(self):
-      self.bert.add_adapter(name, config)
+    try:
+      with _unlocked(self):
+        self.bert.add_adapter(name, config)
+    except BaseException:
+      # A config that does not fit this model (a size, a layer index) fails
+      # while the layers are built: take out what was added.
+      with _unlocked(self):
+        self.bert.delete_adapter(name)
+      del self.adapter_configs[name]
+      raise
     if set_active:
       self.set_active_adapters(name)
 

@@ -796,7 +796,39 @@ def test_bad_method_configs_are_one_line():
     adapters.IA3Config(use_gating=True)
   with pytest.raises(UserError, match="unknown adapter method 'prefix_magic'"):
     adapters.config_from_dict({"architecture": "prefix_magic"})
+  # The other methods' fields.
+  for make, message in (
+      (lambda: adapters.PrefixTuningConfig(prefix_length=0),
+       "prefix_length=0 must be an integer >= 1"),
+      (lambda: adapters.config_from_dict({"architecture": "prefix_tuning",
+                                          "prefix_len": 3}),
+       "unknown field(s) of a prefix_tuning adapter config: prefix_len"),
+      (lambda: adapters.PromptTuningConfig(combine="suffix"),
+       "combine='suffix' is not one of"),
+      (lambda: adapters.PromptTuningConfig(prompt_init="from_string"),
+       "prompt_init='from_string' is not supported"),
+      (lambda: adapters.LayerAttentionConfig(num_heads=0),
+       "num_heads=0 must be an integer >= 1"),
+      (lambda: adapters.BnConfig(phm_layer=True, shared_W_phm=True),
+       "shared_W_phm=True"),
+      (lambda: adapters.BnConfig(phm_layer=True, phm_c_init="zeros"),
+       "phm_c_init='zeros'")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(
+        ")", r"\)")):
+      make()
   model = modeling.BertAdapterModel(tiny_config())
+  # Sizes that do not fit the model: named when the adapter is added, and
+  # nothing is added.
+  for config, message in (
+      (adapters.LayerAttentionConfig(reduced_size=5),
+       "reduced width 5 .* not divisible by num_heads=2"),
+      (adapters.LayerAttentionConfig(aggregation_layers=[0, 7]),
+       r"aggregation_layers \[7\] outside 0..2"),
+      (adapters.get_preset("compacter"),
+       r"bottleneck size 1 \(hidden size 16 // reduction_factor 32\)")):
+    with pytest.raises(UserError, match=message):
+      model.add_adapter("x", config)
+    assert "x" not in model.adapters
   with pytest.raises(UserError, match="unknown adapter preset 'pfeifer'"):
     model.add_adapter("x", "pfeifer")
 
