@@ -70,7 +70,8 @@ class Gate(keras.layers.Layer):
         tf.matmul(x, tf.cast(self.kernel, x.dtype))
         + tf.cast(self.bias, x.dtype), tf.float32))  # [rows, heads]
     scores = tf.reshape(scores, [tokens.batch, tokens.seq, self.heads])
-    mask = tokens.mask[:, :, tf.newaxis]  # [batch, seq, 1]
+    # (Keras casts a layer's float arguments to its compute dtype.)
+    mask = tf.cast(tokens.mask, tf.float32)[:, :, tf.newaxis]  # [b, seq, 1]
     return (tf.reduce_sum(scores * mask, axis=1)
             / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
 

@@ -225,10 +225,11 @@ class LayerAttention(keras.layers.Layer):
     r = tf.einsum("btlh,btl->bth", states, tf.cast(weights, dtype)) * mask
     if not c.enable_tailor:
       return r
-    mean, variance = tf.nn.moments(r, axes=[-1], keepdims=True)
-    normed = ((r - mean) * tf.math.rsqrt(variance + 1e-12)
-              * tf.cast(self.tailor_gamma, dtype)
-              + tf.cast(self.tailor_beta, dtype))
+    r32 = tf.cast(r, tf.float32)  # LayerNorm in float32, as the model's.
+    mean, variance = tf.nn.moments(r32, axes=[-1], keepdims=True)
+    normed = tf.cast((r32 - mean) * tf.math.rsqrt(variance + 1e-12)
+                     * tf.cast(self.tailor_gamma, tf.float32)
+                     + tf.cast(self.tailor_beta, tf.float32), dtype)
     ff = policy.dropout(self.dense["tailor/dense"](normed), c.dropout,
                         training, kernels.fold_seed(seed, 0))
     x = r + tf.nn.relu(ff)

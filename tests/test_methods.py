@@ -911,3 +911,30 @@ def test_fit_trains_only_the_method_and_its_head(case):
   for n, v in model.adapter_view("other").checkpoint_name_map().items():
     if n not in ("output_weights", "output_bias"):
       np.testing.assert_array_equal(v.numpy(), other_before[n], err_msg=n)
+
+
+@pytest.mark.parametrize("case", ["prefix_tuning", "prompt_tuning", "unipelt",
+                                  "compacter++", "layer_attention"])
+def test_methods_train_in_mixed_bfloat16(case):
+  # The methods' own computations under a bfloat16 policy (Keras casts their
+  # variables and float arguments): a training-mode step runs and its
+  # float32 logits stay near the float32 model's (same weights).
+  import keras  # pylint: disable=g-import-not-at-top
+  config = {"compacter++": adapters.get_preset("compacter++").replace(
+      reduction_factor=4),
+            "layer_attention": adapters.LayerAttentionConfig(reduced_size=6,
+                                                             dropout=0.0)
+            }.get(case, case)
+  feats = as_features(*batch(tiny_config()))
+  want = model_with(config)(feats).numpy()
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = model_with(config)
+    got = model(feats, training=True,
+                dropout_seed=tf.constant([1, 2], tf.int64))
+    inference = model(feats).numpy()
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert got.dtype == tf.float32 and np.all(np.isfinite(got.numpy()))
+  scale = np.max(np.abs(want))
+  assert np.max(np.abs(inference - want)) <= 0.05 * scale + 0.05
