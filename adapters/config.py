@@ -92,8 +92,25 @@ def get_preset(name):
   try:
     return PRESETS[name.lower()]
   except KeyError:
+    if name.lower() in ADAPTERHUB_NOT_BUILT:
+      raise UserError("adapter preset %r is AdapterHub's %s, which this "
+                      "toolkit does not build yet; known: %s"
+                      % (name, ADAPTERHUB_NOT_BUILT[name.lower()],
+                         ", ".join(sorted(PRESETS)))) from None
     raise UserError("unknown adapter preset %r; known: %s"
                     % (name, ", ".join(sorted(PRESETS)))) from None
+
+
+# AdapterHub 1.3's preset names of methods not built here.
+ADAPTERHUB_NOT_BUILT = {
+    "mtl_lora": "multi-task LoRA (MTLLoRAConfig)",
+    "vera": "VeRA (VeraConfig)",
+    "dora": "DoRA (DoRAConfig)",
+    "dvora": "DVoRA (DvoRAConfig)",
+    "loreft": "LoReFT (LoReftConfig)",
+    "noreft": "NoReFT (NoReftConfig)",
+    "direft": "DiReFT (DiReftConfig)",
+}
 
 
 # The reference (adapter-bert) at the paper's sizes (Houlsby et al. 2019
