@@ -26,6 +26,7 @@ head, as the reference toolkit's model had them.
 import collections
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from typing import NamedTuple
 from compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from compute.activations import ACTIVATIONS
@@ -352,7 +354,7 @@ class AdapterHook(keras.layers.Layer):
       self.layers_by_adapter.pop(name, None)
 
   def is_active(self, setup):
-    return any(self._branch_layers(b) for b in setup.branches)
+    return any(self._branch_steps(b) for b in setup.branches)
 
   def checkpoint_variables(self, scope, adapter_names, serving=False):
     """[(name, variable, tag)] of the named adapters' layers here; with
@@ -368,12 +370,30 @@ class AdapterHook(keras.layers.Layer):
                   for rel, variable in listed]
     return items
 
-  def _branch_layers(self, branch):
+  def branch_layers(self, branch):
+    """The layers of a branch's adapters here, in order (at the
+    FIRST_ADAPTER_HOOKS, the first adapter's only, as AdapterHub)."""
     names = branch.adapters
     if self.point in registry.FIRST_ADAPTER_HOOKS:
-      names = names[:1]  # As AdapterHub: the first adapter of a Stack only.
+      names = names[:1]
     return [self.layers_by_adapter[n] for n in names
             if n in self.layers_by_adapter]
+
+  def _branch_steps(self, branch):
+    """What runs here for a branch, in order: layers, and an _Averaged for
+    each Average step with a layer here; [] where nothing does."""
+    if self.point in registry.FIRST_ADAPTER_HOOKS:
+      return self.branch_layers(branch)
+    steps = []
+    for step in branch.step_list:
+      if isinstance(step, composition.AverageStep):
+        paths = [[self.layers_by_adapter[n] for n in path
+                  if n in self.layers_by_adapter] for path in step.paths]
+        if any(paths):
+          steps.append(_Averaged(paths, step.weights))
+      elif step in self.layers_by_adapter:
+        steps.append(self.layers_by_adapter[step])
+    return steps
 
   def call(self, *args, setup=None, training=False, policy=None,
            residual=None, norms=None, tokens=None, x=None):
@@ -404,7 +424,12 @@ class AdapterHook(keras.layers.Layer):
     if setup.parallel:
       raise UserError("adapters at %s cannot yet run side by side "
                       "(Parallel)" % self.point)
-    for layer in self._branch_layers(setup.branches[0]):
+    steps = self._branch_steps(setup.branches[0])
+    if any(isinstance(step, _Averaged) for step in steps):
+      raise UserError("Average is not defined for adapters at %s (prefix "
+                      "or prompt tuning; AdapterHub has none either): %s"
+                      % (self.point, ", ".join(setup.branches[0].adapters)))
+    for layer in steps:
       extra = (dict(tokens=tokens, x=x)
                if getattr(layer, "uses_tokens", False) else {})
       args = layer(*args, training=training, policy=policy, **extra)
@@ -413,6 +438,13 @@ class AdapterHook(keras.layers.Layer):
   def _apply(self, layers, x, branch, residual, norms, training, policy,
              tokens=None):
     for layer in layers:
+      if isinstance(layer, _Averaged):
+        # Average: sum_i w_i * (path i's output from the same x).
+        x = tf.add_n([
+            tf.cast(weight, x.dtype) * self._apply(
+                path, x, branch, residual, norms, training, policy, tokens)
+            for path, weight in zip(layer.paths, layer.weights)])
+        continue
       extra = ({"tokens": tokens} if getattr(layer, "uses_tokens", False)
                else {})
       if getattr(layer, "uses_block_residual", False):
@@ -429,14 +461,14 @@ class AdapterHook(keras.layers.Layer):
                 tokens=None):
     if not setup.parallel:
       branch = setup.branches[0]
-      return self._apply(self._branch_layers(branch), x, branch, residual,
+      return self._apply(self._branch_steps(branch), x, branch, residual,
                          norms, training, policy, tokens)
     n = len(setup.branches)
     hidden = tf.shape(x)[-1]
     parts = tf.reshape(x, [n, -1, hidden])  # [n, rows, H]
-    per_branch = [self._branch_layers(b) for b in setup.branches]
+    per_branch = [self._branch_steps(b) for b in setup.branches]
     if (not training and all(len(l) == 1 for l in per_branch)
-        and hasattr(per_branch[0][0], "call_batched")
+        and all(hasattr(l[0], "call_batched") for l in per_branch)
         and len({l[0].batch_key() for l in per_branch}) == 1):
       out = type(per_branch[0][0]).call_batched([l[0] for l in per_branch],
                                                 parts)
@@ -454,29 +486,41 @@ class AdapterHook(keras.layers.Layer):
 
   def _projection(self, x, projected, setup, training, policy, tokens=None):
     if not setup.parallel:
-      for layer in self._branch_layers(setup.branches[0]):
-        extra = ({"tokens": tokens} if getattr(layer, "uses_tokens", False)
-                 else {})
-        projected = layer(x, projected, training=training, policy=policy,
-                          **extra)
-      return projected
+      return self._project(self._branch_steps(setup.branches[0]), x,
+                           projected, training, policy, tokens)
     n = len(setup.branches)
     xs = tf.split(x, n, axis=0)
     ps = tf.split(projected, n, axis=0)
     branch_tokens = _branch_tokens(tokens, n)
-    outs = []
-    for branch, xi, pi in zip(setup.branches, xs, ps):
-      for layer in self._branch_layers(branch):
-        extra = ({"tokens": branch_tokens}
-                 if getattr(layer, "uses_tokens", False) else {})
-        pi = layer(xi, pi, training=training, policy=policy, **extra)
-      outs.append(pi)
-    return tf.concat(outs, axis=0)
+    return tf.concat([
+        self._project(self._branch_steps(branch), xi, pi, training, policy,
+                      branch_tokens)
+        for branch, xi, pi in zip(setup.branches, xs, ps)], axis=0)
+
+  def _project(self, layers, x, projected, training, policy, tokens):
+    for layer in layers:
+      if isinstance(layer, _Averaged):
+        projected = tf.add_n([
+            tf.cast(weight, projected.dtype) * self._project(
+                path, x, projected, training, policy, tokens)
+            for path, weight in zip(layer.paths, layer.weights)])
+        continue
+      extra = ({"tokens": tokens} if getattr(layer, "uses_tokens", False)
+               else {})
+      projected = layer(x, projected, training=training, policy=policy,
+                        **extra)
+    return projected
 
   def get_config(self):
     base = super().get_config()
     base["point"] = self.point
     return base
+
+
+class _Averaged(NamedTuple):
+  """An Average step at one hook point: each path's layers, its weight."""
+  paths: list
+  weights: tuple
 
 
 def _branch_tokens(tokens, n):
@@ -1087,35 +1131,59 @@ class BertModel(keras.layers.Layer):
       return self._read_frozen_encoder(input_ids, input_mask, segment_ids,
                                        setup, training, seed, output_range,
                                        policy)
+    if setup.split is not None:
+      raise ValueError("BertModel runs one branch or Parallel ones; the "
+                       "model divides a BatchSplit or MultiTask batch")
     n = len(setup.branches)
+    skip = setup.skip_layers
+    base = setup.without_adapters()
+    # AdapterDrop: the layers below the first one with adapters are the
+    # base model's; Parallel branches run them once, then split the batch.
+    lead = 0
+    while lead < len(self.blocks) and lead in skip:
+      lead += 1
+    shared = setup.parallel and lead > 0
+    width = 1 if shared else n  # Branches in the batch before layer `lead`.
     shape = tf.shape(input_ids)
-    batch, seq = shape[0] * n, shape[1]
-    embedded = self.embeddings(input_ids, segment_ids, setup=setup,
+    batch, seq = shape[0] * width, shape[1]
+    embed_setup = NO_ADAPTERS if shared else (base if 0 in skip else setup)
+    embedded = self.embeddings(input_ids, segment_ids, setup=embed_setup,
                                training=training,
                                seed=kernels.fold_seed(seed, 0), policy=policy)
-    if self.embeddings.prompts.is_active(setup):
+    if self.embeddings.prompts.is_active(embed_setup):
       # Prompt tuning: soft tokens join the sequence (and the mask).
       embedded, input_mask = self.embeddings.prompts(
-          embedded, input_mask, setup=setup, training=training,
+          embedded, input_mask, setup=embed_setup, training=training,
           policy=policy)
       seq = tf.shape(embedded)[1]
-    # Additive mask: 0 where attended, -10000 where padded. [batch, 1, 1, seq]
-    mask = tf.cast(input_mask, tf.float32)[:, tf.newaxis, tf.newaxis, :]
-    mask_adder = (1.0 - mask) * MASK_ADDER
-    token_mask = tf.cast(input_mask, tf.float32)  # [batch / n, seq]
-    if n > 1:
-      mask_adder = tf.tile(mask_adder, [n, 1, 1, 1])
-      token_mask = tf.tile(token_mask, [n, 1])
-    # Where each example's rows are (gated adapters average over them).
-    tokens = gating.TokenLayout(batch, seq, token_mask)
+
+    def layout(width):
+      """The additive mask [width * batch, 1, 1, seq] (0 where attended,
+      -10000 where padded) and the TokenLayout (where each example's rows
+      are: gated adapters average over them), branch-major."""
+      mask = tf.cast(input_mask, tf.float32)  # [batch, seq]
+      mask = tf.tile(mask, [width, 1]) if width > 1 else mask
+      mask_adder = (1.0 - mask[:, tf.newaxis, tf.newaxis, :]) * MASK_ADDER
+      return mask_adder, gating.TokenLayout(shape[0] * width, seq, mask)
+
+    mask_adder, tokens = layout(width)
     x = tf.reshape(embedded, [batch * seq, self.config.hidden_size])
     last = len(self.blocks) - 1
     for i, block in enumerate(self.blocks):
+      if shared and i == lead:
+        x = tf.tile(x, [n, 1])  # [n * batch * seq, H], branch-major.
+        batch *= n
+        mask_adder, tokens = layout(n)
       block_args = {"output_range": output_range} if (
           i == last and output_range is not None) else {}
-      x = block(x, mask_adder, batch, seq, setup=setup, training=training,
-                seed=kernels.fold_seed(seed, i + 1), policy=policy,
-                tokens=tokens, **block_args)
+      block_setup = (NO_ADAPTERS if shared and i < lead else
+                     base if i in skip else setup)
+      x = block(x, mask_adder, batch, seq, setup=block_setup,
+                training=training, seed=kernels.fold_seed(seed, i + 1),
+                policy=policy, tokens=tokens, **block_args)
+    if shared and lead == len(self.blocks):
+      x = tf.tile(x, [n, 1])  # Every layer skipped: the branches differ
+      batch *= n              # in their heads only.
     rows = seq if output_range is None or not self.blocks else output_range
     sequence_output = tf.reshape(x, [batch, rows, self.config.hidden_size])
     pooled_output = self.pooler(sequence_output)
@@ -1147,7 +1215,7 @@ class BertModel(keras.layers.Layer):
       x = block(x, mask_adder, batch, seq, training=False, policy=policy)
       states.append(tf.reshape(x, [batch, seq, h]))
     states = [tf.stop_gradient(s) for s in states]
-    layer, = self.encoder_output._branch_layers(setup.branches[0])  # pylint: disable=protected-access
+    layer, = self.encoder_output.branch_layers(setup.branches[0])
     sequence_output = layer(states, input_mask, training=training,
                             policy=policy,
                             seed=kernels.fold_seed(seed, len(self.blocks) + 1))
@@ -1316,7 +1384,10 @@ def model_inputs(features):
   if missing:
     raise UserError("features lack %s; expected int32 %s [batch, seq]"
                     % (", ".join(missing), ", ".join(INPUT_NAMES)))
-  return {k: tf.cast(features[k], tf.int32) for k in INPUT_NAMES}
+  inputs = {k: tf.cast(features[k], tf.int32) for k in INPUT_NAMES}
+  if "task_ids" in features:  # MultiTask's routing, [batch].
+    inputs["task_ids"] = tf.cast(features["task_ids"], tf.int32)
+  return inputs
 
 
 def per_example_loss(logits, labels, num_labels, is_regression):
@@ -1386,6 +1457,7 @@ class BertAdapterModel(keras.Model):
                              else heads or []):
       self.add_classification_head(name, num_labels)
     self._active = composition.parse(items[0][0]) if items else None
+    self._skip_layers = frozenset()
     self._active_head = None
     self._fit_seed = 0
     self.built = True
@@ -1501,6 +1573,125 @@ class BertAdapterModel(keras.Model):
     if set_active:
       self.set_active_adapters(name)
 
+  def average_adapter(self, adapter_name, adapter_list, weights=None,
+                      combine_strategy="linear", normalize_weights=True,
+                      overwrite_ok=False, set_active=False, svd_rank=None):
+    """Adds adapter `adapter_name`, the weighted average of others' weights.
+
+    As AdapterHub's `average_adapter`: every variable of the adapters (their
+    LayerNorm copies and model-level variables included; not their heads)
+    is averaged with the weights.
+
+    Args:
+      adapter_name: the new adapter's name.
+      adapter_list: names of adapters of one config, or {name: weight}.
+      weights: one per adapter (default: equal).
+      combine_strategy: "linear"; for LoRA also "lora_linear_only_negate_b"
+        (lora_A averaged with |weight|) and "lora_delta_w_svd" (the products
+        lora_A·lora_B averaged, then split again by SVD at rank `svd_rank`;
+        the new adapter's scaling alpha / svd_rank is taken into account,
+        so that its product equals the averaged products where the rank
+        allows).
+      normalize_weights: divide the weights by their sum.
+      overwrite_ok: replace an adapter of that name.
+      set_active: make the new adapter the active one.
+      svd_rank: the rank of "lora_delta_w_svd".
+
+    Raises:
+      UserError: for unknown adapters, configs that differ, a strategy that
+        does not fit the method, or bad weights.
+    """
+    if isinstance(adapter_list, dict):
+      if weights is not None:
+        raise UserError("average_adapter: give the weights in adapter_list "
+                        "or in weights, not both")
+      names, weights = list(adapter_list), list(adapter_list.values())
+    else:
+      names = [adapter_list] if isinstance(adapter_list, str) else list(
+          adapter_list)
+    if not names:
+      raise UserError("average_adapter needs at least one adapter")
+    for name in names:
+      self._check_adapter(name)
+    weights = composition.Average(
+        *names, weights=weights, normalize_weights=normalize_weights).weights
+    config = self.adapter_configs[names[0]]
+
+    def essential(c):  # AdapterHub ignores dropout and init when comparing.
+      return {k: v for k, v in c.to_dict().items()
+              if "dropout" not in k and not k.startswith("init")}
+
+    for name in names[1:]:
+      if essential(self.adapter_configs[name]) != essential(config):
+        raise UserError("average_adapter: adapters %r and %r have different "
+                        "configs; only adapters of one config average"
+                        % (names[0], name))
+    strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+    if combine_strategy not in strategies:
+      raise UserError("unknown combine_strategy %r; expected one of %s"
+                      % (combine_strategy, ", ".join(strategies)))
+    is_lora = config.kind == "lora"
+    if combine_strategy != "linear" and not is_lora:
+      raise UserError("combine_strategy %r is for lora adapters; %r is %s"
+                      % (combine_strategy, names[0], config.kind))
+    old_scaling = new_scaling = None
+    if combine_strategy == "lora_delta_w_svd":
+      if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or (
+          svd_rank < 1):
+        raise UserError("combine_strategy 'lora_delta_w_svd' needs svd_rank, "
+                        "a positive int, got %r" % (svd_rank,))
+      old_scaling = config.alpha / config.r
+      config = dataclasses.replace(config, r=svd_rank)
+      new_scaling = config.alpha / config.r
+    elif svd_rank is not None:
+      raise UserError("svd_rank is for combine_strategy 'lora_delta_w_svd'")
+    if adapter_name in self.adapter_configs:
+      if not overwrite_ok or adapter_name in names:
+        raise UserError("an adapter named %r exists already; choose another "
+                        "name (or overwrite_ok=True)" % adapter_name)
+      self.delete_adapter(adapter_name)
+    self.add_adapter(adapter_name, config)
+    try:
+      sources = [self.adapter_view(n).checkpoint_variables() for n in names]
+      for key, (variable, tag) in self.adapter_view(
+          adapter_name).checkpoint_variables().items():
+        if tag.kind == "base" or tag.owner != adapter_name:
+          continue
+        values = [src[key][0].numpy().astype(np.float64) for src in sources]
+        if combine_strategy == "lora_delta_w_svd" and key.endswith(
+            ("/lora_A", "/lora_B")):
+          continue  # Below, by pairs.
+        signs = ([abs(w) for w in weights]
+                 if combine_strategy == "lora_linear_only_negate_b"
+                 and key.endswith("/lora_A") else weights)
+        variable.assign(sum(w * v for w, v in zip(signs, values)).astype(
+            np.float32))
+      if combine_strategy == "lora_delta_w_svd":
+        view = self.adapter_view(adapter_name).checkpoint_variables()
+        for key in view:
+          if not key.endswith("/lora_A"):
+            continue
+          scope = key[:-len("/lora_A")]
+          delta = sum(
+              w * (src[scope + "/lora_A"][0].numpy().astype(np.float64)
+                   @ src[scope + "/lora_B"][0].numpy().astype(np.float64))
+              for w, src in zip(weights, sources))  # [in, out]
+          delta *= old_scaling / new_scaling
+          u, sv, vt = np.linalg.svd(delta, full_matrices=False)
+          r = config.r
+          a = np.zeros(view[key][0].shape)
+          b = np.zeros(view[scope + "/lora_B"][0].shape)
+          k = min(r, len(sv))
+          a[:, :k] = u[:, :k] * sv[:k]
+          b[:k] = vt[:k]
+          view[key][0].assign(a.astype(np.float32))
+          view[scope + "/lora_B"][0].assign(b.astype(np.float32))
+    except BaseException:
+      self.delete_adapter(adapter_name)
+      raise
+    if set_active:
+      self.set_active_adapters(adapter_name)
+
   def delete_adapter(self, name):
     """Removes adapter `name` (its layers and LayerNorm copies).
 
@@ -1576,23 +1767,55 @@ class BertAdapterModel(keras.Model):
                       % (name, ", ".join(sorted(self.adapter_configs))
                          or "no adapters"))
 
-  def set_active_adapters(self, adapter_setup):
+  def set_active_adapters(self, adapter_setup, skip_layers=None):
     """Chooses what forward passes run.
 
     Args:
       adapter_setup: an adapter name, a list of names (a Stack), a
         composition block (`adapters.composition`), or None (the base alone).
+      skip_layers: encoder layer indices (0 = the lowest) that run without
+        adapters, as the base model's (AdapterDrop, at inference); with
+        layer 0, the embeddings too. Parallel branches share the layers
+        below their first adapted one.
 
     Raises:
-      UserError: for an unknown name or a composition that cannot run.
+      UserError: for an unknown name, a composition that cannot run or a
+        layer out of range.
     """
     block = composition.parse(adapter_setup)
     if block is not None:
       for name in block.flatten():
         self._check_adapter(name)
-    self._active = block
-    self.active_setup()  # Checks the composition and its heads.
+    skip = self._check_skip_layers(skip_layers)
+    previous = self._active, self._skip_layers
+    self._active, self._skip_layers = block, skip
+    try:
+      self.active_setup()  # Checks the composition and its heads.
+    except UserError:
+      self._active, self._skip_layers = previous
+      raise
     self._forget_traced_steps()
+
+  def _check_skip_layers(self, skip_layers):
+    if skip_layers is None:
+      return frozenset()
+    layers = self.config.num_hidden_layers
+    try:
+      values = list(skip_layers)
+    except TypeError:
+      values = [skip_layers]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(
+        v, int) or not 0 <= v < layers]
+    if bad:
+      raise UserError("skip_layers %r: layer %r is not one of 0..%d (this "
+                      "model has %d layers)"
+                      % (skip_layers, bad[0], layers - 1, layers))
+    return frozenset(values)
+
+  @property
+  def skip_layers(self):
+    """The active setup's skipped layers (AdapterDrop), sorted."""
+    return sorted(self._skip_layers)
 
   def _forget_traced_steps(self):
     """Keras retraces fit/evaluate/predict on their next call: what they
@@ -1617,13 +1840,14 @@ class BertAdapterModel(keras.Model):
         self._check_adapter(name)
     return composition.resolve(
         block, lambda n: registry.owns_layer_norms(self.adapter_configs[n]),
-        self._head_for)
+        self._head_for, self._skip_layers)
 
-  def _head_for(self, path, parallel):
-    if parallel:
+  def _head_for(self, path, several):
+    if several:
       name = path[-1]
       if name not in self.heads:
-        raise UserError("Parallel runs each adapter with the head of its "
+        raise UserError("Parallel, BatchSplit and MultiTask run each "
+                        "element with the head of its (last) adapter's "
                         "name; adapter %r has no head (add_classification_"
                         "head(%r, ...))" % (name, name))
       return name
@@ -1638,7 +1862,7 @@ class BertAdapterModel(keras.Model):
     """The ModelView of a branch (default: the active one)."""
     if branch is None:
       setup = self.active_setup()
-      if setup.parallel:
+      if setup.several:
         raise UserError("several adapters run side by side (%r); name the "
                         "one adapter meant" % (self._active,))
       branch = setup.branches[0]
@@ -1770,6 +1994,11 @@ class BertAdapterModel(keras.Model):
   def call(self, features, training=False, dropout_seed=None, policy=None,
            setup=None):
     setup = setup or self.active_setup()
+    if any(b.head is None for b in setup.branches):
+      raise UserError("no active head: add one (add_classification_head) or "
+                      "name it (model.active_head = ...)")
+    if setup.split is not None:
+      return self._call_split(features, setup, training, dropout_seed, policy)
     # Only the [CLS] row of the last layer reaches the pooler (unless a
     # gated adapter there averages over every token).
     gated = any(gating.uses_gating(self.adapter_configs[name])
@@ -1778,9 +2007,6 @@ class BertAdapterModel(keras.Model):
                             dropout_seed=dropout_seed,
                             output_range=None if gated else 1,
                             policy=policy, setup=setup)
-    if any(b.head is None for b in setup.branches):
-      raise UserError("no active head: add one (add_classification_head) or "
-                      "name it (model.active_head = ...)")
     seed = kernels.fold_seed(dropout_seed, 1)
     if not setup.parallel:
       return self.heads[setup.branches[0].head](pooled, training=training,
@@ -1790,10 +2016,55 @@ class BertAdapterModel(keras.Model):
                                        policy=policy)
             for b, p in zip(setup.branches, parts)}
 
+  def _call_split(self, features, setup, training, dropout_seed, policy):
+    """BatchSplit / MultiTask: each branch's examples through it alone.
+
+    Returns {head name: float32 [batch, its labels]}, each row computed by
+    the head of the branch the example went through, NaN in the rows of the
+    other branches' examples.
+    """
+    n = len(setup.branches)
+    batch = tf.shape(features["input_ids"])[0]
+    if setup.split == "sizes":
+      sizes = tf.constant(setup.batch_sizes, tf.int32)
+      tf.debugging.assert_equal(
+          tf.reduce_sum(sizes), batch,
+          message="BatchSplit(batch_sizes=%s) needs batches of %d examples"
+          % (list(setup.batch_sizes), sum(setup.batch_sizes)))
+      order = tf.range(batch)
+    else:
+      if "task_ids" not in features:
+        raise UserError("MultiTask routes each example by its 'task_ids' "
+                        "feature (int [batch], 0..%d); the features have "
+                        "none" % (n - 1))
+      task_ids = tf.cast(features["task_ids"], tf.int32)
+      tf.debugging.assert_less(
+          task_ids, n, message="task_ids must be 0..%d (one per element of "
+          "the MultiTask)" % (n - 1))
+      tf.debugging.assert_non_negative(
+          task_ids, message="task_ids must be 0..%d" % (n - 1))
+      order = tf.argsort(task_ids, stable=True)
+      sizes = tf.math.bincount(task_ids, minlength=n, maxlength=n,
+                               dtype=tf.int32)
+    ends = tf.cumsum(sizes)
+    outputs = {}
+    for i, branch in enumerate(setup.branches):
+      rows = order[ends[i] - sizes[i]:ends[i]]  # This branch's examples.
+      part = {k: tf.gather(features[k], rows) for k in INPUT_NAMES}
+      logits = self.call(part, training=training, dropout_seed=dropout_seed,
+                         policy=policy, setup=setup.alone(branch))
+      width = self.heads[branch.head].num_labels
+      full = tf.fill([batch, width], float("nan"))
+      full = tf.tensor_scatter_nd_update(full, rows[:, tf.newaxis], logits)
+      if branch.head in outputs:  # Two elements with one head.
+        full = tf.where(tf.math.is_nan(full), outputs[branch.head], full)
+      outputs[branch.head] = full
+    return outputs
+
   # ------------------------------------------------------------------ Keras
 
   def compile(self, optimizer="adam_weight_decay", jit_compile=None, seed=0,
-              **kwargs):
+              adapter_drop=False, **kwargs):
     """Keras compile with the command line's loss and dropout seeds.
 
     Args:
@@ -1802,6 +2073,11 @@ class BertAdapterModel(keras.Model):
       jit_compile: None: as the command line (the whole step compiled by XLA
         on GPU/TPU; on a CPU host only the element-wise kernels).
       seed: base of the dropout seeds (mask = f(seed, step)).
+      adapter_drop: AdapterDrop's training recipe: each step of `fit` skips
+        the adapters of a random number of the lowest layers (none at
+        evaluate and predict; see training.adapter_drop). With the default
+        optimizer a variable a step did not reach keeps its value and
+        moments; other Keras optimizers see a zero gradient for it.
       **kwargs: passed to keras.Model.compile (metrics, ...); a `loss` is
         refused: the loss is the command line's.
     """
@@ -1817,6 +2093,7 @@ class BertAdapterModel(keras.Model):
     if jit_compile is None:
       jit_compile = self._resolve_auto_jit_compile()
     self._fit_seed = int(seed)
+    self._adapter_drop = bool(adapter_drop)
     super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
   def _resolve_auto_jit_compile(self):
@@ -1843,13 +2120,21 @@ class BertAdapterModel(keras.Model):
     return names
 
   def _loss(self, logits, labels):
-    """The mean of the command line's per-example loss (summed over heads)."""
+    """The mean of the command line's per-example loss (summed over heads;
+    under BatchSplit or MultiTask, each head's mean over its examples)."""
     if isinstance(logits, dict):
       return tf.add_n([self._loss(value, labels[name] if isinstance(
           labels, dict) else labels) for name, value in logits.items()])
     num_labels = int(logits.shape[-1])
-    return tf.reduce_mean(per_example_loss(logits, labels, num_labels,
-                                           num_labels == 1))
+    if self.active_setup().split is None:
+      return tf.reduce_mean(per_example_loss(logits, labels, num_labels,
+                                             num_labels == 1))
+    mine = tf.logical_not(tf.math.is_nan(logits[:, 0]))  # This head's rows.
+    losses = per_example_loss(tf.where(mine[:, tf.newaxis], logits, 0.0),
+                              labels, num_labels, num_labels == 1)
+    count = tf.reduce_sum(tf.cast(mine, tf.float32))
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(tf.where(mine, losses, 0.0)), count)
 
   def train_step(self, data):
     features, labels = _split_features(data)
@@ -1859,11 +2144,32 @@ class BertAdapterModel(keras.Model):
     step = tf.cast(self.optimizer.iterations, tf.int64)
     seed = tf.stack([tf.constant(self._fit_seed, tf.int64), step])
     variables = self.trainable_variables
-    with tf.GradientTape() as tape:
-      logits = self(model_inputs(features), training=True, dropout_seed=seed,
-                    policy=self._keras_policy())
-      loss = self._loss(logits, labels)
-    grads = tape.gradient(loss, variables)
+    inputs = model_inputs(features)
+
+    def loss_and_grads(skip_layers=None):
+      setup = None
+      if skip_layers is not None:
+        setup = dataclasses.replace(self.active_setup(),
+                                    skip_layers=skip_layers)
+      with tf.GradientTape() as tape:
+        logits = self(inputs, training=True, dropout_seed=seed,
+                      policy=self._keras_policy(), setup=setup)
+        loss = self._loss(logits, labels)
+      return loss, tape.gradient(loss, variables), logits
+
+    if getattr(self, "_adapter_drop", False):
+      from training import adapter_drop  # pylint: disable=g-import-not-at-top
+      layers = self.config.num_hidden_layers
+      loss, grads, present, logits = adapter_drop.switch(
+          adapter_drop.layers_to_skip(self._fit_seed, step, layers), layers,
+          loss_and_grads, variables)
+      if hasattr(self.optimizer, "set_present"):
+        self.optimizer.set_present(variables, present)
+      self.optimizer.apply_gradients(zip(grads, variables))
+      if hasattr(self.optimizer, "set_present"):
+        self.optimizer.set_present(variables, None)
+      return self._metrics_result(loss, labels, logits)
+    loss, grads, logits = loss_and_grads()
     self.optimizer.apply_gradients(zip(grads, variables))
     return self._metrics_result(loss, labels, logits)
 

@@ -280,7 +280,7 @@ class AdamWeightDecay(tf.Module):
       learning_rate = self.learning_rate
     return tf.cast(learning_rate, tf.float32)
 
-  def apply_gradients(self, grads, step):
+  def apply_gradients(self, grads, step, present=None):
     """Clips the gradients and applies one Adam-with-weight-decay update.
 
     Args:
@@ -288,6 +288,10 @@ class AdamWeightDecay(tf.Module):
         None entries are skipped. Gradients may be float16/bfloat16 or
         `tf.IndexedSlices`; they are cast to the variable dtype.
       step: the global step (int scalar), used by a callable learning rate.
+      present: None, or one bool scalar tensor per gradient: where False,
+        the gradient (zeros) stands for None decided at run time (AdapterDrop
+        skipped that variable's layer): the variable and its slots keep
+        their values.
 
     Returns:
       The learning rate used, a float32 scalar tensor.
@@ -306,6 +310,7 @@ class AdamWeightDecay(tf.Module):
     indices = [i for i, g in enumerate(grads) if g is not None]
     if not indices:
       return learning_rate
+    flags = None if present is None else [present[i] for i in indices]
     dense_grads = []
     for i in indices:
       grad = grads[i]
@@ -315,11 +320,11 @@ class AdamWeightDecay(tf.Module):
       dense_grads.append(tf.cast(grad, self._variables[i].dtype))
 
     if not tf.distribute.has_strategy():
-      self._clip_and_apply(None, indices, dense_grads, learning_rate)
+      self._clip_and_apply(None, indices, dense_grads, learning_rate, flags)
     elif tf.distribute.in_cross_replica_context():
       # Gradients given in cross-replica context are taken as already reduced.
       self._clip_and_apply(tf.distribute.get_strategy(), indices, dense_grads,
-                           learning_rate)
+                           learning_rate, flags)
     else:
       replica_context = tf.distribute.get_replica_context()
       # Sum over replicas: each replica's loss is already divided by the
@@ -328,7 +333,8 @@ class AdamWeightDecay(tf.Module):
                                           dense_grads)
       clipped = self._clip(summed)
       replica_context.merge_call(
-          self._distributed_apply, args=(indices, clipped, learning_rate))
+          self._distributed_apply,
+          args=(indices, clipped, learning_rate, flags))
     return learning_rate
 
   def _clip(self, grads):
@@ -337,15 +343,19 @@ class AdamWeightDecay(tf.Module):
     clipped, _ = tf.clip_by_global_norm(grads, clip_norm=self.clip_norm)
     return clipped
 
-  def _clip_and_apply(self, strategy, indices, grads, learning_rate):
+  def _clip_and_apply(self, strategy, indices, grads, learning_rate,
+                      flags=None):
     clipped = self._clip(grads)
+    flags = flags or [None] * len(indices)
     if strategy is None:
-      for i, grad in zip(indices, clipped):
-        self._apply_one(i, self._variables[i], grad, learning_rate)
+      for i, grad, flag in zip(indices, clipped, flags):
+        self._apply_one(i, self._variables[i], grad, learning_rate, flag)
     else:
-      self._distributed_apply(strategy, indices, clipped, learning_rate)
+      self._distributed_apply(strategy, indices, clipped, learning_rate,
+                              flags)
 
-  def _distributed_apply(self, strategy, indices, grads, learning_rate):
+  def _distributed_apply(self, strategy, indices, grads, learning_rate,
+                         flags=None):
     """Updates every copy of the variables and slots (cross-replica context).
 
     `grads` and `learning_rate` may be per-replica values (identical on every
@@ -353,19 +363,20 @@ class AdamWeightDecay(tf.Module):
     component, and the slots, read and assigned inside the update context,
     resolve to the component on the same device.
     """
-    for i, grad in zip(indices, grads):
+    flags = flags or [None] * len(indices)
+    for i, grad, flag in zip(indices, grads, flags):
       strategy.extended.update(
           self._variables[i],
           self._make_update_fn(i),
-          args=(grad, learning_rate),
+          args=(grad, learning_rate) + ((flag,) if flag is not None else ()),
           group=False)
 
   def _make_update_fn(self, index):
-    def update_fn(variable, grad, learning_rate):
-      return self._apply_one(index, variable, grad, learning_rate)
+    def update_fn(variable, grad, learning_rate, flag=None):
+      return self._apply_one(index, variable, grad, learning_rate, flag)
     return update_fn
 
-  def _apply_one(self, index, variable, grad, learning_rate):
+  def _apply_one(self, index, variable, grad, learning_rate, present=None):
     """The reference update of one variable (and its two slots)."""
     m = self._m[index]
     v = self._v[index]
@@ -373,10 +384,20 @@ class AdamWeightDecay(tf.Module):
         variable.read_value(), grad, m.read_value(), v.read_value(),
         learning_rate, self.beta_1, self.beta_2, self.epsilon,
         self._decay_rates[index])
+    if present is not None:  # AdapterDrop: not reached this step.
+      next_param, next_m, next_v = keep_unless(
+          present, (next_param, next_m, next_v),
+          (variable.read_value(), m.read_value(), v.read_value()))
     return tf.group(
         variable.assign(tf.cast(next_param, variable.dtype)),
         m.assign(next_m),
         v.assign(next_v))
+
+
+def keep_unless(present, new, old):
+  """`new` where the bool scalar `present`, else `old` (tuples)."""
+  return tuple(tf.where(present, n, tf.cast(o, n.dtype))
+               for n, o in zip(new, old))
 
 
 def adam_weight_decay_update(param, grad, m, v, learning_rate, beta_1,
@@ -440,6 +461,13 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
       self._m.append(self.add_variable_from_reference(variable, "adam_m"))
       self._v.append(self.add_variable_from_reference(variable, "adam_v"))
 
+  def set_present(self, variables, present):
+    """Whether each variable was reached (bool scalars) for the next apply
+    (AdapterDrop: a variable not reached keeps its value and slots); None
+    present: all were."""
+    self._present = None if present is None else {
+        self._var_key(v): p for v, p in zip(variables, present)}
+
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     m, v = self._m[index], self._v[index]
@@ -447,6 +475,13 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
         variable, gradient, m, v, tf.cast(learning_rate, tf.float32),
         self._rule.beta_1, self._rule.beta_2, self._rule.epsilon,
         self._decay_rates[self._var_key(variable)])
+    present = (getattr(self, "_present", None) or {}).get(
+        self._var_key(variable))
+    if present is not None:
+      next_param, next_m, next_v = keep_unless(
+          present, (next_param, next_m, next_v),
+          (tf.convert_to_tensor(variable), tf.convert_to_tensor(m),
+           tf.convert_to_tensor(v)))
     self.assign(m, next_m)
     self.assign(v, next_v)
     self.assign(variable, tf.cast(next_param, variable.dtype))

@@ -159,6 +159,14 @@ flags.DEFINE_bool("allow_hyperparameter_change", False,
                   "--learning_rate or weight decay than they were trained "
                   "with (the change is logged and recorded in "
                   "run_config.json). Other changes are always refused.")
+flags.DEFINE_bool("adapter_drop", False,
+                  "AdapterDrop's training recipe: at each step the adapters "
+                  "of a random number k of the lowest layers are skipped "
+                  "(k uniform in 0..L-2, as AdapterHub's callback); none at "
+                  "eval and predict unless --skip_layers says so.")
+flags.DEFINE_list("skip_layers", [],
+                  "Encoder layers (0 = the lowest) whose adapters are "
+                  "skipped at eval and predict (AdapterDrop at inference).")
 flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 
 
@@ -170,6 +178,14 @@ def config_from_flags():
       and not FLAGS["adapter_size"].present):
     # The adapter directory's size, or the --adapter_config's own.
     values["adapter_size"] = None
+  layers = []
+  for item in values["skip_layers"] or []:
+    try:
+      layers.append(int(item))
+    except ValueError:
+      raise UserError("--skip_layers takes layer indices separated by commas "
+                      "(e.g. 0,1,2), got %r" % item) from None
+  values["skip_layers"] = tuple(layers)
   return run_config.RunConfig(**values)
 
 

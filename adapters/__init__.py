@@ -29,6 +29,9 @@ from adapters.layer_attention import LayerAttentionConfig  # Basirat's.
 from adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
 from adapters.union import ConfigUnion  # Registers "union" and "mam".
 from adapters import composition
+from adapters.composition import Average
+from adapters.composition import BatchSplit
+from adapters.composition import MultiTask
 from adapters.composition import Parallel
 from adapters.composition import Stack
 
@@ -36,7 +39,8 @@ __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
-    "METHODS", "PRESETS", "Parallel", "Stack", "composition",
+    "METHODS", "PRESETS", "Average", "BatchSplit", "MultiTask", "Parallel",
+    "Stack", "composition",
     "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",
 ]

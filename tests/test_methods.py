@@ -186,7 +186,13 @@ def np_prefixes(c, w, cfg, layer):
   return out[:, 2 * i], out[:, 2 * i + 1]
 
 
-def np_bert(w, cfg, ids, mask, segs, config):
+def np_bert(w, cfg, ids, mask, segs, config, bn_fn=None, projection_fn=None):
+  """The NumPy BERT with `config`'s adapter; `bn_fn(c, prefix, h, r, ln,
+  mask)` and `projection_fn(c, scope, x, point, mask)`, where given, stand
+  for np_bn and np_projection (the composition tests' averages)."""
+  bn_fn = bn_fn or (lambda c, *args: np_bn(c, w, *args))
+  projection_fn = projection_fn or (lambda c, *args: np_projection(
+      c, w, *args))
   # A union's parts: the bottleneck at each place, the LoRA/(IA)^3 one.
   parts = list(config.configs) if config.kind == "union" else [config]
   bns = [x for x in parts if x.kind == "bn"]
@@ -236,9 +242,9 @@ def np_bert(w, cfg, ids, mask, segs, config):
     def heads(t):
       return t.reshape(b, s, n, d).transpose(0, 2, 1, 3)
 
-    q = heads(np_projection(c, w, p + "attention/self/query", x, "query", mask))
-    k = heads(np_projection(c, w, p + "attention/self/key", x, "key", mask))
-    v = heads(np_projection(c, w, p + "attention/self/value", x, "value", mask))
+    q = heads(projection_fn(c, p + "attention/self/query", x, "query", mask))
+    k = heads(projection_fn(c, p + "attention/self/key", x, "key", mask))
+    v = heads(projection_fn(c, p + "attention/self/value", x, "value", mask))
     layer_adder = adder
     prefixes = (np_prefixes(prefix, w, cfg, layer) if prefix is not None
                 and layer not in prefix.leave_out else None)
@@ -276,15 +282,15 @@ def np_bert(w, cfg, ids, mask, segs, config):
                    w[p + "output/LayerNorm/beta"])
 
     if bn_attention is not None:
-      a = np_bn(bn_attention, w, p + "attention/output/adapters", a, x, ln_att,
+      a = bn_fn(bn_attention, p + "attention/output/adapters", a, x, ln_att,
                 mask)
     a = ln_att(a + x)
-    inter = ACTS["gelu_new"](np_projection(c, w, p + "intermediate/dense", a,
+    inter = ACTS["gelu_new"](projection_fn(c, p + "intermediate/dense", a,
                                            "intermediate_projection", mask))
-    o = np_projection(c, w, p + "output/dense", inter, "output_projection",
+    o = projection_fn(c, p + "output/dense", inter, "output_projection",
                       mask)
     if bn_ffn is not None:
-      o = np_bn(bn_ffn, w, p + "output/adapters", o, a, ln_out, mask)
+      o = bn_fn(bn_ffn, p + "output/adapters", o, a, ln_out, mask)
     x = ln_out(o + a)
     states.append(x)
   if config.kind == "layer_attention":

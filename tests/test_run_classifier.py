@@ -76,6 +76,13 @@ def test_cli_train_eval_predict_end_to_end(tmp_path):
   got = fx.read_eval_results(reloaded["output_dir"])
   for key in ("eval_accuracy", "eval_loss", "eval_f1"):
     assert abs(got[key] - results[key]) <= 1e-6, (key, got, results)
+  # AdapterDrop at inference: layer 0 without its LoRA, another loss.
+  reloaded.update(output_dir=str(tmp_path / "skipped"), skip_layers="0")
+  skipped = fx.run_cli(reloaded)
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert "without the adapters of layers 0" in skipped.stderr
+  assert fx.read_eval_results(reloaded["output_dir"])["eval_loss"] != got[
+      "eval_loss"]
   assert json.load(open(os.path.join(reloaded["output_dir"], "run_config.json"))
                    )["flags"]["adapter_size"] == flags["adapter_size"]
 
@@ -199,11 +206,13 @@ def test_cli_trains_an_adapter_method_by_name_and_reloads_it(tmp_path):
   # adapter directory records the method, and loading it back (no
   # --adapter_config: the directory's) evaluates to the same figures.
   flags = fx.make_job(tmp_path)
+  # With AdapterDrop's recipe on (2 layers: k is always 0, the plumbing).
   flags.update(FAST, do_train=True, do_eval=True, adapter_config="lora",
-               adapter_size=None)
+               adapter_size=None, adapter_drop=True)
   result = fx.run_cli(flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "--adapter_config=lora: lora" in result.stderr
+  assert "k uniform in 0..0" in result.stderr
   out = flags["output_dir"]
   results = fx.read_eval_results(out)
   names = tf.train.load_checkpoint(tf.train.latest_checkpoint(
@@ -215,7 +224,8 @@ def test_cli_trains_an_adapter_method_by_name_and_reloads_it(tmp_path):
       + ["output_weights", "output_bias"])
   stored = json.load(open(os.path.join(out, "adapter", "adapter_config.json")))
   assert stored["kind"] == "lora" and stored["r"] == 8
-  reloaded = {k: v for k, v in flags.items() if k != "adapter_config"}
+  reloaded = {k: v for k, v in flags.items()
+              if k not in ("adapter_config", "adapter_drop")}
   reloaded.update(do_train=False, output_dir=str(tmp_path / "from_adapter"),
                   adapter_checkpoint=os.path.join(out, "adapter"))
   again = fx.run_cli(reloaded)
@@ -223,3 +233,10 @@ def test_cli_trains_an_adapter_method_by_name_and_reloads_it(tmp_path):
   got = fx.read_eval_results(reloaded["output_dir"])
   for key in ("eval_accuracy", "eval_loss", "eval_f1"):
     assert abs(got[key] - results[key]) <= 1e-6, (key, got, results)
+  # AdapterDrop at inference: layer 0 without its LoRA, another loss.
+  reloaded.update(output_dir=str(tmp_path / "skipped"), skip_layers="0")
+  skipped = fx.run_cli(reloaded)
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert "without the adapters of layers 0" in skipped.stderr
+  assert fx.read_eval_results(reloaded["output_dir"])["eval_loss"] != got[
+      "eval_loss"]

@@ -79,6 +79,10 @@ class RunConfig:
   micro_batch_size: int = 0
   deterministic: bool = False
   tfds_data_dir: str = None
+  # AdapterDrop: the training recipe (a random number of the lowest layers'
+  # adapters skipped at each step), and layers skipped at eval and predict.
+  adapter_drop: bool = False
+  skip_layers: tuple = ()
   # Resume with another learning rate or weight decay than the checkpoints
   # in output_dir were trained with (logged and recorded).
   allow_hyperparameter_change: bool = False
@@ -104,6 +108,13 @@ class RunConfig:
       if getattr(self, name) <= 0:
         raise UserError("--%s must be a positive integer, got %r"
                         % (name, getattr(self, name)))
+    if self.adapter_drop and self.train_mode != "adapters":
+      raise UserError("--adapter_drop drops adapters while they train: it "
+                      "needs --train_mode=adapters, got %s" % self.train_mode)
+    for layer in self.skip_layers:
+      if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise UserError("--skip_layers takes layer indices (ints >= 0), got "
+                        "%r" % (list(self.skip_layers),))
     if self.micro_batch_size < 0:
       raise UserError("--micro_batch_size must be >= 0 (0 = automatic), got %r"
                       % self.micro_batch_size)
@@ -189,7 +200,8 @@ class RunConfig:
   # What fixes the training run's steps, batches and their order: a resumed
   # run must agree on them to see the batches it would have seen.
   TRAINING_FIELDS = ("train_batch_size", "num_train_epochs",
-                     "warmup_proportion", "seed", "group_by_length")
+                     "warmup_proportion", "seed", "group_by_length",
+                     "adapter_drop")
   # Changed on resume only with --allow_hyperparameter_change.
   HYPERPARAMETER_FIELDS = ("learning_rate", "weight_decay_rate",
                            "adapter_weight_decay_rate")

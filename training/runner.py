@@ -23,6 +23,7 @@ import adapters
 from adapters import registry
 from storage import atomic_io
 from storage import checkpoint_io
+from training import adapter_drop
 from training import distribution
 from data import glue_metrics
 from data import glue_outputs
@@ -62,6 +63,13 @@ def check_inputs(cfg, bert_config):
         "--bert_config_file=%s" % (cfg.max_seq_length,
                                    bert_config.max_position_embeddings,
                                    cfg.bert_config_file))
+  layers = bert_config.num_hidden_layers
+  bad = [i for i in cfg.skip_layers if i >= layers]
+  if bad:
+    raise UserError("--skip_layers=%s: layer %d is not one of 0..%d "
+                    "(--bert_config_file=%s has %d layers)"
+                    % (",".join(map(str, cfg.skip_layers)), bad[0],
+                       layers - 1, cfg.bert_config_file, layers))
   vocab = tokenization.load_vocab(cfg.vocab_file)
   if len(vocab) != bert_config.vocab_size:
     raise UserError(
@@ -357,6 +365,16 @@ def run(cfg):
   bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
   adapter_config = resolve_adapter_config(cfg, bert_config)
+  if cfg.adapter_drop and (
+      adapter_config is None or not getattr(adapter_config, "enabled", True)
+      or registry.method_of(adapter_config).encoder_level):
+    raise UserError("--adapter_drop skips adapters in the lowest layers; %s "
+                    "has none there" % (
+                        "no adapter" if adapter_config is None or not getattr(
+                            adapter_config, "enabled", True) else
+                        "--adapter_config=%s (%s reads the frozen encoder's "
+                        "output)" % (cfg.adapter_config,
+                                     adapter_config.kind)))
   cfg = dataclasses.replace(cfg, adapter_size=getattr(
       adapter_config, "size", cfg.adapter_size))
   identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
@@ -434,7 +452,8 @@ def run(cfg):
         global_batch_size=cfg.train_batch_size, seed=cfg.seed,
         jit_compile=cfg.jit_compile,
         loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None,
-        micro_batch_size=_micro_batch_size(cfg, bert_config, strategy))
+        micro_batch_size=_micro_batch_size(cfg, bert_config, strategy),
+        adapter_drop=cfg.adapter_drop)
     trainer.restore_latest()
 
   create_output_dir(cfg)
@@ -453,6 +472,11 @@ def run(cfg):
     results = {}
 
     if cfg.do_train:
+      if cfg.adapter_drop:
+        logging.info("--adapter_drop: each step skips the adapters of its k "
+                     "lowest layers, k uniform in 0..%d",
+                     adapter_drop.num_choices(
+                         bert_config.num_hidden_layers) - 1)
       writer = tf.summary.create_file_writer(cfg.output_dir)
       logging.info("***** Running training: %d examples, batch %d, %d steps "
                    "*****", data.num_examples("train"), cfg.train_batch_size,
@@ -481,6 +505,11 @@ def run(cfg):
                               init_checkpoint=cfg.init_checkpoint,
                               adapter_name=processor.name.lower())
 
+    if cfg.skip_layers:  # AdapterDrop at inference.
+      logging.info("--skip_layers: eval and predict without the adapters of "
+                   "layers %s", ",".join(map(str, cfg.skip_layers)))
+      model.set_active_adapters(model.active_adapters,
+                                skip_layers=cfg.skip_layers)
     if cfg.do_eval:
       results["eval"] = evaluate(cfg, data, trainer, processor)
 

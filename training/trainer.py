@@ -8,6 +8,7 @@ the latest checkpoint when the same command is run again.
 """
 
 import collections
+import dataclasses
 import os
 import time
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 import modeling
 from storage import checkpoint_io
 from compute import kernels
+from training import adapter_drop
 from training import distribution
 from training import preemption
 from training import run_config
@@ -162,7 +164,8 @@ class Trainer:
 
   def __init__(self, model, optimizer, trainable, strategy, output_dir,
                num_labels, is_regression, global_batch_size, seed=0,
-               jit_compile=True, loss_scale=None, micro_batch_size=None):
+               jit_compile=True, loss_scale=None, micro_batch_size=None,
+               adapter_drop=False):
     """Args:
       model: modeling.BertClassifier, variables created, base loaded.
       optimizer: optimization.AdamWeightDecay (not yet built).
@@ -181,6 +184,8 @@ class Trainer:
         after the other, their gradients summed (less activation memory;
         the same dropout masks, so the same numbers up to the order of
         float additions).
+      adapter_drop: AdapterDrop's recipe: each step skips the adapters of a
+        random number of the lowest layers (see training.adapter_drop).
     """
     self.model = model
     self.optimizer = optimizer
@@ -192,6 +197,7 @@ class Trainer:
     self.global_batch_size = global_batch_size
     self.seed = int(seed)
     self.jit_compile = jit_compile
+    self.adapter_drop = bool(adapter_drop)
     per_replica = max(1, global_batch_size // strategy.num_replicas_in_sync)
     if micro_batch_size is not None and micro_batch_size < 1:
       raise ValueError("micro_batch_size must be >= 1, got %r"
@@ -223,10 +229,10 @@ class Trainer:
       seed = tf.random.experimental.stateless_fold_in(seed, replica)
     return seed
 
-  def _loss_and_grads(self, features, step):
+  def _loss_and_grads(self, features, step, skip_layers=None):
     seed = self._dropout_seed(step)
     if self._num_micro_batches == 1:
-      return self._slice_loss_and_grads(features, seed)
+      return self._slice_loss_and_grads(features, seed, skip_layers)
     # Micro-batches one after the other: slice i + 1 is cut only once the
     # gradients of slice i exist, so their activations are never alive
     # together. Each slice's dropout seed carries its first example's index:
@@ -240,7 +246,7 @@ class Trainer:
       with tf.control_dependencies(done):
         part = {k: v[start:end] for k, v in features.items()}
       part_loss, part_grads = self._slice_loss_and_grads(
-          part, kernels.dropout_seed_for_slice(seed, start))
+          part, kernels.dropout_seed_for_slice(seed, start), skip_layers)
       if loss is None:
         loss, grads = part_loss, part_grads
       else:
@@ -249,10 +255,14 @@ class Trainer:
       done = [loss] + [g for g in grads if g is not None]
     return loss, grads
 
-  def _slice_loss_and_grads(self, features, seed):
+  def _slice_loss_and_grads(self, features, seed, skip_layers=None):
+    setup = None
+    if skip_layers is not None:
+      setup = dataclasses.replace(self.model.active_setup(),
+                                  skip_layers=skip_layers)
     with tf.GradientTape() as tape:
       logits = self.model(features, training=True, dropout_seed=seed,
-                          policy=self._policy)
+                          policy=self._policy, setup=setup)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       # Divided by the global batch: summing over replicas (and
@@ -270,14 +280,22 @@ class Trainer:
     # optimizer update (which may reduce across replicas) runs after it.
     compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    loss, grads = compute(features, step)
+    present = None
+    if self.adapter_drop:
+      layers = self.model.config.num_hidden_layers
+      loss, grads, present, _ = adapter_drop.switch(
+          adapter_drop.layers_to_skip(self.seed, step, layers), layers,
+          lambda skip: compute(features, step, skip) + ((),),
+          self._train_vars)
+    else:
+      loss, grads = compute(features, step)
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
                               for g in grads if g is not None])
       grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
                for g in grads]
       self._update_loss_scale(finite)
-    learning_rate = self.optimizer.apply_gradients(grads, step)
+    learning_rate = self.optimizer.apply_gradients(grads, step, present)
     self.global_step.assign_add(1)
     return loss, learning_rate
 
