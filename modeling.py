@@ -343,6 +343,7 @@ class AdapterHook(keras.layers.Layer):
     super().__init__(**kwargs)
     self.point = point
     self.layers_by_adapter = {}
+    self.fusions = {}  # AdapterFusion layers here, by fusion name.
     self.built = True  # No variables of its own; its adapters are built.
 
   def add(self, name, layer):
@@ -353,14 +354,28 @@ class AdapterHook(keras.layers.Layer):
     with _unlocked(self):
       self.layers_by_adapter.pop(name, None)
 
+  def add_fusion(self, name, layer):
+    with _unlocked(self):
+      self.fusions[name] = layer
+
+  def remove_fusion(self, name):
+    with _unlocked(self):
+      self.fusions.pop(name, None)
+
   def is_active(self, setup):
     return any(self._branch_steps(b) for b in setup.branches)
 
-  def checkpoint_variables(self, scope, adapter_names, serving=False):
-    """[(name, variable, tag)] of the named adapters' layers here; with
-    `serving`, what the adapters keep as saved and served (a layer's
-    `serving_variables()`, tensors, where it has them)."""
+  def checkpoint_variables(self, scope, adapter_names, serving=False,
+                           fusions=()):
+    """[(name, variable, tag)] of the named adapters' layers here, then the
+    named fusions'; with `serving`, what the adapters keep as saved and
+    served (a layer's `serving_variables()`, tensors, where it has them)."""
     items = []
+    for name in fusions:
+      layer = self.fusions.get(name)
+      if layer is not None:
+        items += [(scope + "/" + rel, variable, Tag("fusion", name))
+                  for rel, variable in layer.checkpoint_variables()]
     for name in adapter_names:
       layer = self.layers_by_adapter.get(name)
       if layer is not None:
@@ -391,6 +406,17 @@ class AdapterHook(keras.layers.Layer):
                   if n in self.layers_by_adapter] for path in step.paths]
         if any(paths):
           steps.append(_Averaged(paths, step.weights))
+      elif isinstance(step, composition.FuseStep):
+        layers = [self.layers_by_adapter[n] for n in step.names
+                  if n in self.layers_by_adapter]
+        if layers:
+          if step.fusion not in self.fusions:
+            raise UserError("fusion %r has no layer at %s, where %s ha%s "
+                            "adapters" % (step.fusion, self.point, ", ".join(
+                                n for n in step.names
+                                if n in self.layers_by_adapter),
+                                          "s" if len(layers) == 1 else "ve"))
+          steps.append(_Fused(layers, self.fusions[step.fusion]))
       elif step in self.layers_by_adapter:
         steps.append(self.layers_by_adapter[step])
     return steps
@@ -425,9 +451,9 @@ class AdapterHook(keras.layers.Layer):
       raise UserError("adapters at %s cannot yet run side by side "
                       "(Parallel)" % self.point)
     steps = self._branch_steps(setup.branches[0])
-    if any(isinstance(step, _Averaged) for step in steps):
-      raise UserError("Average is not defined for adapters at %s (prefix "
-                      "or prompt tuning; AdapterHub has none either): %s"
+    if any(isinstance(step, (_Averaged, _Fused)) for step in steps):
+      raise UserError("Average and Fuse are not defined for adapters at %s "
+                      "(prefix or prompt tuning; AdapterHub has neither): %s"
                       % (self.point, ", ".join(setup.branches[0].adapters)))
     for layer in steps:
       extra = (dict(tokens=tokens, x=x)
@@ -438,6 +464,10 @@ class AdapterHook(keras.layers.Layer):
   def _apply(self, layers, x, branch, residual, norms, training, policy,
              tokens=None):
     for layer in layers:
+      if isinstance(layer, _Fused):
+        x = self._fuse(layer, x, branch, residual, norms, training, policy,
+                       tokens)
+        continue
       if isinstance(layer, _Averaged):
         # Average: sum_i w_i * (path i's output from the same x).
         x = tf.add_n([
@@ -456,6 +486,21 @@ class AdapterHook(keras.layers.Layer):
       else:
         x = layer(x, training=training, policy=policy, **extra)
     return x
+
+  def _fuse(self, fused, x, branch, residual, norms, training, policy,
+            tokens):
+    """AdapterFusion (adapters.fusion): the last adapter's pre-processing,
+    each adapter's up-projection, the fusion's attention over them."""
+    if residual is None or norms is None:
+      raise ValueError("%s: a fusion needs the block's residual and "
+                       "LayerNorm" % self.point)
+    last = fused.layers[-1]
+    h, adapter_residual = last.pre_forward(
+        x, residual, norms.of(branch.layer_norms), training, policy)
+    query = x if fused.fusion.config.query_before_ln else h
+    ups = tf.stack([layer.bottleneck(h, training, tokens)
+                    for layer in fused.layers], axis=1)  # [rows, n, H]
+    return fused.fusion(query, ups, adapter_residual, training=training)
 
   def _residual(self, x, setup, training, policy, residual=None, norms=None,
                 tokens=None):
@@ -521,6 +566,13 @@ class _Averaged(NamedTuple):
   """An Average step at one hook point: each path's layers, its weight."""
   paths: list
   weights: tuple
+
+
+class _Fused(NamedTuple):
+  """A Fuse step at one hook point: the fused adapters' layers here, the
+  fusion layer."""
+  layers: list
+  fusion: keras.layers.Layer
 
 
 def _branch_tokens(tokens, n):
@@ -928,8 +980,10 @@ class TransformerBlock(keras.layers.Layer):
                     self.attention.checkpoint_variables(branch, serving))
     items += _dense_variables("attention/output/dense",
                               self.attention_output_dense)
+    fusions = composition.fusion_names(branch)
     items += self.attention_output.checkpoint_variables(
-        registry.HOOK_SCOPES["attention_output"], branch.adapters, serving)
+        registry.HOOK_SCOPES["attention_output"], branch.adapters, serving,
+        fusions)
     items += self._attention_norms.of(owner).checkpoint_variables(
         "attention/output/LayerNorm", ln_tag)
     items += _dense_variables("intermediate/dense", self.intermediate_dense)
@@ -939,7 +993,7 @@ class TransformerBlock(keras.layers.Layer):
     items += self.output_projection.checkpoint_variables(
         registry.HOOK_SCOPES["output_projection"], branch.adapters, serving)
     items += self.ffn_output.checkpoint_variables(
-        registry.HOOK_SCOPES["ffn_output"], branch.adapters, serving)
+        registry.HOOK_SCOPES["ffn_output"], branch.adapters, serving, fusions)
     items += self._output_norms.of(owner).checkpoint_variables(
         "output/LayerNorm", ln_tag)
     return items
@@ -1411,6 +1465,19 @@ def per_example_loss(logits, labels, num_labels, is_regression):
   return -tf.reduce_sum(one_hot * log_probs, axis=-1)
 
 
+def _fusions_of(block):
+  """The fusion names in a composition block (or None)."""
+  if block is None:
+    return []
+  if isinstance(block, composition.Fuse):
+    return [block.name]
+  out = []
+  for child in block.children:
+    if isinstance(child, composition.AdapterCompositionBlock):
+      out += [n for n in _fusions_of(child) if n not in out]
+  return out
+
+
 def cpu_only_host():
   """Whether this process sees no GPU or TPU (the Keras default strategy)."""
   return not (tf.config.list_logical_devices("GPU")
@@ -1459,6 +1526,7 @@ class BertAdapterModel(keras.Model):
     self._active = composition.parse(items[0][0]) if items else None
     self._skip_layers = frozenset()
     self._active_head = None
+    self.fusions = {}  # name -> (adapter names, AdapterFusionConfig)
     self._fit_seed = 0
     self.built = True
 
@@ -1692,6 +1760,197 @@ class BertAdapterModel(keras.Model):
     if set_active:
       self.set_active_adapters(adapter_name)
 
+  # ------------------------------------------------------------- fusion
+
+  def _fusion_name(self, adapter_names, name=None):
+    """(fusion name, adapter names) from a Fuse, a list or "a,b"."""
+    if isinstance(adapter_names, composition.Fuse):
+      return name or adapter_names.name, tuple(adapter_names.children)
+    if isinstance(adapter_names, str):
+      names = tuple(adapter_names.split(","))
+      return name or adapter_names, names
+    names = tuple(adapter_names)
+    return name or ",".join(names), names
+
+  def _fusion_places(self):
+    """[(hook, where)] of every place a fusion can sit."""
+    return [(getattr(block, point), "%s of layer %d" % (point, i))
+            for i, block in enumerate(self.bert.blocks)
+            for point in ("attention_output", "ffn_output")]
+
+  def add_adapter_fusion(self, adapter_names, config=None, name=None,
+                         overwrite_ok=False, set_active=False):
+    """Adds an AdapterFusion of adapters (adapters.fusion), fresh weights.
+
+    Args:
+      adapter_names: a Fuse, a list of adapter names or "a,b".
+      config: "dynamic" (default), "static", a dict or an
+        adapters.AdapterFusionConfig.
+      name: the fusion's name (default: the adapter names joined by commas).
+      overwrite_ok: replace a fusion of that name.
+      set_active: make `Fuse(*adapter_names)` the active setup.
+
+    Raises:
+      UserError: for unknown adapters, adapters that are not sequential
+        bottlenecks, adapters at different places, or a name taken.
+    """
+    from adapters import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
+    name, names = self._fusion_name(adapter_names, name)
+    config = fusion_lib.get_fusion_config(config)
+    if len(names) < 2 or len(set(names)) != len(names):
+      raise UserError("a fusion takes two or more different adapters, got %s"
+                      % ", ".join(names))
+    for n in names:
+      self._check_adapter(n)
+      c = self.adapter_configs[n]
+      if getattr(c, "kind", None) != "bn" or c.is_parallel:
+        raise UserError(
+            "adapter %r (%s) cannot be fused: AdapterFusion combines "
+            "sequential bottleneck adapters (pfeiffer, houlsby, compacter, "
+            "...)%s" % (n, getattr(c, "kind", "bottleneck"),
+                        "; adapter-bert adapters train their own LayerNorms"
+                        if getattr(c, "kind", None) == "bottleneck" else ""))
+    if name in self.fusions:
+      if not overwrite_ok:
+        raise UserError("a fusion named %r exists already (overwrite_ok="
+                        "True replaces it)" % name)
+      self.delete_adapter_fusion(name)
+    places = []
+    for hook, where in self._fusion_places():
+      present = [n for n in names if n in hook.layers_by_adapter]
+      if present and len(present) < len(names):
+        raise UserError("adapters %s cannot be fused: at %s only %s ha%s a "
+                        "bottleneck" % (", ".join(names), where,
+                                        ", ".join(present),
+                                        "s" if len(present) == 1 else "ve"))
+      if present:
+        places.append(hook)
+    dropout = (config.dropout_prob if config.dropout_prob is not None
+               else self.config.attention_probs_dropout_prob)
+    for hook in places:
+      hook.add_fusion(name, fusion_lib.FusionLayer(
+          config, self.config.hidden_size, dropout,
+          name="adapter_fusion"))
+    self.fusions[name] = (names, config)
+    if set_active:
+      self.set_active_adapters(composition.Fuse(*names, name=name))
+
+  def delete_adapter_fusion(self, adapter_names):
+    """Removes a fusion (its name, a Fuse, a list of names).
+
+    Raises:
+      UserError: for an unknown fusion.
+    """
+    name, _ = self._fusion_name(adapter_names)
+    if name not in self.fusions:
+      raise UserError("unknown fusion %r; this model has %s" % (
+          name, ", ".join(sorted(self.fusions)) or "no fusions"))
+    for hook, _ in self._fusion_places():
+      hook.remove_fusion(name)
+    del self.fusions[name]
+    if self._active is not None and name in _fusions_of(self._active):
+      self._active = None
+    self._forget_traced_steps()
+
+  def _fusion_layers(self, name):
+    return [hook.fusions[name] for hook, _ in self._fusion_places()
+            if name in hook.fusions]
+
+  def train_adapter_fusion(self, adapter_setup, unfreeze_adapters=False):
+    """Activates a setup with a Fuse and freezes all but its fusions and
+    heads (and, with `unfreeze_adapters`, the fused adapters).
+
+    Returns:
+      The list of trained variables.
+
+    Raises:
+      UserError: for a setup without a fusion, or an unknown one.
+    """
+    if isinstance(adapter_setup, (list, tuple)) or (
+        isinstance(adapter_setup, str) and "," in adapter_setup):
+      name, names = self._fusion_name(adapter_setup)
+      adapter_setup = composition.Fuse(*names, name=name)
+    self.set_active_adapters(adapter_setup)
+    fusions = _fusions_of(self._active)
+    if not fusions:
+      raise UserError("train_adapter_fusion needs a setup with a Fuse, got "
+                      "%r" % (self._active,))
+    for variable in self.weights:
+      variable.trainable = False
+    trained = []
+    for name in fusions:
+      for layer in self._fusion_layers(name):
+        trained += [v for _, v in layer.checkpoint_variables()]
+      if unfreeze_adapters:
+        for n in self.fusions[name][0]:
+          trained += [v for key, (v, tag) in self.adapter_view(
+              n).checkpoint_variables().items()
+                      if tag.kind != "base" and tag.owner == n]
+    for branch in self.active_setup().branches:
+      if branch.head is not None:
+        head = self.heads[branch.head]
+        trained += [head.output_weights, head.output_bias]
+    for variable in trained:
+      variable.trainable = True
+    self._forget_traced_steps()
+    return trained
+
+  def fusion_regularization_loss(self):
+    """AdapterHub's 0.01·||I - V||² summed over the trained value matrices of
+    the active setup's fusions (0.0 where none)."""
+    losses = []
+    for name in _fusions_of(self._active):
+      for layer in self._fusion_layers(name):
+        loss = layer.regularization_loss()
+        if loss is not None and layer.value.trainable:
+          losses.append(loss)
+    return tf.add_n(losses) if losses else tf.constant(0.0)
+
+  def fusion_variables(self, name):
+    """OrderedDict {checkpoint name: variable} of fusion `name`."""
+    if name not in self.fusions:
+      raise UserError("unknown fusion %r; this model has %s" % (
+          name, ", ".join(sorted(self.fusions)) or "no fusions"))
+    out = collections.OrderedDict()
+    for i, block in enumerate(self.bert.blocks):
+      for point in ("attention_output", "ffn_output"):
+        scope = "bert/encoder/layer_%d/%s" % (i, registry.HOOK_SCOPES[point])
+        for key, variable, _ in getattr(block, point).checkpoint_variables(
+            scope, (), fusions=(name,)):
+          out[key] = variable
+    return out
+
+  def save_adapter_fusion(self, directory, name, with_adapters=False):
+    """Writes fusion `name` (its config, fused adapter names and weights) to
+    `directory`, atomically; with `with_adapters`, each fused adapter (with
+    its head) in `directory/<adapter name>/` too.
+
+    Raises:
+      UserError: for an unknown fusion or a directory that cannot be written.
+    """
+    from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    name, _ = self._fusion_name(name)
+    variables = self.fusion_variables(name)
+    names, config = self.fusions[name]
+    adapter_io.save_fusion(self, directory, name, names, config, variables)
+    if with_adapters:
+      for n in names:
+        self.save_adapter(os.path.join(directory, n), n)
+
+  def load_adapter_fusion(self, directory, load_as=None, set_active=False):
+    """Loads a fusion written by `save_adapter_fusion`; its adapters must be
+    in the model, or in `directory/<adapter name>/` (loaded then).
+
+    Returns:
+      The fusion's name in the model.
+
+    Raises:
+      UserError: for a directory that is not a fusion of this base, or
+        adapters missing.
+    """
+    from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    return adapter_io.load_fusion(self, directory, load_as, set_active)
+
   def delete_adapter(self, name):
     """Removes adapter `name` (its layers and LayerNorm copies).
 
@@ -1699,6 +1958,9 @@ class BertAdapterModel(keras.Model):
       UserError: for an unknown name.
     """
     self._check_adapter(name)
+    for fusion, (names, _) in list(self.fusions.items()):
+      if name in names:
+        self.delete_adapter_fusion(fusion)
     self.reset_adapter(name)
     self.bert.delete_adapter(name)
     del self.adapter_configs[name]
@@ -1786,6 +2048,10 @@ class BertAdapterModel(keras.Model):
     if block is not None:
       for name in block.flatten():
         self._check_adapter(name)
+      for name in _fusions_of(block):
+        if name not in self.fusions:
+          raise UserError("no fusion %r: add it with add_adapter_fusion(%r)"
+                          % (name, name))
     skip = self._check_skip_layers(skip_layers)
     previous = self._active, self._skip_layers
     self._active, self._skip_layers = block, skip
@@ -2155,6 +2421,8 @@ class BertAdapterModel(keras.Model):
         logits = self(inputs, training=True, dropout_seed=seed,
                       policy=self._keras_policy(), setup=setup)
         loss = self._loss(logits, labels)
+        if self.fusions:
+          loss += self.fusion_regularization_loss()
       return loss, tape.gradient(loss, variables), logits
 
     if getattr(self, "_adapter_drop", False):

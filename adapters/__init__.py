@@ -28,9 +28,11 @@ from adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
 from adapters.layer_attention import LayerAttentionConfig  # Basirat's.
 from adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
 from adapters.union import ConfigUnion  # Registers "union" and "mam".
+from adapters.fusion import AdapterFusionConfig
 from adapters import composition
 from adapters.composition import Average
 from adapters.composition import BatchSplit
+from adapters.composition import Fuse
 from adapters.composition import MultiTask
 from adapters.composition import Parallel
 from adapters.composition import Stack
@@ -39,7 +41,8 @@ __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
-    "METHODS", "PRESETS", "Average", "BatchSplit", "MultiTask", "Parallel",
+    "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",
+    "Fuse", "MultiTask", "Parallel",
     "Stack", "composition",
     "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",

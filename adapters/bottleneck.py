@@ -420,6 +420,24 @@ class BnAdapter(keras.layers.Layer):
       up = up * gating.per_row(self.gate(gate_input, tokens), tokens, dtype)
     return up
 
+  def pre_forward(self, x, residual, layer_norm, training=False,
+                  policy=None):
+    """AdapterHub's pre_forward of a sequential adapter: (the bottleneck's
+    input, the adapter residual) from the sub-layer's output x and input
+    `residual` (with the block's LayerNorm where `original_ln_before`)."""
+    c = self.config
+    h = x
+    adapter_residual = h if c.residual_before_ln is True else None
+    if c.original_ln_before:
+      added = h + tf.cast(residual, h.dtype)
+      if c.residual_before_ln == "post_add":
+        adapter_residual = added
+      h = tf.cast(layer_norm(added, training=training, policy=policy),
+                  x.dtype)
+    if c.residual_before_ln is False:
+      adapter_residual = h
+    return h, adapter_residual
+
   def call(self, x, residual=None, layer_norm=None, training=False,
            policy=None, tokens=None):
     """x: the sub-layer's output h [rows, H]; residual: its input r;
@@ -431,16 +449,8 @@ class BnAdapter(keras.layers.Layer):
       if "ln_after" in self.norms:
         up = self._norm("ln_after", up)
       return x + up
-    h = x
-    adapter_residual = h if c.residual_before_ln is True else None
-    if c.original_ln_before:
-      added = h + tf.cast(residual, h.dtype)
-      if c.residual_before_ln == "post_add":
-        adapter_residual = added
-      h = tf.cast(layer_norm(added, training=training, policy=policy),
-                  x.dtype)
-    if c.residual_before_ln is False:
-      adapter_residual = h
+    h, adapter_residual = self.pre_forward(x, residual, layer_norm,
+                                           training, policy)
     up = self.bottleneck(h, training, tokens)
     if c.adapter_residual_before_ln:
       out = up + adapter_residual

@@ -18,6 +18,10 @@ in AdapterHub) or a block:
                        feature names (0 for a, 1 for b, ...): one batch may
                        mix tasks, and no example runs through another's
                        adapters.
+  Fuse(a, b, ..., name=None)
+                       AdapterFusion: at every place where each has a
+                       bottleneck, an attention over their outputs (the
+                       fusion added with `add_adapter_fusion`).
 
 Nesting follows AdapterHub's rules for the blocks built here (Stack holds
 any; Parallel, BatchSplit and MultiTask hold names, Stacks and Averages;
@@ -155,16 +159,43 @@ class MultiTask(AdapterCompositionBlock):
   """Each example through the element its `task_ids` feature names."""
 
 
+class Fuse(AdapterCompositionBlock):
+  """AdapterFusion of the named adapters (see adapters.fusion).
+
+  Args:
+    *children: adapter names.
+    name: the fusion's name (default: the names joined by commas), as given
+      to `add_adapter_fusion`.
+  """
+
+  def __init__(self, *children, name=None):
+    super().__init__(*children)
+    if name is not None and (not isinstance(name, str) or not name):
+      raise UserError("a Fuse name must be a non-empty string, got %r"
+                      % (name,))
+    self._name = name
+
+  @property
+  def name(self):
+    return self._name or ",".join(self.flatten())
+
+  def _options(self):
+    default = ",".join(self.flatten())
+    return ((("name", (self._name,)),) if self._name not in (None, default)
+            else ())
+
+
 # The blocks that divide the batch among branches; one per setup.
 _SPLITTING = (Parallel, BatchSplit, MultiTask)
 
 # AdapterHub's nesting rules (its ALLOWED_NESTINGS) for the blocks here.
 ALLOWED_NESTINGS = {
-    Stack: (str, Stack, Parallel, BatchSplit, MultiTask, Average),
+    Stack: (str, Stack, Parallel, BatchSplit, MultiTask, Average, Fuse),
     Parallel: (str, Stack, Average),
     BatchSplit: (str, Stack, Average),
-    MultiTask: (str, Stack, Average),
+    MultiTask: (str, Stack, Average, Fuse),
     Average: (str, Stack),
+    Fuse: (str,),
 }
 
 
@@ -220,6 +251,13 @@ class AverageStep:
     for path in self.paths:
       out += [n for n in path if n not in out]
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseStep:
+  """One step of a branch: the AdapterFusion `fusion` of `names`."""
+  names: tuple
+  fusion: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +327,11 @@ class ActiveSetup:
                        self.batch_sizes)
 
 
+def fusion_names(branch):
+  """The names of the fusions a branch runs."""
+  return [s.fusion for s in branch.step_list if isinstance(s, FuseStep)]
+
+
 def _steps(node, outer):
   """The steps of a name, Stack or Average (no block that splits the batch).
 
@@ -303,6 +346,8 @@ def _steps(node, outer):
   if isinstance(node, Average):
     paths = tuple(_flat_names(_steps(c, outer)) for c in node.children)
     return (AverageStep(paths, node.weights),)
+  if isinstance(node, Fuse):
+    return (FuseStep(tuple(node.children), node.name),)
   out = ()
   for child in node.children:
     out += _steps(child, outer)
@@ -312,7 +357,8 @@ def _steps(node, outer):
 def _flat_names(steps):
   names = []
   for step in steps:
-    for name in (step.names() if isinstance(step, AverageStep) else [step]):
+    for name in (step.names() if isinstance(step, AverageStep) else
+                 step.names if isinstance(step, FuseStep) else [step]):
       if name not in names:
         names.append(name)
   return tuple(names)
@@ -374,6 +420,15 @@ def resolve(block, owns_layer_norms, head_for, skip_layers=()):
               "average_adapter() writes one adapter of the averaged weights "
               "instead" % (", ".join(step.names()), ", ".join(owners),
                            "s" if len(owners) == 1 else ""))
+      if isinstance(step, FuseStep):
+        owners = [n for n in step.names if owns_layer_norms(n)]
+        if owners:
+          raise UserError(
+              "Fuse cannot combine %s: %s train%s their own LayerNorms, "
+              "which the fused outputs would have to share (fuse AdapterHub-"
+              "style adapters: pfeiffer, houlsby, ...)"
+              % (", ".join(step.names), ", ".join(owners),
+                 "s" if len(owners) == 1 else ""))
     names = _flat_names(steps)
     plain = all(isinstance(s, str) for s in steps)
     owners = [n for n in names if owns_layer_norms(n)]

@@ -568,3 +568,130 @@ def infer_adapter_config(path, flag_name="checkpoint", activation="gelu"):
     return adapters_lib.AdapterConfig(size=0), num_labels
   return (adapters_lib.AdapterConfig(size=size, activation=activation,
                                      locations=tuple(locations)), num_labels)
+
+
+# --- AdapterFusion directories. -----------------------------------------------
+
+FUSION_CHECKPOINT = "adapter_fusion.ckpt"
+FUSION_CONFIG_FILE = "adapter_fusion_config.json"
+
+
+def save_fusion(model, directory, name, adapter_names, config, variables):
+  """Writes a fusion directory atomically: the fusion's weights under their
+  checkpoint names, and adapter_fusion_config.json (the config, the fused
+  adapters in order, the fusion's name, the base's BERT config and
+  fingerprint)."""
+  record = {
+      "format_version": FORMAT_VERSION,
+      "name": name,
+      "adapter_names": list(adapter_names),
+      "config": config.to_dict(),
+      "bert_config": model.config.to_dict(),
+      "base_fingerprint": _base_only_fingerprint(model),
+      "variables": sorted(variables),
+  }
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
+                           dir=parent)
+  except OSError as e:
+    raise UserError("cannot write fusion directory %s: %s"
+                    % (directory, e.strerror or e)) from None
+  try:
+    checkpoint_io.save_checkpoint(os.path.join(tmp, FUSION_CHECKPOINT),
+                                  dict(variables))
+    atomic_write_text(os.path.join(tmp, FUSION_CONFIG_FILE),
+                      json.dumps(record, indent=2, sort_keys=True) + "\n")
+    make_readable(tmp)
+    _replace_directory(tmp, directory)
+  except BaseException as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, OSError):
+      raise UserError("cannot write fusion directory %s: %s"
+                      % (directory, e.strerror or e)) from None
+    raise
+  logging.info("Wrote fusion directory %s: %d variables, %d bytes",
+               directory, len(variables), directory_bytes(directory))
+  return directory
+
+
+def _base_only_fingerprint(model):
+  """The fingerprint of the base alone (no adapter, LayerNorm copy or head)."""
+  view = model.view(adapters_lib.composition.Branch())
+  return fingerprint_values(
+      (name, variable.numpy)
+      for name, variable in view.checkpoint_name_map().items())[0]
+
+
+def load_fusion(model, directory, load_as=None, set_active=False):
+  """Loads a directory of `save_fusion` into `model` (see the model API's
+  `load_adapter_fusion`)."""
+  from adapters import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
+  where = directory
+  path = os.path.join(directory, FUSION_CONFIG_FILE)
+  if not os.path.isdir(directory):
+    raise UserError("%s: directory not found" % where)
+  if not os.path.isfile(path):
+    raise UserError("%s is not a fusion directory (no %s)"
+                    % (where, FUSION_CONFIG_FILE))
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+    names = [str(n) for n in record["adapter_names"]]
+    config = fusion_lib.AdapterFusionConfig.from_dict(record["config"])
+    fusion_name = str(record["name"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError("%s: cannot read %s: %s" % (where, FUSION_CONFIG_FILE,
+                                                e)) from None
+  if record.get("format_version") != FORMAT_VERSION:
+    raise UserError("%s: %s has format_version %r; this toolkit reads %d"
+                    % (where, FUSION_CONFIG_FILE,
+                       record.get("format_version"), FORMAT_VERSION))
+  if record.get("bert_config") != model.config.to_dict():
+    diffs = _differences(model.config.to_dict(),
+                         record.get("bert_config") or {})
+    raise UserError("%s: the fusion was trained on another base (%s)"
+                    % (where, "; ".join(diffs[:3])))
+  for n in names:
+    if n not in model.adapter_configs:
+      sub = os.path.join(directory, n)
+      if not os.path.isdir(sub):
+        raise UserError("%s: fuses adapter %r, which the model lacks and "
+                        "the directory does not hold (%s)" % (where, n, sub))
+      model.load_adapter(sub)
+  fingerprint = _base_only_fingerprint(model)
+  if record.get("base_fingerprint") != fingerprint:
+    raise UserError("%s: the fusion was trained on another base (its "
+                    "weights' fingerprint %s, this model's %s)"
+                    % (where, _short(record.get("base_fingerprint", "")),
+                       _short(fingerprint)))
+  name = load_as or fusion_name
+  prefix, reader = checkpoint_io.read_checkpoint(
+      os.path.join(directory, FUSION_CHECKPOINT), flag_name="fusion")
+  model.add_adapter_fusion(names, config=config, name=name)
+  try:
+    variables = model.fusion_variables(name)
+    stored = reader.get_variable_to_shape_map()
+    if sorted(stored) != sorted(variables):
+      missing = sorted(set(variables) - set(stored))
+      extra = sorted(set(stored) - set(variables))
+      raise UserError("%s: the fusion's variables do not fit this model "
+                      "(missing %s; not in the model %s)" % (
+                          where, ", ".join(missing[:3]) or "none",
+                          ", ".join(extra[:3]) or "none"))
+    for key, variable in variables.items():
+      value = checkpoint_io.read_tensor(reader, prefix, key, variable.dtype,
+                                        flag_name="fusion")
+      if tuple(value.shape) != tuple(variable.shape):
+        raise UserError("%s: %s is %s there, %s here" % (
+            where, key, value.shape, tuple(variable.shape)))
+      variable.assign(value)
+  except BaseException:
+    model.delete_adapter_fusion(name)
+    raise
+  if set_active:
+    model.set_active_adapters(adapters_lib.composition.Fuse(*names,
+                                                            name=name))
+  return name

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 import adapters
-from adapters.composition import Average, BatchSplit, MultiTask, Parallel
+from adapters.composition import Average, BatchSplit, Fuse, MultiTask
+from adapters.composition import Parallel
 from adapters.composition import Stack
 import modeling
 from storage import checkpoint_io
@@ -231,3 +232,123 @@ def test_composition_errors_name_the_culprit():
     model.set_active_adapters(MultiTask("b", "d"))
   # A failed call leaves the active setup as it was.
   assert model.active_adapters == Stack("c")
+
+
+# ------------------------------------------------------------ AdapterFusion
+
+
+def np_fused(ca, wa, cb, wb, fw, fc, prefix, h, r, ln):
+  """AdapterHub's fusion at one place (BertFusion after the last adapter's
+  pre_forward), in NumPy: what goes into LN(. + r)."""
+  if not any(k.startswith(prefix + "/adapters/") for k in wa):
+    return h  # No adapter here: nothing to fuse.
+  res = h if cb.residual_before_ln is True else None
+  query, hh = h, h
+  if cb.original_ln_before:
+    hh = ln(h + r)
+  if cb.residual_before_ln is False:
+    res = hh
+  if not fc.query_before_ln:
+    query = hh
+
+  def up(c, w):
+    p = prefix + "/adapters/"
+    from test_methods import ACTS  # pylint: disable=g-import-not-at-top
+    down = ACTS[c.non_linearity](hh @ w[p + "weights1"] + w[p + "biases1"])
+    return (down @ w[p + "weights2"] + w[p + "biases2"]) * c.scaling
+
+  ups = np.stack([up(ca, wa), up(cb, wb)], axis=2)  # [b, s, 2, H]
+  f = prefix + "/adapter_fusion/"
+  values = ups + res[:, :, None, :] if fc.residual_before else ups
+  q = query @ fw[f + "query/kernel"] + fw[f + "query/bias"]
+  k = ups @ fw[f + "key/kernel"] + fw[f + "key/bias"]
+  if fc.value:
+    values = values @ fw[f + "value/kernel"]
+  scores = np.einsum("bsh,bsnh->bsn", q, k)
+  p = np.exp(scores - scores.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  out = np.einsum("bsn,bsnh->bsh", p, values)
+  return out if fc.residual_before else out + res
+
+
+@pytest.mark.parametrize("preset,fusion", [
+    ("houlsby", "dynamic"),
+    ("pfeiffer", {"value": False, "regularization": False,
+                  "query_before_ln": True, "residual_before": True}),
+])
+def test_fuse_matches_numpy(preset, fusion):
+  model = model_of({"a": preset, "b": preset}, heads=())
+  model.add_adapter_fusion(["a", "b"], config=fusion, set_active=True)
+  rng = np.random.default_rng(3)
+  fw = {}
+  for key, v in model.fusion_variables("a,b").items():
+    v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
+    fw[key] = v.numpy().astype(np.float64)
+  assert fw, "the fusion has variables"
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  wa, wb = weights_of(model, "a"), weights_of(model, "b")
+  ca, cb = model.adapters["a"], model.adapters["b"]
+  fc = model.fusions["a,b"][1]
+
+  def bn_fn(c, prefix, h, r, ln, m):
+    place = prefix[:-len("/adapters")]
+    return np_fused(ca, wa, cb, wb, fw, fc, place, h, r, ln)
+
+  want = np_bert(wa, cfg, ids, mask, segs, ca, bn_fn=bn_fn)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+
+
+def test_train_save_and_load_a_fusion(tmp_path):
+  model = model_of({"a": "pfeiffer", "b": "pfeiffer", "ref": None},
+                   heads=("a",))
+  model.add_classification_head("rte_fused", 2)
+  model.add_adapter_fusion("a,b")
+  model.active_head = "rte_fused"
+  trained = model.train_adapter_fusion(["a", "b"])
+  assert model.active_adapters == Fuse("a", "b")
+  ids = {id(v) for v in model.trainable_variables}
+  assert ids == {id(v) for v in trained}
+  assert len(trained) == 2 * 5 + 2  # 2 layers x (q, k: kernel, bias; v), head.
+  # The regularisation, by hand.
+  want = sum(0.01 * np.sum((np.eye(16) - v.numpy()) ** 2)
+             for k, v in model.fusion_variables("a,b").items()
+             if k.endswith("value/kernel"))
+  assert abs(float(model.fusion_regularization_loss()) - want) <= 1e-5
+  before = {id(v): v.numpy() for v in model.weights}
+  feats = as_features(*batch(model.config))
+  labels = tf.constant([0, 1, 1, 0])
+  model.compile(optimizer=tf.keras.optimizers.SGD(0.1))
+  model.fit(tf.data.Dataset.from_tensors((feats, labels)), verbose=0)
+  for v in model.weights:
+    moved = np.max(np.abs(v.numpy() - before[id(v)])) > 0
+    assert moved == (id(v) in ids), v.path
+  logits = model(feats).numpy()
+  model.save_adapter_fusion(str(tmp_path / "fusion"), "a,b",
+                            with_adapters=True)
+  fresh = modeling.BertAdapterModel(model.config)
+  model.set_active_adapters(None)
+  for key, v in checkpoint_io.checkpoint_name_map(fresh).items():
+    v.assign(weights(model)[key].astype(np.float32))  # The same base.
+  name = fresh.load_adapter_fusion(str(tmp_path / "fusion"), set_active=True)
+  assert name == "a,b" and sorted(fresh.adapters) == ["a", "b"]
+  fresh.add_classification_head("rte_fused", 2)
+  fresh.heads["rte_fused"].output_weights.assign(
+      model.heads["rte_fused"].output_weights)
+  fresh.heads["rte_fused"].output_bias.assign(
+      model.heads["rte_fused"].output_bias)
+  fresh.active_head = "rte_fused"
+  np.testing.assert_allclose(fresh(feats).numpy(), logits, atol=1e-5)
+  # Errors.
+  with pytest.raises(UserError, match="'ref' .* cannot be fused"):
+    model.add_adapter_fusion(["a", "ref"])
+  model.add_adapter("h", "houlsby")
+  with pytest.raises(UserError, match="at attention_output of layer 0 only "
+                     "h has a bottleneck"):
+    model.add_adapter_fusion(["a", "h"])
+  with pytest.raises(UserError, match="no fusion 'b,a'"):
+    model.set_active_adapters(Fuse("b", "a"))
+  other = modeling.BertAdapterModel(tiny_config(hidden_size=8))
+  with pytest.raises(UserError, match="another base"):
+    other.load_adapter_fusion(str(tmp_path / "fusion"))
