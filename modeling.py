@@ -1172,19 +1172,23 @@ class BertModel(keras.layers.Layer):
     return items
 
   def call(self, input_ids, input_mask, segment_ids, setup=None,
-           training=False, seed=None, output_range=None, policy=None):
+           training=False, seed=None, output_range=None, policy=None,
+           frozen_states=None):
     """Returns (sequence_output, pooled_output).
 
     output_range: None, or a python int k: the last layer computes the
     first k positions only and sequence_output is [batch, k, H] (the pooled
     output needs k = 1; same numbers as the whole computation).
+    frozen_states: None, or the frozen encoder's states that an
+    encoder-level adapter reads, [batch, seq, L', H], computed before
+    (data.frozen_activations): the encoder is then not run.
     """
     setup = setup or NO_ADAPTERS
     policy = kernels.policy_or_default(policy)
     if self.encoder_output.is_active(setup):
       return self._read_frozen_encoder(input_ids, input_mask, segment_ids,
                                        setup, training, seed, output_range,
-                                       policy)
+                                       policy, frozen_states)
     if setup.split is not None:
       raise ValueError("BertModel runs one branch or Parallel ones; the "
                        "model divides a BatchSplit or MultiTask batch")
@@ -1243,19 +1247,11 @@ class BertModel(keras.layers.Layer):
     pooled_output = self.pooler(sequence_output)
     return sequence_output, pooled_output
 
-  def _read_frozen_encoder(self, input_ids, input_mask, segment_ids, setup,
-                           training, seed, output_range, policy):
-    """An encoder_output adapter (layer attention) on the frozen encoder.
-
-    The encoder runs in inference mode and its hidden states are cut from
-    the gradient: training computes nothing below the adapter. The pooled
-    output is the adapter's first ([CLS]) row (not the frozen pooler).
-    """
-    if setup.parallel or len(setup.branches[0].adapters) > 1:
-      raise UserError("a layer_attention adapter reads the frozen encoder: "
-                      "it runs alone, not stacked or side by side with "
-                      "other adapters (%s)" % ", ".join(
-                          n for b in setup.branches for n in b.adapters))
+  def frozen_states(self, input_ids, input_mask, segment_ids, setup,
+                    policy=None):
+    """The frozen encoder's hidden states that the setup's encoder-level
+    adapter reads, in inference mode: [batch, seq, L', H] (L' of the
+    embedding output and the L layers' outputs), cut from the gradient."""
     shape = tf.shape(input_ids)
     batch, seq = shape[0], shape[1]
     h = self.config.hidden_size
@@ -1268,9 +1264,31 @@ class BertModel(keras.layers.Layer):
     for block in self.blocks:
       x = block(x, mask_adder, batch, seq, training=False, policy=policy)
       states.append(tf.reshape(x, [batch, seq, h]))
-    states = [tf.stop_gradient(s) for s in states]
     layer, = self.encoder_output.branch_layers(setup.branches[0])
-    sequence_output = layer(states, input_mask, training=training,
+    return tf.stop_gradient(tf.stack([states[i] for i in layer.read_layers],
+                                     axis=2))
+
+  def _read_frozen_encoder(self, input_ids, input_mask, segment_ids, setup,
+                           training, seed, output_range, policy,
+                           frozen_states=None):
+    """An encoder_output adapter (layer attention) on the frozen encoder.
+
+    The encoder runs in inference mode and its hidden states are cut from
+    the gradient: training computes nothing below the adapter (and nothing
+    at all of the encoder with `frozen_states` given). The pooled output is
+    the adapter's first ([CLS]) row (not the frozen pooler).
+    """
+    if setup.parallel or len(setup.branches[0].adapters) > 1:
+      raise UserError("a layer_attention adapter reads the frozen encoder: "
+                      "it runs alone, not stacked or side by side with "
+                      "other adapters (%s)" % ", ".join(
+                          n for b in setup.branches for n in b.adapters))
+    if frozen_states is None:
+      frozen_states = self.frozen_states(input_ids, input_mask, segment_ids,
+                                         setup, policy)
+    frozen_states = tf.cast(frozen_states, self.compute_dtype)
+    layer, = self.encoder_output.branch_layers(setup.branches[0])
+    sequence_output = layer(frozen_states, input_mask, training=training,
                             policy=policy,
                             seed=kernels.fold_seed(seed, len(self.blocks) + 1))
     if output_range is not None:
@@ -1441,6 +1459,8 @@ def model_inputs(features):
   inputs = {k: tf.cast(features[k], tf.int32) for k in INPUT_NAMES}
   if "task_ids" in features:  # MultiTask's routing, [batch].
     inputs["task_ids"] = tf.cast(features["task_ids"], tf.int32)
+  if "frozen_states" in features:  # data.frozen_activations.
+    inputs["frozen_states"] = features["frozen_states"]
   return inputs
 
 
@@ -2255,7 +2275,8 @@ class BertAdapterModel(keras.Model):
                      features["segment_ids"],
                      setup=setup or self.active_setup(), training=training,
                      seed=kernels.fold_seed(dropout_seed, 0),
-                     output_range=output_range, policy=policy)
+                     output_range=output_range, policy=policy,
+                     frozen_states=features.get("frozen_states"))
 
   def call(self, features, training=False, dropout_seed=None, policy=None,
            setup=None):

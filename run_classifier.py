@@ -167,6 +167,14 @@ flags.DEFINE_bool("adapter_drop", False,
 flags.DEFINE_list("skip_layers", [],
                   "Encoder layers (0 = the lowest) whose adapters are "
                   "skipped at eval and predict (AdapterDrop at inference).")
+flags.DEFINE_bool("frozen_activations", False,
+                  "Compute the frozen encoder's states once (in inference "
+                  "mode, stored beside the feature cache) and read them at "
+                  "every epoch: for an adapter that reads the frozen encoder "
+                  "(--adapter_config=layer_attention).")
+flags.DEFINE_enum("frozen_activations_dtype", "float32", ["float32", "float16"],
+                  "How the frozen states are stored (float16: half the "
+                  "disk, rounded).")
 flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 
 

@@ -198,8 +198,9 @@ class LayerAttention(keras.layers.Layer):
     """The adapter's sequence output.
 
     Args:
-      hidden_states: L + 1 tensors [batch, seq, H] (embedding output first);
-        the frozen encoder's, gradients stopped.
+      hidden_states: L + 1 tensors [batch, seq, H] (embedding output first),
+        or the ones read (`read_layers`) stacked, [batch, seq, L', H]; the
+        frozen encoder's, gradients stopped.
       input_mask: [batch, seq] int (1 = real token).
       training: python bool (dropout in the tailor block).
       seed: optional stateless dropout seed.
@@ -209,9 +210,12 @@ class LayerAttention(keras.layers.Layer):
     """
     policy = kernels.policy_or_default(policy)
     c = self.config
-    dtype = hidden_states[0].dtype
-    states = tf.stack([hidden_states[i] for i in self.read_layers],
-                      axis=2)  # [b, seq, L', H]
+    if isinstance(hidden_states, (list, tuple)):
+      states = tf.stack([hidden_states[i] for i in self.read_layers],
+                        axis=2)  # [b, seq, L', H]
+    else:
+      states = hidden_states
+    dtype = states.dtype
     mask = tf.cast(input_mask, dtype)[:, :, tf.newaxis]  # [b, seq, 1]
     q = self.dense["query_projector"](tf.reduce_mean(states, axis=2))
     # Keys: each layer's mean over the real tokens. [b, L', H]

@@ -448,6 +448,11 @@ def _cases(p):
         "adapter_size": None},
        ["--adapter_drop", "--adapter_config=layer_attention",
         "frozen encoder"], {}),
+      ("frozen_activations_without_layer_attention",
+       {"frozen_activations": True, "adapter_config": "lora",
+        "adapter_size": None},
+       ["--frozen_activations", "layer_attention", "--adapter_config=lora"],
+       {}),
       # Data files.
       ("tsv_wrong_column_count", {"data_dir": p["data_columns"]},
        [os.path.join(p["data_columns"], "train.tsv"), "line 5", "4",

@@ -240,3 +240,22 @@ def test_cli_trains_an_adapter_method_by_name_and_reloads_it(tmp_path):
   assert "without the adapters of layers 0" in skipped.stderr
   assert fx.read_eval_results(reloaded["output_dir"])["eval_loss"] != got[
       "eval_loss"]
+
+
+def test_cli_trains_layer_attention_on_frozen_activations(tmp_path):
+  # --frozen_activations: the frozen encoder's states are computed once,
+  # stored under output_dir/features, and read at every step.
+  flags = fx.make_job(tmp_path)
+  config = tmp_path / "layer_attention.json"
+  config.write_text(json.dumps({"kind": "layer_attention",
+                                "reduced_size": 4}))
+  flags.update(FAST, do_train=True, do_eval=True, adapter_config=str(config),
+               adapter_size=None, frozen_activations=True)
+  result = fx.run_cli(flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Frozen activations: computed 64 examples" in result.stderr
+  stored = [f for f in os.listdir(os.path.join(flags["output_dir"],
+                                               "features"))
+            if f.startswith("frozen-") and f.endswith(".npy")]
+  assert len(stored) == 1
+  assert fx.read_eval_results(flags["output_dir"])["global_step"] == 16

@@ -83,6 +83,10 @@ class RunConfig:
   # adapters skipped at each step), and layers skipped at eval and predict.
   adapter_drop: bool = False
   skip_layers: tuple = ()
+  # The frozen encoder's states computed once and read every epoch (an
+  # adapter that reads the frozen encoder: layer_attention).
+  frozen_activations: bool = False
+  frozen_activations_dtype: str = "float32"
   # Resume with another learning rate or weight decay than the checkpoints
   # in output_dir were trained with (logged and recorded).
   allow_hyperparameter_change: bool = False
@@ -111,6 +115,9 @@ class RunConfig:
     if self.adapter_drop and self.train_mode != "adapters":
       raise UserError("--adapter_drop drops adapters while they train: it "
                       "needs --train_mode=adapters, got %s" % self.train_mode)
+    if self.frozen_activations_dtype not in ("float32", "float16"):
+      raise UserError("--frozen_activations_dtype=%s is not one of float32, "
+                      "float16" % self.frozen_activations_dtype)
     for layer in self.skip_layers:
       if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise UserError("--skip_layers takes layer indices (ints >= 0), got "

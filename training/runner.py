@@ -25,6 +25,7 @@ from storage import atomic_io
 from storage import checkpoint_io
 from training import adapter_drop
 from training import distribution
+from data import frozen_activations
 from data import glue_metrics
 from data import glue_outputs
 from data import glue_processors
@@ -375,6 +376,15 @@ def run(cfg):
                         "--adapter_config=%s (%s reads the frozen encoder's "
                         "output)" % (cfg.adapter_config,
                                      adapter_config.kind)))
+  if cfg.frozen_activations and cfg.do_train and (
+      adapter_config is None or not getattr(adapter_config, "enabled", True)
+      or not registry.method_of(adapter_config).encoder_level
+      or cfg.train_mode != "adapters"):
+    raise UserError("--frozen_activations needs an adapter that reads the "
+                    "frozen encoder (--adapter_config=layer_attention) and "
+                    "--train_mode=adapters; got --adapter_config=%s, "
+                    "--train_mode=%s" % (cfg.adapter_config,
+                                         cfg.train_mode))
   cfg = dataclasses.replace(cfg, adapter_size=getattr(
       adapter_config, "size", cfg.adapter_size))
   identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
@@ -482,12 +492,20 @@ def run(cfg):
                    "*****", data.num_examples("train"), cfg.train_batch_size,
                    num_train_steps)
 
+      frozen = None
+      if cfg.frozen_activations:
+        frozen = frozen_activations.build_or_load(
+            model, data.feature_file("train"), data.cache_dir,
+            dtype=cfg.frozen_activations_dtype,
+            batch_size=cfg.eval_batch_size * 4)
+
       def make_dataset(start_step):
-        return data.train_dataset(
+        dataset = data.train_dataset(
             batch_size=cfg.train_batch_size, seed=cfg.seed,
             start_step=start_step, bucket=_bucket(cfg, strategy),
             group_batches=(run_config.GROUP_WINDOW_BATCHES
                            if cfg.group_by_length else None))
+        return frozen.attach(dataset) if frozen is not None else dataset
 
       t0 = time.time()
       train_result = trainer.train(

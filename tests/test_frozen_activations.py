@@ -1,0 +1,83 @@
+"""Frozen activations computed once: training on the stored states is
+training on the encoder run at each step (the same losses and weights), the
+entry is reused, and a change of base weights makes a new one."""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adapters
+from data import frozen_activations
+from data import glue_processors
+from data import input_pipeline
+import modeling
+import optimization
+from storage import checkpoint_io
+import tiny_fixtures as fx
+from training import trainer as trainer_lib
+
+
+def _setup(tmp_path):
+  flags = fx.make_job(tmp_path)
+  config = modeling.BertConfig.from_json_file(flags["bert_config_file"])
+  data = input_pipeline.GlueData(
+      glue_processors.get_processor("MRPC"), flags["data_dir"],
+      vocab_file=flags["vocab_file"], do_lower_case=True, max_seq_length=24,
+      cache_dir=str(tmp_path / "features"))
+  return flags, config, data
+
+
+def _trainer(flags, config):
+  # Dropout in the tailor block too: its masks are keyed by coordinates.
+  keras.utils.set_random_seed(0)  # The same initial adapter and head.
+  model = modeling.BertClassifier(
+      config, 2, adapters.LayerAttentionConfig(dropout=0.1, reduced_size=4))
+  model.load_base_checkpoint(flags["init_checkpoint"])
+  trainable = modeling.set_train_mode(model, "adapters")
+  return model, trainer_lib.Trainer(
+      model, optimization.create_optimizer(1e-2, 6, 1), trainable,
+      tf.distribute.get_strategy(), "/tmp", num_labels=2,
+      is_regression=False, global_batch_size=8, seed=3)
+
+
+def test_training_on_stored_states_is_training_on_the_encoder(tmp_path):
+  flags, config, data = _setup(tmp_path)
+  results = []
+  for stored in (False, True):
+    model, trainer = _trainer(flags, config)
+    dataset = data.train_dataset(batch_size=8, seed=1, bucket=True)
+    if stored:
+      frozen = frozen_activations.build_or_load(
+          model, data.feature_file("train"), data.cache_dir)
+      dataset = frozen.attach(dataset)
+      entry, _ = frozen_activations.paths(
+          data.cache_dir, frozen_activations.cache_key(
+              model, data.feature_file("train"), "float32")[0])
+      # Real tokens only: 64 examples, their lengths summed.
+      assert frozen.array.shape[0] < 64 * 24
+      assert frozen.array.shape[1:] == (config.num_hidden_layers + 1, 16)
+    trainer._build_train_loop()
+    losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))
+    results.append((losses.numpy(), {
+        n: v.numpy() for n, v in trainer.trainable}))
+  (plain_losses, plain), (stored_losses, stored_values) = results
+  np.testing.assert_allclose(stored_losses, plain_losses, atol=1e-5)
+  for name, value in plain.items():
+    np.testing.assert_allclose(stored_values[name], value, atol=1e-5,
+                               err_msg=name)
+  # The entry is reused (same file), and new base weights make a new one.
+  mtime = os.path.getmtime(entry)
+  frozen_activations.build_or_load(model, data.feature_file("train"),
+                                   data.cache_dir)
+  assert os.path.getmtime(entry) == mtime
+  name = "bert/encoder/layer_0/output/dense/bias"
+  variable = checkpoint_io.checkpoint_name_map(model)[name]
+  variable.assign(variable + 1.0)
+  again = frozen_activations.build_or_load(model, data.feature_file("train"),
+                                           data.cache_dir)
+  assert len([f for f in os.listdir(data.cache_dir)
+              if f.startswith("frozen-") and f.endswith(".npy")]) == 2
+  assert np.max(np.abs(np.asarray(again.array) - np.asarray(
+      frozen.array))) > 0
