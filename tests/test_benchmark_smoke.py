@@ -207,3 +207,20 @@ def test_merged_benchmark_checks_and_reports(tiny, tmp_path):
       result["median_step_ms"]["merged"] / result["median_step_ms"]["plain"])
   with open(out) as f:
     assert json.load(f)["rounds"] == 2
+
+
+def test_composition_benchmark_checks_and_reports(tiny, tmp_path):
+  # AdapterDrop's steps for every k, routing checked against Parallel, the
+  # figures there (never how fast).
+  script = _load_script("benchmark_composition")
+  out = str(tmp_path / "composition.json")
+  result = script.main(["--config=" + tiny["config_file"], "--method=pfeiffer",
+                        "--batch_size=3", "--seq_length=8", "--rounds=1",
+                        "--steps=1", "--output=" + out])
+  layers = tiny["config"]["num_hidden_layers"]
+  assert sorted(result["adapter_drop"]["train_step_ms"], key=int) == [
+      str(k) for k in range(layers)]
+  assert result["routing"]["max_abs_logit_diff"] <= 1e-5
+  with open(out) as f:
+    assert set(json.load(f)["routing"]["step_ms"]) == {"multitask",
+                                                       "parallel"}
