@@ -2043,6 +2043,17 @@ class BertAdapterModel(keras.Model):
         layer.reset_from(dense)
     self._forget_traced_steps()
 
+  def hook_points(self, name):
+    """The hook points where adapter `name` has layers (a set)."""
+    self._check_adapter(name)
+    hooks = [getattr(self.bert.embeddings, p) for p in registry.MODEL_HOOKS]
+    hooks.append(self.bert.encoder_output)
+    for block in self.bert.blocks:
+      hooks += list(block.attention.hooks.values())
+      hooks += [getattr(block, p) for p in registry.BLOCK_HOOKS
+                if p not in block.attention.hooks]
+    return {h.point for h in hooks if name in h.layers_by_adapter}
+
   def _check_adapter(self, name):
     if name not in self.adapter_configs:
       raise UserError("unknown adapter %r; this model has %s"

@@ -121,8 +121,7 @@ class _Dense:
                                  shape=(n_out,), initializer=bias_init)
 
   def __call__(self, x):
-    return (tf.matmul(x, tf.cast(self.kernel, x.dtype))
-            + tf.cast(self.bias, x.dtype))
+    return kernels.dense(x, self.kernel, self.bias)
 
   def items(self):
     return [(self.name + "/kernel", self.kernel),

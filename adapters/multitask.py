@@ -256,8 +256,7 @@ class MultiTaskModel(tf.Module):
     # Prefixes, prompts and layer attention cannot run in one Parallel pass:
     # then each task runs its own, in the same graph.
     stack_tasks = stack_tasks and all(
-        registry.runs_side_by_side(self.model.adapter_configs[n])
-        for n in names)
+        registry.runs_side_by_side(self.model.hook_points(n)) for n in names)
     if stack_tasks and len(names) > 1:
       setup = self.model.resolve_setup(composition.Parallel(*names))
       logits = self.model(features, setup=setup)

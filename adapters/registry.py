@@ -256,14 +256,17 @@ def is_encoder_level(config):
   return method_of(config).encoder_level
 
 
-def runs_side_by_side(config):
-  """Whether adapters of `config` can run in a Parallel block: not those
-  that change the sequence (prompts), the keys (prefixes) or read the whole
-  encoder (layer attention)."""
-  if getattr(config, "kind", None) == "union":
-    return all(runs_side_by_side(c) for c in config.configs)
-  return config.kind not in ("prefix_tuning", "prompt_tuning") and not (
-      method_of(config).encoder_level)
+# Hook points whose layers cannot run several branches side by side in one
+# pass (Parallel): they change the sequence (prompts), the keys (prefixes)
+# or read the whole frozen encoder (layer attention).
+NOT_SIDE_BY_SIDE_HOOKS = ("prompts", "attention_keys_values",
+                          "encoder_output")
+
+
+def runs_side_by_side(hook_points):
+  """Whether an adapter with layers at `hook_points` can run in a Parallel
+  block (see `BertAdapterModel.hook_points`)."""
+  return not set(hook_points) & set(NOT_SIDE_BY_SIDE_HOOKS)
 
 
 def owns_layer_norms(config):
