@@ -87,6 +87,25 @@ def test_average_is_the_weighted_sum_at_every_hook_point(case):
     assert setup.branches[0].adapters == ("c", "a", "b")
 
 
+def test_stack_is_sequential_application():
+  # Stack(a, b): at every hook point b's adapter on a's output (each with
+  # the block's residual and LayerNorm, as AdapterHub's compose_stack).
+  model = model_of({"a": "houlsby", "b": "pfeiffer"}, heads=())
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  wa, wb = weights_of(model, "a"), weights_of(model, "b")
+  ca, cb = model.adapters["a"], model.adapters["b"]
+  model.set_active_adapters(Stack("a", "b"))
+  got, _ = model.encode(as_features(ids, mask, segs))
+
+  def bn_fn(c, prefix, h, r, ln, m):
+    return np_bn(cb, wb, prefix, np_bn(ca, wa, prefix, h, r, ln, m), r, ln,
+                 m)
+
+  want = np_bert(wa, cfg, ids, mask, segs, ca, bn_fn=bn_fn)
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+
+
 def test_batch_split_and_multitask_run_each_slice_alone():
   model = model_of({"a": "pfeiffer", "b": adapters.LoRAConfig(r=2)})
   cfg = model.config
