@@ -2252,26 +2252,55 @@ class BertAdapterModel(keras.Model):
         trainable.append((name, variable))
     return trainable
 
-  def train_adapter(self, name):
-    """Activates adapter `name` and freezes all but it and its head.
+  def train_adapter(self, adapter_setup):
+    """Activates a setup and freezes all but its adapters and heads.
 
-    The adapter's own LayerNorm copies train with it (for methods that train
-    LayerNorms); the base, its LayerNorms and every other adapter and head
-    stay frozen, so no other adapter's predictions change.
+    Args:
+      adapter_setup: an adapter name, or (as AdapterHub's) a list of names
+        or a composition block, whose every adapter trains (Parallel,
+        BatchSplit, MultiTask: several tasks at once).
+
+    The adapters' own LayerNorm copies train with them (for methods that
+    train LayerNorms); the base, its LayerNorms and every other adapter and
+    head stay frozen, so no other adapter's predictions change.
 
     Returns:
-      [(checkpoint name, variable)] trained, in the view's order.
+      [(checkpoint name, variable)] trained: for one adapter in its view's
+      order, for a block each adapter's then each head's.
     """
-    self._check_adapter(name)
-    self.set_active_adapters(name)
+    if isinstance(adapter_setup, str):
+      self._check_adapter(adapter_setup)
+    self.set_active_adapters(adapter_setup)
+    setup = self.active_setup()
+    names = setup.adapter_names
     for variable in self.weights:
       variable.trainable = False
-    trainable = []
-    for key, (variable, tag) in self.view().checkpoint_variables().items():
-      variable.trainable = tag.kind == "head" or (
-          tag.kind != "base" and tag.owner == name)
-      if variable.trainable:
-        trainable.append((key, variable))
+    if not setup.several and len(names) == 1:
+      trainable = []
+      for key, (variable, tag) in self.view().checkpoint_variables().items():
+        variable.trainable = tag.kind == "head" or (
+            tag.kind != "base" and tag.owner == names[0])
+        if variable.trainable:
+          trainable.append((key, variable))
+      return trainable
+    trainable, seen = [], set()
+    for name in names:
+      for key, (variable, tag) in self.adapter_view(
+          name).checkpoint_variables().items():
+        if tag.kind not in ("base", "head") and tag.owner == name and (
+            id(variable) not in seen):
+          trainable.append((key, variable))
+          seen.add(id(variable))
+    for branch in setup.branches:
+      head = self.heads.get(branch.head)
+      if head is not None and id(head.output_weights) not in seen:
+        for key, variable in (("output_weights", head.output_weights),
+                              ("output_bias", head.output_bias)):
+          trainable.append((key, variable))
+          seen.add(id(variable))
+    for _, variable in trainable:
+      variable.trainable = True
+    self._forget_traced_steps()
     return trainable
 
   # ---------------------------------------------------------------- forward

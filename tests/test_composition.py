@@ -146,6 +146,17 @@ def test_batch_split_and_multitask_run_each_slice_alone():
 
   with pytest.raises(UserError, match="'task_ids' feature"):
     model(feats)
+  # train_adapter of the block: both adapters and both heads, nothing else.
+  trained = model.train_adapter(MultiTask("a", "b"))
+  ids = {id(v) for _, v in trained}
+  assert ids == {id(v) for v in model.trainable_variables}
+  want = set()
+  for name in ("a", "b"):
+    want |= {id(v) for k, (v, tag) in model.adapter_view(
+        name).checkpoint_variables().items()
+             if tag.kind == "head" or (tag.kind != "base"
+                                       and tag.owner == name)}
+  assert ids == want
   model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 2]))
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"needs batches of 4 examples"):
