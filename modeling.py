@@ -169,6 +169,9 @@ class BertConfig:
     except ValueError as e:
       raise UserError("BERT config %s is not valid JSON: %s"
                       % (json_file, e)) from None
+    from storage import huggingface  # pylint: disable=g-import-not-at-top
+    if huggingface.is_hf_config(json_object):  # A Hugging Face config.json.
+      json_object = huggingface.bert_config_dict(json_object, str(json_file))
     return cls.from_dict(json_object, source=str(json_file))
 
   def to_dict(self):
@@ -1559,7 +1562,9 @@ class BertAdapterModel(keras.Model):
 
     Args:
       path: a directory in Google's format (`bert_config.json`,
-        `vocab.txt`, `bert_model.ckpt`), or the path of a
+        `vocab.txt`, `bert_model.ckpt`), a Hugging Face BERT directory
+        (`config.json`, `model.safetensors` or `pytorch_model.bin`,
+        `vocab.txt`), or the path of a
         `bert_config.json` with `vocab_file` and `init_checkpoint` given.
       vocab_file, init_checkpoint: the other two paths, when `path` is a
         config file.
@@ -1570,7 +1575,12 @@ class BertAdapterModel(keras.Model):
     Raises:
       UserError: for a missing file or a checkpoint that does not fit.
     """
-    if os.path.isdir(path):
+    from storage import huggingface  # pylint: disable=g-import-not-at-top
+    if huggingface.is_hf_dir(path):  # config.json, model.safetensors, vocab.
+      config_file = os.path.join(path, huggingface.CONFIG_FILE)
+      vocab_file = vocab_file or os.path.join(path, "vocab.txt")
+      init_checkpoint = init_checkpoint or path
+    elif os.path.isdir(path):
       config_file = os.path.join(path, "bert_config.json")
       vocab_file = vocab_file or os.path.join(path, "vocab.txt")
       init_checkpoint = init_checkpoint or os.path.join(path,

@@ -96,7 +96,8 @@ def resolve_checkpoint_path(path, flag_name="init_checkpoint"):
 
 
 def read_checkpoint(path, flag_name="init_checkpoint"):
-  """Opens a TF1/TF2 name-based checkpoint.
+  """Opens a TF1/TF2 name-based checkpoint, or a Hugging Face BERT directory
+  (its tensors under the TF1 names, storage.huggingface).
 
   Returns:
     (prefix, tf.train.CheckpointReader)
@@ -105,6 +106,12 @@ def read_checkpoint(path, flag_name="init_checkpoint"):
     UserError: naming the flag and the file, if it cannot be opened (a
       missing, truncated or garbage index).
   """
+  from storage import huggingface  # pylint: disable=g-import-not-at-top
+  if huggingface.is_hf_dir(path):  # config.json + model.safetensors / .bin
+    try:
+      return path, huggingface.Reader(path)
+    except UserError as e:
+      raise UserError("--%s=%s: %s" % (flag_name, path, e)) from None
   prefix = resolve_checkpoint_path(path, flag_name)
   try:
     return prefix, tf.train.load_checkpoint(prefix)

