@@ -1312,18 +1312,46 @@ class ClassifierHead(keras.layers.Layer):
   `output_weights` is [num_labels, H] and `output_bias` [num_labels], as the
   original run_classifier.py. Logits are float32. One output is a
   regression head (STS-B).
+
+  AdapterHub's heads too: with `layers` = n > 1, n - 1 hidden layers of
+  dropout, dense H -> H (`classifier/dense_<i>/kernel` [H, H], `.../bias`)
+  and `activation_function` (AdapterHub's names: "gelu" is the erf form)
+  come before; with `use_pooler=False` the head reads the first token's
+  final hidden state instead of BERT's pooler (AdapterHub's default:
+  layers=2, use_pooler=False).
   """
 
   def __init__(self, num_labels, hidden_size, initializer_range=0.02,
-               dropout_rate=CLASSIFIER_DROPOUT, **kwargs):
+               dropout_rate=CLASSIFIER_DROPOUT, layers=1,
+               activation_function="tanh", use_pooler=True, **kwargs):
     super().__init__(**kwargs)
     self.dropout_rate = dropout_rate
     self.num_labels = num_labels
     self.hidden_size = hidden_size
     self.initializer_range = initializer_range
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+      raise UserError("a head's layers must be an int >= 1, got %r"
+                      % (layers,))
+    if activation_function not in HEAD_ACTIVATIONS:
+      raise UserError("unknown head activation_function %r; expected one "
+                      "of %s" % (activation_function,
+                                 ", ".join(sorted(HEAD_ACTIVATIONS))))
+    self.layers = layers
+    self.activation_function = activation_function
+    self.use_pooler = bool(use_pooler)
+    self._act = get_activation(HEAD_ACTIVATIONS[activation_function])
+    init = keras.initializers.TruncatedNormal(stddev=initializer_range)
+    self.hidden = []
+    for i in range(layers - 1):
+      self.hidden.append((
+          self.add_weight(name="dense_%d_kernel" % i,
+                          shape=(hidden_size, hidden_size),
+                          initializer=init),
+          self.add_weight(name="dense_%d_bias" % i, shape=(hidden_size,),
+                          initializer="zeros")))
     self.output_weights = self.add_weight(
         name="output_weights", shape=(num_labels, hidden_size),
-        initializer=keras.initializers.TruncatedNormal(stddev=initializer_range))
+        initializer=init)
     self.output_bias = self.add_weight(
         name="output_bias", shape=(num_labels,), initializer="zeros")
 
@@ -1331,14 +1359,32 @@ class ClassifierHead(keras.layers.Layer):
   def is_regression(self):
     return self.num_labels == 1
 
+  def head_config(self):
+    """The structure beyond the reference's (None for the reference head)."""
+    if self.layers == 1 and self.use_pooler:
+      return None
+    return {"layers": self.layers, "use_pooler": self.use_pooler,
+            "activation_function": self.activation_function}
+
   def checkpoint_variables(self, tag):
-    return [("output_weights", self.output_weights, tag),
-            ("output_bias", self.output_bias, tag)]
+    items = []
+    for i, (kernel, bias) in enumerate(self.hidden):
+      items += [("classifier/dense_%d/kernel" % i, kernel, tag),
+                ("classifier/dense_%d/bias" % i, bias, tag)]
+    return items + [("output_weights", self.output_weights, tag),
+                    ("output_bias", self.output_bias, tag)]
 
   def call(self, pooled_output, training=False, seed=None, policy=None):
-    # pooled_output: [batch, H] -> logits [batch, num_labels]
-    x = kernels.policy_or_default(policy).dropout(
-        pooled_output, self.dropout_rate, training, seed)
+    # pooled_output: [batch, H] (or the first token's state, use_pooler
+    # False) -> logits [batch, num_labels]
+    policy = kernels.policy_or_default(policy)
+    x = pooled_output
+    for i, (kernel, bias) in enumerate(self.hidden):
+      x = policy.dropout(x, self.dropout_rate, training,
+                         kernels.fold_seed(seed, i + 1))
+      x = self._act(tf.matmul(x, tf.cast(kernel, x.dtype))
+                    + tf.cast(bias, x.dtype))
+    x = policy.dropout(x, self.dropout_rate, training, seed)
     x = tf.cast(x, tf.float32)
     logits = tf.matmul(x, tf.cast(self.output_weights, tf.float32),
                        transpose_b=True)
@@ -1348,8 +1394,15 @@ class ClassifierHead(keras.layers.Layer):
     base = super().get_config()
     base.update(num_labels=self.num_labels, hidden_size=self.hidden_size,
                 initializer_range=self.initializer_range,
-                dropout_rate=self.dropout_rate)
+                dropout_rate=self.dropout_rate, layers=self.layers,
+                activation_function=self.activation_function,
+                use_pooler=self.use_pooler)
     return base
+
+
+# AdapterHub's head activation names -> compute.activations.
+HEAD_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "gelu": "gelu_exact",
+                    "gelu_new": "gelu", "swish": "swish", "silu": "swish"}
 
 
 # ---------------------------------------------------------------------------
@@ -1918,8 +1971,8 @@ class BertAdapterModel(keras.Model):
                       if tag.kind != "base" and tag.owner == n]
     for branch in self.active_setup().branches:
       if branch.head is not None:
-        head = self.heads[branch.head]
-        trained += [head.output_weights, head.output_bias]
+        trained += [v for _, v, _ in self.heads[
+            branch.head].checkpoint_variables(None)]
     for variable in trained:
       variable.trainable = True
     self._forget_traced_steps()
@@ -2186,8 +2239,15 @@ class BertAdapterModel(keras.Model):
 
   # ------------------------------------------------------------------ heads
 
-  def add_classification_head(self, name, num_labels=2, overwrite_ok=False):
+  def add_classification_head(self, name, num_labels=2, overwrite_ok=False,
+                              layers=1, activation_function="tanh",
+                              use_pooler=True):
     """Adds a classification head (one output: regression, as STS-B).
+
+    The default is the reference's head (dropout and one dense layer on
+    BERT's pooler). AdapterHub's default is `layers=2, use_pooler=False`
+    (dropout, dense H -> H, tanh, dropout, dense on the first token's final
+    state); see ClassifierHead.
 
     Raises:
       UserError: for a name taken (unless overwrite_ok) or a bad size.
@@ -2202,7 +2262,9 @@ class BertAdapterModel(keras.Model):
     with _unlocked(self):
       self.heads[name] = ClassifierHead(
           num_labels, self.config.hidden_size, self.config.initializer_range,
-          dropout_rate=self.classifier_dropout, name=name)
+          dropout_rate=self.classifier_dropout, layers=layers,
+          activation_function=activation_function, use_pooler=use_pooler,
+          name=name)
 
   def delete_head(self, name):
     if name not in self.heads:
@@ -2304,8 +2366,7 @@ class BertAdapterModel(keras.Model):
     for branch in setup.branches:
       head = self.heads.get(branch.head)
       if head is not None and id(head.output_weights) not in seen:
-        for key, variable in (("output_weights", head.output_weights),
-                              ("output_bias", head.output_bias)):
+        for key, variable, _ in head.checkpoint_variables(None):
           trainable.append((key, variable))
           seen.add(id(variable))
     for _, variable in trainable:
@@ -2340,18 +2401,26 @@ class BertAdapterModel(keras.Model):
     # gated adapter there averages over every token).
     gated = any(gating.uses_gating(self.adapter_configs[name])
                 for b in setup.branches for name in b.adapters)
-    _, pooled = self.encode(features, training=training,
-                            dropout_seed=dropout_seed,
-                            output_range=None if gated else 1,
-                            policy=policy, setup=setup)
+    sequence, pooled = self.encode(features, training=training,
+                                   dropout_seed=dropout_seed,
+                                   output_range=None if gated else 1,
+                                   policy=policy, setup=setup)
     seed = kernels.fold_seed(dropout_seed, 1)
+
+    def head_input(head, pooled, sequence):
+      # BERT's pooler, or (AdapterHub's default head) the first token.
+      return pooled if head.use_pooler else sequence[:, 0]
+
     if not setup.parallel:
-      return self.heads[setup.branches[0].head](pooled, training=training,
-                                                seed=seed, policy=policy)
-    parts = tf.split(pooled, len(setup.branches), axis=0)
-    return {b.head: self.heads[b.head](p, training=training, seed=seed,
-                                       policy=policy)
-            for b, p in zip(setup.branches, parts)}
+      head = self.heads[setup.branches[0].head]
+      return head(head_input(head, pooled, sequence), training=training,
+                  seed=seed, policy=policy)
+    n = len(setup.branches)
+    return {b.head: self.heads[b.head](
+        head_input(self.heads[b.head], p, q), training=training, seed=seed,
+        policy=policy) for b, p, q in zip(setup.branches,
+                                          tf.split(pooled, n, axis=0),
+                                          tf.split(sequence, n, axis=0))}
 
   def _call_split(self, features, setup, training, dropout_seed, policy):
     """BatchSplit / MultiTask: each branch's examples through it alone.
@@ -2452,8 +2521,8 @@ class BertAdapterModel(keras.Model):
       for name, variable in view.checkpoint_name_map().items():
         names.setdefault(id(variable), name)
     for head_name, head in self.heads.items():
-      names[id(head.output_weights)] = "output_weights"
-      names[id(head.output_bias)] = "output_bias"
+      for key, variable, _ in head.checkpoint_variables(None):
+        names[id(variable)] = key
     return names
 
   def _loss(self, logits, labels):
@@ -2580,7 +2649,9 @@ class BertAdapterModel(keras.Model):
 
   def load_adapter(self, directory, load_as=None, with_head=True,
                    set_active=False, flag_name="adapter"):
-    """Loads an adapter directory (and its head) under a name.
+    """Loads an adapter directory (and its head) under a name: this
+    toolkit's, or one written by AdapterHub's save_adapter (see
+    storage.adapterhub).
 
     Args:
       directory: written by `save_adapter` or the command line
@@ -2597,7 +2668,10 @@ class BertAdapterModel(keras.Model):
         config, a broken directory or a name taken. Nothing changes then.
     """
     from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    from storage import adapterhub  # pylint: disable=g-import-not-at-top
     from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+    if adapterhub.is_adapterhub_dir(directory):  # AdapterHub's save_adapter.
+      return adapterhub.load(self, directory, load_as, with_head, set_active)
     metadata, adapter_config, _ = adapter_io.read_metadata(directory,
                                                            flag_name)
     name = (load_as or metadata.get("adapter_name") or metadata.get("task_name")
@@ -2617,12 +2691,14 @@ class BertAdapterModel(keras.Model):
           "--%s=%s changes base weights shared by every task and adapter "
           "(e.g. %s; train_mode=%s); it cannot share a base"
           % (flag_name, directory, shared[0], metadata.get("train_mode")))
-    has_head = any(n in checkpoint_io.HEAD_NAMES for n in metadata["variables"])
+    has_head = any(checkpoint_io.is_head_name(n)
+                   for n in metadata["variables"])
     self.add_adapter(name, adapter_config)
     added_head = False
     try:
       if with_head and has_head:
-        self.add_classification_head(name, int(metadata["num_labels"]))
+        self.add_classification_head(name, int(metadata["num_labels"]),
+                                     **(metadata.get("head_config") or {}))
         added_head = True
       view = self.adapter_view(name, head=name if added_head else None)
       adapter_io.load_adapter(view, directory, flag_name=flag_name,

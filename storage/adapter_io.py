@@ -154,6 +154,10 @@ def build_metadata(model, names, adapter_config, run_config, bert_config,
       "is_regression": is_regression,
       "num_labels": (int(model.num_labels) if model.num_labels is not None
                      else None),
+      # The head's structure where it is not the reference's one dense layer.
+      "head_config": (model.head.head_config()
+                      if getattr(model, "head", None) is not None
+                      and hasattr(model.head, "head_config") else None),
       "max_seq_length": _field(run_config, "max_seq_length"),
       "do_lower_case": _field(run_config, "do_lower_case"),
       "train_mode": _field(run_config, "train_mode", "adapters"),
@@ -428,7 +432,7 @@ def load_adapter(model, directory, init_checkpoint=None,
   _, reader = checkpoint_io.read_checkpoint(prefix, flag_name)
   names = sorted(reader.get_variable_to_shape_map())
   if skip_head:
-    names = [n for n in names if n not in checkpoint_io.HEAD_NAMES]
+    names = [n for n in names if not checkpoint_io.is_head_name(n)]
   name_map = checkpoint_io.checkpoint_name_map(model)
   unknown = [n for n in names if n not in name_map]
   if unknown:

@@ -22,6 +22,13 @@ from storage.atomic_io import atomic_write_text
 from training.errors import UserError
 
 HEAD_NAMES = ("output_weights", "output_bias")
+# A head's hidden layers (AdapterHub-style heads, layers > 1).
+HEAD_PREFIX = "classifier/"
+
+
+def is_head_name(name):
+  """Whether a checkpoint name is a classification head's variable."""
+  return name in HEAD_NAMES or name.startswith(HEAD_PREFIX)
 SLOT_SUFFIXES = ("/adam_m", "/adam_v")
 # Hidden folders that save_checkpoint writes in: ".ckpt-tmp-<pid>-<random>".
 TMP_DIR_PREFIX = "ckpt-tmp-"

@@ -164,3 +164,45 @@ def test_the_hugging_face_minilm_is_the_shared_checkpoint():
   want, _ = google.encode(as_features(ids, mask, segs))
   got, _ = hf.encode(as_features(ids, mask, segs))
   assert np.max(np.abs(got.numpy() - want.numpy())) <= 1e-5
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "adapterhub")),
+                    reason="../shared/adapterhub (AdapterHub's own files) is "
+                    "absent")
+@pytest.mark.parametrize("method", ["seq_bn", "double_seq_bn", "lora"])
+def test_adapterhub_adapters_reproduce_its_logits(method):
+  # The shared MiniLM with Hugging Face's GELU (erf), as AdapterHub ran it.
+  google_dir = os.path.join(SHARED, "bert", "minilm_l6_h384_uncased")
+  config = modeling.BertConfig.from_json_file(
+      os.path.join(google_dir, "bert_config.json"))
+  config = modeling.BertConfig.from_dict(dict(config.to_dict(),
+                                              hidden_act="gelu_exact"))
+  model = modeling.BertAdapterModel(config)
+  model.load_base_checkpoint(os.path.join(google_dir, "bert_model.ckpt"))
+  inputs = np.load(os.path.join(SHARED, "adapterhub", "inputs.npz"))
+  features = {"input_ids": inputs["input_ids"].astype(np.int32),
+              "input_mask": inputs["attention_mask"].astype(np.int32),
+              "segment_ids": inputs["token_type_ids"].astype(np.int32)}
+  want = np.load(os.path.join(SHARED, "adapterhub", method + "_logits.npy"))
+  for form in ("bin", "safetensors"):
+    name = model.load_adapter(os.path.join(SHARED, "adapterhub", method,
+                                           form), load_as=form,
+                              set_active=True)
+    got = model.predict(features, batch_size=64, verbose=0)
+    assert np.max(np.abs(got - want)) <= 1e-4, (form, np.max(np.abs(
+        got - want)))
+    assert model.heads[name].layers == 2 and not model.heads[name].use_pooler
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "adapterhub")),
+                    reason="../shared/adapterhub (AdapterHub's own files) is "
+                    "absent")
+def test_an_adapterhub_adapter_of_another_base_is_one_error(tmp_path):
+  model = modeling.BertAdapterModel(modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32))
+  with pytest.raises(UserError, match="trained on sentence-transformers/"
+                     "all-MiniLM-L6-v2 \\(hidden size 384\\); this base has "
+                     "hidden size 16"):
+    model.load_adapter(os.path.join(SHARED, "adapterhub", "seq_bn", "bin"))
+  assert not model.adapters and not model.heads

@@ -1,0 +1,222 @@
+"""Adapter directories written by AdapterHub's `save_adapter`, loaded here.
+
+An AdapterHub directory holds `adapter_config.json` ({"config": the
+method's config, "hidden_size", "model_name", "model_type", "name", ...}),
+`pytorch_adapter.bin` or `adapter.safetensors`, and with its head
+`head_config.json` and `pytorch_model_head.bin` or `model_head.safetensors`.
+The config loads as this toolkit's config of the same method (AdapterHub's
+field names); each tensor is renamed to this model's checkpoint name
+(torch's Linear weights [out, in] transposed) and every variable of the
+adapter must be covered, with its shape, before anything is assigned.
+
+Methods read: the bottleneck family (sequential and parallel, with their
+LayerNorms, scaling and gates), LoRA and (IA)^3. Others (Compacter's PHM
+layers, invertible adapters, prefix and prompt tuning) are refused by name.
+Heads: AdapterHub's classification heads (`layers`, `activation_function`,
+`use_pooler`).
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+import adapters as adapters_lib
+from storage import torch_formats
+from training.errors import UserError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
+HEAD_CONFIG_FILE = "head_config.json"
+HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
+
+
+def is_adapterhub_dir(directory):
+  """Whether `directory` looks like AdapterHub's `save_adapter` output."""
+  path = os.path.join(str(directory), CONFIG_FILE)
+  if not (os.path.isfile(path)
+          and torch_formats.exists_any(directory, WEIGHTS)):
+    return False
+  try:
+    with open(path, encoding="utf-8") as f:
+      return isinstance(json.load(f).get("config"), dict)
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _read_json(path):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError("%s: cannot read: %s" % (path, e)) from None
+
+
+def _our_name(ah_name, adapter):
+  """This model's checkpoint name of an AdapterHub adapter tensor, and
+  whether the value is transposed (a Linear weight), or None."""
+  m = re.match(r"^(?:bert\.)?encoder\.layer\.(\d+)\.(.+)$", ah_name)
+  if not m:
+    return None
+  layer, rest = m.groups()
+  prefix = "bert/encoder/layer_%s/" % layer
+  m = re.match(r"^(attention\.output|output)\.adapters\.%s\.(.+)$"
+               % re.escape(adapter), rest)
+  if m:
+    place = m.group(1).replace(".", "/")
+    part = m.group(2)
+    table = {"adapter_down.0.weight": ("weights1", True),
+             "adapter_down.0.bias": ("biases1", False),
+             "adapter_up.weight": ("weights2", True),
+             "adapter_up.bias": ("biases2", False),
+             "scaling": ("scaling", False),
+             "adapter_norm_before.weight": ("ln_before/gamma", False),
+             "adapter_norm_before.bias": ("ln_before/beta", False),
+             "adapter_norm_after.weight": ("ln_after/gamma", False),
+             "adapter_norm_after.bias": ("ln_after/beta", False),
+             "gate.weight": ("gate/kernel", True),
+             "gate.bias": ("gate/bias", False)}
+    if part not in table:
+      return None
+    name, transpose = table[part]
+    return prefix + place + "/adapters/" + name, transpose
+  m = re.match(r"^(attention\.self\.(?:query|key|value)|intermediate\.dense|"
+               r"output\.dense)\.loras\.%s\.(lora_A|lora_B|gate\.weight|"
+               r"gate\.bias)$" % re.escape(adapter), rest)
+  if m:
+    scope = m.group(1).replace(".", "/")
+    part = {"gate.weight": "lora_gate/kernel",
+            "gate.bias": "lora_gate/bias"}.get(m.group(2), m.group(2))
+    return prefix + scope + "/" + part, True
+  return None
+
+
+def _head_names(layers):
+  """{AdapterHub head module index: (our name, transposed)} of a head."""
+  out = {}
+  for k in range(layers - 1):
+    out[3 * k + 1] = ("classifier/dense_%d/kernel" % k, True)
+  out[3 * (layers - 1) + 1] = ("output_weights", False)
+  return out
+
+
+def load(model, directory, load_as=None, with_head=True, set_active=False):
+  """Loads an AdapterHub adapter directory into `model`.
+
+  Returns:
+    The adapter's name in the model.
+
+  Raises:
+    UserError: for another model type or hidden size, a method or head not
+      read here, tensors that do not cover the adapter or do not fit it.
+  """
+  where = str(directory)
+  record = _read_json(os.path.join(directory, CONFIG_FILE))
+  if record.get("model_type", "bert") != "bert":
+    raise UserError("%s: an AdapterHub adapter for model_type %r; this "
+                    "model is a BERT" % (where, record.get("model_type")))
+  hidden = record.get("hidden_size")
+  if hidden is not None and int(hidden) != model.config.hidden_size:
+    raise UserError("%s: the adapter was trained on %s (hidden size %s); "
+                    "this base has hidden size %d" % (
+                        where, record.get("model_name") or "another model",
+                        hidden, model.config.hidden_size))
+  try:
+    config = adapters_lib.config_from_dict(record["config"])
+  except UserError as e:
+    raise UserError("%s: %s" % (where, e)) from None
+  kind = getattr(config, "kind", None)
+  if kind not in ("bn", "lora", "ia3") or getattr(config, "phm_layer", False) \
+      or getattr(config, "inv_adapter", None):
+    raise UserError("%s: AdapterHub %s adapters are not read yet (bottleneck, "
+                    "LoRA and (IA)^3 are)" % (where, (
+                        "Compacter" if getattr(config, "phm_layer", False)
+                        else "invertible" if getattr(config, "inv_adapter",
+                                                     None) else kind)))
+  name = load_as or record.get("name") or os.path.basename(
+      os.path.normpath(where))
+  ah_name = record.get("name") or name
+  tensors = torch_formats.read_tensors(
+      torch_formats.exists_any(directory, WEIGHTS))
+  head_record = None
+  head_path = os.path.join(directory, HEAD_CONFIG_FILE)
+  if with_head and os.path.isfile(head_path):
+    head_record = _read_json(head_path)
+    head_config = head_record.get("config") or {}
+    if head_config.get("head_type") != "classification":
+      raise UserError("%s: AdapterHub %r heads are not read (classification "
+                      "heads are)" % (where, head_config.get("head_type")))
+    if not head_config.get("bias", True):
+      raise UserError("%s: a head without bias is not read" % where)
+    if name in model.heads:
+      raise UserError("a head named %r exists already; load the adapter "
+                      "under another name (load_as=...)" % name)
+  model.add_adapter(name, config)
+  try:
+    targets = {k: v for k, (v, tag) in model.adapter_view(
+        name).checkpoint_variables().items() if tag.owner == name
+               and tag.kind == "adapter"}
+    values = {}
+    for key, value in tensors.items():
+      mapped = _our_name(key, ah_name)
+      if mapped is None:
+        raise UserError("%s: tensor %s has no place in a %s adapter here"
+                        % (where, key, kind))
+      ours, transpose = mapped
+      if kind == "ia3" and ours.endswith("/lora_B"):
+        value, transpose = value.reshape(-1), False  # [out, 1] -> [out].
+      values[ours] = value.T if transpose else value
+    _assign(targets, values, where)
+    if head_record is not None:
+      c = head_record["config"]
+      model.add_classification_head(
+          name, int(c["num_labels"]), layers=int(c.get("layers", 2)),
+          activation_function=c.get("activation_function", "tanh"),
+          use_pooler=bool(c.get("use_pooler", False)))
+      head_tensors = torch_formats.read_tensors(
+          torch_formats.exists_any(directory, HEAD_WEIGHTS))
+      table = _head_names(int(c.get("layers", 2)))
+      head_values = {}
+      for key, value in head_tensors.items():
+        m = re.match(r"^heads\.[^.]+\.(\d+)\.(weight|bias)$", key)
+        if not m or int(m.group(1)) not in table:
+          raise UserError("%s: head tensor %s has no place here"
+                          % (where, key))
+        ours, transpose = table[int(m.group(1))]
+        if m.group(2) == "bias":
+          ours = (ours[:-len("kernel")] + "bias" if ours.endswith("kernel")
+                  else "output_bias")
+          transpose = False
+        head_values[ours] = value.T if transpose else value
+      head = model.heads[name]
+      _assign({k: v for k, v, _ in head.checkpoint_variables(None)},
+              head_values, where)
+  except BaseException:
+    if name in model.heads:
+      model.delete_head(name)
+    model.delete_adapter(name)
+    raise
+  if set_active:
+    model.set_active_adapters(name)
+  return name
+
+
+def _assign(targets, values, where):
+  """Checks that `values` covers `targets` with their shapes, then assigns."""
+  missing = sorted(set(targets) - set(values))
+  extra = sorted(set(values) - set(targets))
+  if missing or extra:
+    raise UserError("%s does not fit this model's adapter: %s%s" % (
+        where, ("missing " + ", ".join(missing[:3])) if missing else "",
+        ("; not in the model " + ", ".join(extra[:3])) if extra else ""))
+  for key, variable in targets.items():
+    value = np.asarray(values[key], np.float32)
+    shape = tuple(variable.shape)
+    if value.shape != shape:
+      if value.size == int(np.prod(shape)) and len(shape) == 2 and 1 in shape:
+        value = value.reshape(shape)  # e.g. biases1 [m] -> [1, m].
+      else:
+        raise UserError("%s: %s is %s there, %s here"
+                        % (where, key, list(value.shape), list(shape)))
+    variable.assign(value)
