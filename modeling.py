@@ -2611,21 +2611,31 @@ class BertAdapterModel(keras.Model):
 
   # ------------------------------------------------------------ adapter I/O
 
-  def save_adapter(self, directory, name, with_head=True, metadata=None):
+  def save_adapter(self, directory, name, with_head=True, metadata=None,
+                   format="toolkit"):  # pylint: disable=redefined-builtin
     """Writes adapter `name` (and its head) as an adapter directory.
 
-    The format of the command line's `output_dir/adapter`: the variables
-    under the reference's TF1 names, the adapter config and metadata with
-    the base fingerprint.
+    format "toolkit": the format of the command line's `output_dir/adapter`:
+    the variables under the reference's TF1 names, the adapter config and
+    metadata with the base fingerprint. format "adapterhub": AdapterHub's
+    layout (storage.adapterhub.save), which its `load_adapter` reads.
 
     Raises:
       UserError: for an unknown adapter.
     """
     from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    self._check_adapter(name)
     if self.merged_adapters:
       raise UserError("adapter %r is merged into the base weights; "
                       "reset_adapter() before saving adapters"
                       % self.merged_adapters[0])
+    if format == "adapterhub":
+      from storage import adapterhub  # pylint: disable=g-import-not-at-top
+      return adapterhub.save(self, directory, name, with_head=with_head,
+                             model_name=getattr(self, "base_name", None))
+    if format != "toolkit":
+      raise UserError("save_adapter format %r is not one of toolkit, "
+                      "adapterhub" % (format,))
     view = self.adapter_view(name)
     if not with_head:
       view = ModelView(self, composition.Branch(view.branch.adapters,

@@ -220,3 +220,141 @@ def _assign(targets, values, where):
         raise UserError("%s: %s is %s there, %s here"
                         % (where, key, list(value.shape), list(shape)))
     variable.assign(value)
+
+
+# --- Writing AdapterHub's layout. ---------------------------------------------
+
+VERSION = "adapters.1.3.0"  # The AdapterHub version whose layout this is.
+
+
+def _ah_name(ours, adapter):
+  """The inverse of _our_name: (AdapterHub name, transposed) of one of this
+  model's adapter checkpoint names, or None."""
+  m = re.match(r"^bert/encoder/layer_(\d+)/(.+)$", ours)
+  if not m:
+    return None
+  layer, rest = m.groups()
+  prefix = "bert.encoder.layer.%s." % layer
+  m = re.match(r"^(attention/output|output)/adapters/(.+)$", rest)
+  if m:
+    table = {"weights1": ("adapter_down.0.weight", True),
+             "biases1": ("adapter_down.0.bias", False),
+             "weights2": ("adapter_up.weight", True),
+             "biases2": ("adapter_up.bias", False),
+             "scaling": ("scaling", False),
+             "ln_before/gamma": ("adapter_norm_before.weight", False),
+             "ln_before/beta": ("adapter_norm_before.bias", False),
+             "ln_after/gamma": ("adapter_norm_after.weight", False),
+             "ln_after/beta": ("adapter_norm_after.bias", False),
+             "gate/kernel": ("gate.weight", True),
+             "gate/bias": ("gate.bias", False)}
+    if m.group(2) not in table:
+      return None
+    part, transpose = table[m.group(2)]
+    return "%s%s.adapters.%s.%s" % (prefix, m.group(1).replace("/", "."),
+                                    adapter, part), transpose
+  m = re.match(r"^(attention/self/(?:query|key|value)|intermediate/dense|"
+               r"output/dense)/(lora_A|lora_B|lora_gate/kernel|"
+               r"lora_gate/bias)$", rest)
+  if m:
+    part = {"lora_gate/kernel": "gate.weight",
+            "lora_gate/bias": "gate.bias"}.get(m.group(2), m.group(2))
+    return "%s%s.loras.%s.%s" % (prefix, m.group(1).replace("/", "."),
+                                 adapter, part), True
+  return None
+
+
+def save(model, directory, name, with_head=True, model_name=None):
+  """Writes adapter `name` of `model` in AdapterHub's layout (what its
+  `load_adapter` reads): adapter_config.json, pytorch_adapter.bin and
+  adapter.safetensors, and with its head head_config.json,
+  pytorch_model_head.bin and model_head.safetensors; atomically.
+
+  Raises:
+    UserError: for a method or head AdapterHub's layout is not written for.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from storage import atomic_io  # pylint: disable=g-import-not-at-top
+  config = model.adapter_configs[name]
+  kind = getattr(config, "kind", None)
+  if kind not in ("bn", "lora", "ia3") or getattr(config, "phm_layer", False) \
+      or getattr(config, "inv_adapter", None):
+    raise UserError("adapter %r (%s): writing AdapterHub's layout is done for "
+                    "bottleneck (not Compacter or invertible), LoRA and "
+                    "(IA)^3 adapters" % (name, kind))
+  tensors = {}
+  for key, (variable, tag) in model.adapter_view(
+      name).checkpoint_variables().items():
+    if tag.kind != "adapter" or tag.owner != name:
+      continue
+    mapped = _ah_name(key, name)
+    if mapped is None:
+      raise UserError("adapter %r: %s has no place in AdapterHub's layout"
+                      % (name, key))
+    ah, transpose = mapped
+    value = variable.numpy()
+    if len(value.shape) == 2 and value.shape[0] == 1 and key.endswith(
+        ("biases1", "biases2")):
+      value = value[0]
+    if kind == "ia3" and key.endswith("/lora_B"):
+      value, transpose = value.reshape(-1, 1), False  # [out] -> [out, 1].
+    tensors[ah] = value.T if transpose else value
+  config_dict = config.to_dict()
+  if getattr(type(config), "architecture", None):
+    config_dict["architecture"] = type(config).architecture
+  config_dict.pop("kind", None)
+  record = {"config": config_dict, "hidden_size": model.config.hidden_size,
+            "model_class": "BertAdapterModel", "model_name": model_name,
+            "model_type": "bert", "name": name, "version": VERSION}
+  head = model.heads.get(name) if with_head else None
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
+                         dir=parent)
+  try:
+    atomic_io.atomic_write_text(os.path.join(tmp, CONFIG_FILE),
+                                json.dumps(record, indent=2,
+                                           sort_keys=True) + "\n")
+    torch_formats.write_torch_bin(os.path.join(tmp, "pytorch_adapter.bin"),
+                                  tensors)
+    torch_formats.write_safetensors(os.path.join(tmp, "adapter.safetensors"),
+                                    tensors, {"format": "pt"})
+    if head is not None:
+      head_tensors = {}
+      for i, (kernel, bias) in enumerate(head.hidden):
+        head_tensors["heads.%s.%d.weight" % (name, 3 * i + 1)] = (
+            kernel.numpy().T)
+        head_tensors["heads.%s.%d.bias" % (name, 3 * i + 1)] = bias.numpy()
+      last = 3 * (head.layers - 1) + 1
+      head_tensors["heads.%s.%d.weight" % (name, last)] = (
+          head.output_weights.numpy())
+      head_tensors["heads.%s.%d.bias" % (name, last)] = (
+          head.output_bias.numpy())
+      head_record = {
+          "config": {"head_type": "classification",
+                     "num_labels": head.num_labels, "layers": head.layers,
+                     "activation_function": head.activation_function,
+                     "use_pooler": head.use_pooler, "bias": True,
+                     "dropout_prob": None,
+                     "label2id": {"LABEL_%d" % i: i
+                                  for i in range(head.num_labels)}},
+          "hidden_size": model.config.hidden_size,
+          "model_class": "BertAdapterModel", "model_name": model_name,
+          "model_type": "bert", "name": name, "version": VERSION}
+      atomic_io.atomic_write_text(os.path.join(tmp, HEAD_CONFIG_FILE),
+                                  json.dumps(head_record, indent=2,
+                                             sort_keys=True) + "\n")
+      torch_formats.write_torch_bin(
+          os.path.join(tmp, "pytorch_model_head.bin"), head_tensors)
+      torch_formats.write_safetensors(
+          os.path.join(tmp, "model_head.safetensors"), head_tensors,
+          {"format": "pt"})
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory

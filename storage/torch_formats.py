@@ -249,3 +249,63 @@ def exists_any(directory, names):
     if os.path.isfile(os.path.join(directory, name)):
       return os.path.join(directory, name)
   return None
+
+
+def _pickle_tensor_dict(names_and_keys):
+  """The data.pkl of `torch.save(OrderedDict)` of float32 tensors, written
+  opcode by opcode (protocol 2, as torch writes it): no torch needed, and
+  only the globals read_torch_bin accepts.
+
+  Args:
+    names_and_keys: [(name, storage key, shape)] in order.
+  """
+  out = bytearray(b"\x80\x02")  # PROTO 2
+
+  def text(s):
+    raw = s.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+  def integer(n):
+    return b"J" + struct.pack("<i", int(n))  # BININT
+
+  def global_(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+  def tuple_(items):
+    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
+
+  out += global_("collections", "OrderedDict") + b")R"  # OrderedDict()
+  out += b"("  # MARK for SETITEMS
+  for name, key, shape in names_and_keys:
+    numel = int(np.prod(shape)) if shape else 1
+    strides, step = [], 1
+    for dim in reversed(shape):
+      strides.insert(0, step)
+      step *= int(dim)
+    out += text(name)
+    out += global_("torch._utils", "_rebuild_tensor_v2")
+    storage = tuple_([text("storage"), global_("torch", "FloatStorage"),
+                      text(key), text("cpu"), integer(numel)]) + b"Q"
+    args = [storage, integer(0), tuple_([integer(d) for d in shape]),
+            tuple_([integer(s) for s in strides]), b"\x89",  # NEWFALSE
+            global_("collections", "OrderedDict") + b")R"]
+    out += tuple_(args) + b"R"
+  out += b"u."  # SETITEMS, STOP
+  return bytes(out)
+
+
+def write_torch_bin(path, tensors):
+  """Writes {name: array} (as float32) as a `torch.save` zip that
+  `torch.load(path, weights_only=True)` reads."""
+  archive = os.path.splitext(os.path.basename(path))[0]
+  items, blobs = [], []
+  for i, name in enumerate(tensors):
+    array = np.ascontiguousarray(np.asarray(tensors[name], np.float32))
+    items.append((name, str(i), list(array.shape)))
+    blobs.append((str(i), array.astype("<f4").tobytes()))
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    z.writestr(archive + "/data.pkl", _pickle_tensor_dict(items))
+    z.writestr(archive + "/byteorder", "little")
+    for key, raw in blobs:
+      z.writestr(archive + "/data/" + key, raw)
+    z.writestr(archive + "/version", "3\n")

@@ -206,3 +206,70 @@ def test_an_adapterhub_adapter_of_another_base_is_one_error(tmp_path):
                      "hidden size 16"):
     model.load_adapter(os.path.join(SHARED, "adapterhub", "seq_bn", "bin"))
   assert not model.adapters and not model.heads
+
+
+@pytest.mark.parametrize("method", ["pfeiffer", "lora", "ia3"])
+def test_saved_in_adapterhubs_layout_loads_back(method, tmp_path):
+  # Written in AdapterHub's layout (torch .bin without torch, safetensors),
+  # read back by the AdapterHub reader: the same logits. (AdapterHub itself
+  # reading it: scripts/adapterhub_interop.py, in its own environment.)
+  from test_composition import model_of  # pylint: disable=g-import-not-at-top
+  model = model_of({"t": method}, heads=())
+  model.add_classification_head("t", 2, layers=2, use_pooler=False)
+  for _, v, _ in model.heads["t"].checkpoint_variables(None):
+    v.assign(np.random.default_rng(1).normal(0, 0.3, v.shape).astype(
+        np.float32))
+  model.set_active_adapters("t")
+  feats = as_features(*mixed_batch(model.config, [9, 4], 9))
+  want = model(feats).numpy()
+  out = str(tmp_path / "ah")
+  model.save_adapter(out, "t", format="adapterhub")
+  assert sorted(os.listdir(out)) == sorted([
+      "adapter_config.json", "adapter.safetensors", "pytorch_adapter.bin",
+      "head_config.json", "model_head.safetensors",
+      "pytorch_model_head.bin"])
+  for form in ("pytorch_adapter.bin", "adapter.safetensors"):
+    a = torch_formats.read_tensors(os.path.join(out, form))
+    assert a and all(k.startswith("bert.encoder.layer.") for k in a)
+  model.delete_adapter("t")
+  model.delete_head("t")
+  name = model.load_adapter(out, set_active=True)
+  np.testing.assert_allclose(model(feats).numpy(), want, atol=1e-6)
+
+
+AH_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "")
+
+
+@pytest.mark.skipif(not (AH_PYTHON and os.path.isfile(AH_PYTHON) and HF_MINILM
+                         and os.path.isdir(HF_MINILM)),
+                    reason="set ADAPTERHUB_PYTHON (a Python with torch and "
+                    "AdapterHub's adapters) and ADAPTER_BERT_HF_MINILM to run "
+                    "AdapterHub itself on an adapter written here")
+@pytest.mark.parametrize("method", ["pfeiffer", "lora"])
+def test_adapterhub_loads_an_adapter_written_here(method, tmp_path):
+  model = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
+  model.add_adapter("t", method)
+  model.add_classification_head("t", 2, layers=2, use_pooler=False)
+  rng = np.random.default_rng(0)
+  for _, (v, tag) in model.adapter_view("t").checkpoint_variables().items():
+    if tag.kind in ("adapter", "head"):
+      v.assign(rng.normal(0, 0.05, v.shape).astype(np.float32))
+  model.set_active_adapters("t")
+  ids, mask, segs = mixed_batch(model.config, [20, 9, 31, 5], 32)
+  want = model(as_features(ids, mask, segs)).numpy()
+  adapter_dir = str(tmp_path / "adapter")
+  model.save_adapter(adapter_dir, "t", format="adapterhub")
+  inputs = str(tmp_path / "inputs.npz")
+  np.savez(inputs, input_ids=ids, input_mask=mask, segment_ids=segs)
+  out = str(tmp_path / "logits.npy")
+  result = subprocess.run(
+      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
+                               "adapterhub_interop.py"),
+       json.dumps({"hf_dir": HF_MINILM, "adapter_dir": adapter_dir,
+                   "inputs": inputs, "out": out})],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = np.load(out)
+  print("%s: AdapterHub vs here, max |diff| %.2e" % (method, np.max(np.abs(
+      got - want))))
+  assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))
