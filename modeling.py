@@ -1651,6 +1651,13 @@ class BertAdapterModel(keras.Model):
     model.load_base_checkpoint(init_checkpoint)
     model.vocab_file = vocab_file
     model.init_checkpoint = init_checkpoint
+    # The base's name, recorded in adapters written in AdapterHub's layout
+    # (its `model_name`): a Hugging Face directory's own, else the path.
+    model.base_name = os.path.abspath(path)
+    if huggingface.is_hf_dir(path):
+      with open(os.path.join(path, huggingface.CONFIG_FILE),
+                encoding="utf-8") as f:
+        model.base_name = json.load(f).get("_name_or_path") or model.base_name
     return model
 
   def load_base_checkpoint(self, path, flag_name="init_checkpoint"):
