@@ -88,6 +88,12 @@ flags.DEFINE_string("export_dir", None,
                     "Where the SavedModel goes (for TF Serving, a version "
                     "directory such as models/glue/1).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir.")
+flags.DEFINE_bool("tflite", False,
+                  "Also write <export_dir>/model.tflite: the classifier of "
+                  "the one task from token ids (input_ids, input_mask, "
+                  "segment_ids int32 [batch, max_seq_length]) to "
+                  "probabilities and logits, LoRA and (IA)^3 adapters merged "
+                  "into the base weights.")
 
 FLAGS = flags.FLAGS
 
@@ -326,6 +332,89 @@ def export_saved_model(model, vocab_file, do_lower_case, max_seq_length,
   return sorted(signatures)
 
 
+def export_tflite(model, path, max_seq_length):
+  """Writes the TFLite (LiteRT) model of the one task of `model`.
+
+  Inputs: input_ids, input_mask, segment_ids int32 [batch, max_seq_length]
+  (packed as the input pipeline packs them, padded with 0); outputs:
+  probabilities and logits float32 [batch, labels]. A LoRA or (IA)^3
+  adapter is merged into the base weights for the conversion (and taken
+  out again after). TensorFlow ops without a TFLite builtin are kept
+  (SELECT_TF_OPS, run by the Flex delegate that TensorFlow's interpreter
+  includes).
+
+  Raises:
+    UserError: for several tasks.
+  """
+  if len(model.task_names) != 1:
+    raise UserError("--tflite exports one task; got %s"
+                    % ", ".join(model.task_names))
+  name = model.task_names[0]
+  base = model.model
+  adapter = model.branch(name).adapter_name
+  merged = False
+  if adapter in base.adapter_configs and getattr(
+      base.adapter_configs[adapter], "kind", None) in ("lora", "ia3"):
+    try:
+      base.merge_adapter(adapter)
+      merged = True
+    except UserError as e:  # A gated LoRA, say: it runs unmerged.
+      logging.info("--tflite: %s; the adapter runs unmerged", e)
+  spec = [tf.TensorSpec([None, max_seq_length], tf.int32, name=n)
+          for n in modeling.INPUT_NAMES]
+
+  @tf.function(input_signature=spec, autograph=False)
+  def classify(input_ids, input_mask, segment_ids):
+    logits, = model.call_graph([name], {"input_ids": input_ids,
+                                        "input_mask": input_mask,
+                                        "segment_ids": segment_ids})
+    return {"probabilities": tf.nn.softmax(logits, axis=-1),
+            "logits": logits}
+
+  try:
+    # The weights become constants of the graph (the converter keeps
+    # variables as resources that its output never initialises), and a
+    # function of named inputs and outputs wraps the frozen graph, so that
+    # the model has a signature.
+    from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top
+    concrete = classify.get_concrete_function()
+    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+
+    @tf.function(input_signature=spec, autograph=False)
+    def serving(input_ids, input_mask, segment_ids):
+      out = frozen(input_ids=input_ids, input_mask=input_mask,
+                   segment_ids=segment_ids)
+      return tf.nest.pack_sequence_as(concrete.structured_outputs,
+                                      tf.nest.flatten(out))
+
+    holder = tf.Module()
+    holder.serving = serving
+    staging = tempfile.mkdtemp(prefix=".tflite-", dir=os.path.dirname(
+        os.path.abspath(path)))
+    try:  # A SavedModel without variables: the signature's names stay.
+      tf.saved_model.save(
+          holder, staging,
+          signatures={"serving_default": serving.get_concrete_function()},
+          options=tf.saved_model.SaveOptions(
+              experimental_custom_gradients=False))
+      converter = tf.lite.TFLiteConverter.from_saved_model(staging)
+      converter.target_spec.supported_ops = [
+          tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+      flat = converter.convert()
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
+  finally:
+    if merged:
+      base.reset_adapter(adapter)
+  tmp = path + ".tmp-%d" % os.getpid()
+  with open(tmp, "wb") as f:
+    f.write(flat)
+  os.replace(tmp, path)
+  logging.info("Wrote %s (%d bytes, adapter %s%s)", path, len(flat), adapter,
+               " merged" if merged else "")
+  return path
+
+
 def resolve_text_settings(metadata, do_lower_case=None, max_seq_length=None):
   """do_lower_case and max_seq_length from the flags or the tasks' records.
 
@@ -378,8 +467,14 @@ def main(argv):
         FLAGS.bert_config_file, FLAGS.init_checkpoint, FLAGS.adapter_dir)
   do_lower_case, max_seq_length = resolve_text_settings(
       metadata, FLAGS.do_lower_case, FLAGS.max_seq_length)
+  if FLAGS.tflite and len(model.task_names) != 1:
+    raise UserError("--tflite exports one task; got %s"
+                    % ", ".join(model.task_names))
   names = export_saved_model(model, FLAGS.vocab_file, do_lower_case,
                              max_seq_length, FLAGS.export_dir, FLAGS.overwrite)
+  if FLAGS.tflite:
+    export_tflite(model, os.path.join(FLAGS.export_dir, "model.tflite"),
+                  max_seq_length)
   print("Exported %s with signatures: %s" % (FLAGS.export_dir,
                                              ", ".join(names)))
 

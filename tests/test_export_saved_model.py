@@ -322,3 +322,31 @@ def test_text_settings_come_from_the_tasks_unless_given(script):
   cased = {"do_lower_case": False, "max_seq_length": 128}
   with pytest.raises(UserError, match="different do_lower_case"):
     script.resolve_text_settings([mrpc, cased])
+
+
+def test_tflite_model_equals_the_model(setup, script, tmp_path):
+  # --tflite: the one task's classifier from token ids, as LiteRT runs it.
+  out = str(tmp_path / "mrpc" / "1")
+  export_with_flags(script, [
+      "--vocab_file=" + setup["vocab_file"],
+      "--bert_config_file=" + setup["config_file"],
+      "--init_checkpoint=" + setup["base"],
+      "--adapter_dir=" + setup["dirs"]["MRPC"], "--export_dir=" + out,
+      "--tflite"])
+  features = reference_features(PAIRS, setup["tokenizer"], MAX_SEQ_LENGTH)
+  interpreter = tf.lite.Interpreter(model_path=os.path.join(out,
+                                                            "model.tflite"))
+  runner = interpreter.get_signature_runner()
+  got = runner(**{k: features[k].astype(np.int32)
+                  for k in ("input_ids", "input_mask", "segment_ids")})
+  want = probabilities(setup["models"]["MRPC"], features)
+  np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
+  assert (got["probabilities"].argmax(-1) == want.argmax(-1)).all()
+  with pytest.raises(UserError, match="--tflite exports one task"):
+    export_with_flags(script, [
+        "--vocab_file=" + setup["vocab_file"],
+        "--bert_config_file=" + setup["config_file"],
+        "--init_checkpoint=" + setup["base"],
+        "--adapter_dir=" + setup["dirs"]["MRPC"],
+        "--adapter_dir=" + setup["dirs"]["SST-2"],
+        "--export_dir=" + str(tmp_path / "two"), "--tflite"])
