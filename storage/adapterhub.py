@@ -10,8 +10,10 @@ field names); each tensor is renamed to this model's checkpoint name
 adapter must be covered, with its shape, before anything is assigned.
 
 Methods read: the bottleneck family (sequential and parallel, with their
-LayerNorms, scaling and gates), LoRA and (IA)^3. Others (Compacter's PHM
-layers, invertible adapters, prefix and prompt tuning) are refused by name.
+LayerNorms, scaling, gates, Compacter's PHM layers and invertible
+adapters), LoRA, (IA)^3, prefix tuning (its reparametrisation pool),
+prompt tuning and their unions (mam, unipelt). Flat prefix tuning is
+refused by name.
 Heads: AdapterHub's classification heads (`layers`, `activation_function`,
 `use_pooler`).
 """
@@ -55,14 +57,48 @@ def _read_json(path):
 
 def _our_name(ah_name, adapter):
   """This model's checkpoint name of an AdapterHub adapter tensor, and
-  whether the value is transposed (a Linear weight), or None."""
+  whether the value is transposed (a Linear weight); "skip" for a copy
+  AdapterHub saves more than once; None for a name not read here."""
+  a = re.escape(adapter)
+  # Model-level: prefix tuning's pool, prompts, invertible adapters,
+  # Compacter's shared PHM rule.
+  m = re.match(r"^bert\.prefix_tuning\.prefix_tunings\.%s\.self_prefix\."
+               r"(wte\.weight|control_trans\.(0|2)\.(weight|bias))$" % a,
+               ah_name)
+  if m:
+    if m.group(1) == "wte.weight":
+      return "bert/prefix_tuning/wte", False
+    dense = "dense_%d" % (0 if m.group(2) == "0" else 1)
+    return ("bert/prefix_tuning/control_trans/%s/%s" % (
+        dense, "kernel" if m.group(3) == "weight" else "bias"),
+            m.group(3) == "weight")
+  if re.match(r"^bert\.encoder\.layer\.\d+\.attention\.self\."
+              r"prefix_tuning\.pool\.", ah_name):
+    return "skip"  # Each layer's copy of the one pool above.
+  m = re.match(r"^bert\.prompt_tuning\.prompt_tunings\.%s\."
+               r"prompt_embedding\.weight$" % a, ah_name)
+  if m:
+    return "bert/embeddings/prompt_tuning/prompt_embedding", False
+  m = re.match(r"^bert\.invertible_adapters\.%s\.(F|G)\.(0|2)\."
+               r"(weight|bias)$" % a, ah_name)
+  if m:
+    net, index, what = m.groups()
+    part = {("0", "weight"): "weights1", ("0", "bias"): "biases1",
+            ("2", "weight"): "weights2", ("2", "bias"): "biases2"}[
+                (index, what)]
+    return ("bert/embeddings/invertible_adapter/%s/%s" % (net, part),
+            what == "weight")
+  m = re.match(r"^bert\.shared_parameters\.%s\.(phm_rule|phm_rule_left|"
+               r"phm_rule_right)$" % a, ah_name)
+  if m:
+    return "bert/adapters/" + m.group(1), False
   m = re.match(r"^(?:bert\.)?encoder\.layer\.(\d+)\.(.+)$", ah_name)
   if not m:
     return None
   layer, rest = m.groups()
   prefix = "bert/encoder/layer_%s/" % layer
-  m = re.match(r"^(attention\.output|output)\.adapters\.%s\.(.+)$"
-               % re.escape(adapter), rest)
+  m = re.match(r"^(attention\.output|output)\.adapters\.%s\.(.+)$" % a,
+               rest)
   if m:
     place = m.group(1).replace(".", "/")
     part = m.group(2)
@@ -77,18 +113,29 @@ def _our_name(ah_name, adapter):
              "adapter_norm_after.bias": ("ln_after/beta", False),
              "gate.weight": ("gate/kernel", True),
              "gate.bias": ("gate/bias", False)}
+    phm = re.match(r"^adapter_(down\.0|up)\.(W|W_left|W_right|b|phm_rule|"
+                   r"phm_rule_left|phm_rule_right)$", part)
+    if phm:  # Compacter's PHM layers: the same layout, no transpose.
+      return prefix + place + "/adapters/%s/%s" % (
+          "down" if phm.group(1) == "down.0" else "up", phm.group(2)), False
     if part not in table:
       return None
     name, transpose = table[part]
     return prefix + place + "/adapters/" + name, transpose
   m = re.match(r"^(attention\.self\.(?:query|key|value)|intermediate\.dense|"
                r"output\.dense)\.loras\.%s\.(lora_A|lora_B|gate\.weight|"
-               r"gate\.bias)$" % re.escape(adapter), rest)
+               r"gate\.bias)$" % a, rest)
   if m:
     scope = m.group(1).replace(".", "/")
     part = {"gate.weight": "lora_gate/kernel",
             "gate.bias": "lora_gate/bias"}.get(m.group(2), m.group(2))
     return prefix + scope + "/" + part, True
+  m = re.match(r"^attention\.self\.prefix_tuning\.prefix_gates\.%s\."
+               r"(weight|bias)$" % a, rest)
+  if m:
+    return (prefix + "attention/self/prefix_tuning/gate/" + (
+        "kernel" if m.group(1) == "weight" else "bias"),
+            m.group(1) == "weight")
   return None
 
 
@@ -127,13 +174,13 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
   except UserError as e:
     raise UserError("%s: %s" % (where, e)) from None
   kind = getattr(config, "kind", None)
-  if kind not in ("bn", "lora", "ia3") or getattr(config, "phm_layer", False) \
-      or getattr(config, "inv_adapter", None):
-    raise UserError("%s: AdapterHub %s adapters are not read yet (bottleneck, "
-                    "LoRA and (IA)^3 are)" % (where, (
-                        "Compacter" if getattr(config, "phm_layer", False)
-                        else "invertible" if getattr(config, "inv_adapter",
-                                                     None) else kind)))
+  parts = config.configs if kind == "union" else [config]
+  for part in parts:
+    if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
+                         "prompt_tuning") or getattr(part, "flat", False):
+      raise UserError("%s: AdapterHub %s adapters are not read here"
+                      % (where, "flat prefix tuning" if getattr(
+                          part, "flat", False) else part.kind))
   name = load_as or record.get("name") or os.path.basename(
       os.path.normpath(where))
   ah_name = record.get("name") or name
@@ -157,14 +204,17 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
     targets = {k: v for k, (v, tag) in model.adapter_view(
         name).checkpoint_variables().items() if tag.owner == name
                and tag.kind == "adapter"}
+    ia3 = any(p.kind == "ia3" for p in parts)
     values = {}
     for key, value in tensors.items():
       mapped = _our_name(key, ah_name)
+      if mapped == "skip":
+        continue
       if mapped is None:
         raise UserError("%s: tensor %s has no place in a %s adapter here"
                         % (where, key, kind))
       ours, transpose = mapped
-      if kind == "ia3" and ours.endswith("/lora_B"):
+      if ia3 and ours.endswith("/lora_B") and value.shape[-1] == 1:
         value, transpose = value.reshape(-1), False  # [out, 1] -> [out].
       values[ours] = value.T if transpose else value
     _assign(targets, values, where)
