@@ -280,11 +280,41 @@ VERSION = "adapters.1.3.0"  # The AdapterHub version whose layout this is.
 def _ah_name(ours, adapter):
   """The inverse of _our_name: (AdapterHub name, transposed) of one of this
   model's adapter checkpoint names, or None."""
+  m = re.match(r"^bert/prefix_tuning/(wte|control_trans/dense_(0|1)/"
+               r"(kernel|bias))$", ours)
+  if m:
+    stem = "bert.prefix_tuning.prefix_tunings.%s.self_prefix." % adapter
+    if m.group(1) == "wte":
+      return stem + "wte.weight", False
+    return (stem + "control_trans.%s.%s" % (
+        "0" if m.group(2) == "0" else "2",
+        "weight" if m.group(3) == "kernel" else "bias"),
+            m.group(3) == "kernel")
+  if ours == "bert/embeddings/prompt_tuning/prompt_embedding":
+    return ("bert.prompt_tuning.prompt_tunings.%s.prompt_embedding.weight"
+            % adapter), False
+  m = re.match(r"^bert/embeddings/invertible_adapter/(F|G)/(weights|biases)"
+               r"(1|2)$", ours)
+  if m:
+    net, what, index = m.groups()
+    return ("bert.invertible_adapters.%s.%s.%s.%s" % (
+        adapter, net, "0" if index == "1" else "2",
+        "weight" if what == "weights" else "bias"), what == "weights")
+  m = re.match(r"^bert/adapters/(phm_rule|phm_rule_left|phm_rule_right)$",
+               ours)
+  if m:
+    return "bert.shared_parameters.%s.%s" % (adapter, m.group(1)), False
   m = re.match(r"^bert/encoder/layer_(\d+)/(.+)$", ours)
   if not m:
     return None
   layer, rest = m.groups()
   prefix = "bert.encoder.layer.%s." % layer
+  m = re.match(r"^(attention/output|output)/adapters/(down|up)/(W|W_left|"
+               r"W_right|b|phm_rule|phm_rule_left|phm_rule_right)$", rest)
+  if m:
+    return "%s%s.adapters.%s.adapter_%s.%s" % (
+        prefix, m.group(1).replace("/", "."), adapter,
+        "down.0" if m.group(2) == "down" else "up", m.group(3)), False
   m = re.match(r"^(attention/output|output)/adapters/(.+)$", rest)
   if m:
     table = {"weights1": ("adapter_down.0.weight", True),
@@ -311,7 +341,24 @@ def _ah_name(ours, adapter):
             "lora_gate/bias": "gate.bias"}.get(m.group(2), m.group(2))
     return "%s%s.loras.%s.%s" % (prefix, m.group(1).replace("/", "."),
                                  adapter, part), True
+  m = re.match(r"^attention/self/prefix_tuning/gate/(kernel|bias)$", rest)
+  if m:
+    return ("%sattention.self.prefix_tuning.prefix_gates.%s.%s" % (
+        prefix, adapter, "weight" if m.group(1) == "kernel" else "bias"),
+            m.group(1) == "kernel")
   return None
+
+
+def _adapterhub_config(config):
+  """A config as AdapterHub's adapter_config.json "config" holds it."""
+  if getattr(config, "kind", None) == "union":
+    return {"architecture": "union",
+            "configs": [_adapterhub_config(c) for c in config.configs]}
+  out = config.to_dict()
+  if getattr(type(config), "architecture", None):
+    out["architecture"] = type(config).architecture
+  out.pop("kind", None)
+  return out
 
 
 def save(model, directory, name, with_head=True, model_name=None):
@@ -328,11 +375,16 @@ def save(model, directory, name, with_head=True, model_name=None):
   from storage import atomic_io  # pylint: disable=g-import-not-at-top
   config = model.adapter_configs[name]
   kind = getattr(config, "kind", None)
-  if kind not in ("bn", "lora", "ia3") or getattr(config, "phm_layer", False) \
-      or getattr(config, "inv_adapter", None):
-    raise UserError("adapter %r (%s): writing AdapterHub's layout is done for "
-                    "bottleneck (not Compacter or invertible), LoRA and "
-                    "(IA)^3 adapters" % (name, kind))
+  parts = config.configs if kind == "union" else [config]
+  for part in parts:
+    if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
+                         "prompt_tuning") or getattr(part, "flat", False):
+      raise UserError("adapter %r (%s): AdapterHub's layout is written for "
+                      "its methods (bottleneck, Compacter, invertible, LoRA, "
+                      "(IA)^3, prefix and prompt tuning, unions), not %s"
+                      % (name, kind, "flat prefix tuning" if getattr(
+                          part, "flat", False) else part.kind))
+  ia3 = any(p.kind == "ia3" for p in parts)
   tensors = {}
   for key, (variable, tag) in model.adapter_view(
       name).checkpoint_variables().items():
@@ -347,13 +399,10 @@ def save(model, directory, name, with_head=True, model_name=None):
     if len(value.shape) == 2 and value.shape[0] == 1 and key.endswith(
         ("biases1", "biases2")):
       value = value[0]
-    if kind == "ia3" and key.endswith("/lora_B"):
+    if ia3 and key.endswith("/lora_B") and len(value.shape) == 1:
       value, transpose = value.reshape(-1, 1), False  # [out] -> [out, 1].
     tensors[ah] = value.T if transpose else value
-  config_dict = config.to_dict()
-  if getattr(type(config), "architecture", None):
-    config_dict["architecture"] = type(config).architecture
-  config_dict.pop("kind", None)
+  config_dict = _adapterhub_config(config)
   record = {"config": config_dict, "hidden_size": model.config.hidden_size,
             "model_class": "BertAdapterModel", "model_name": model_name,
             "model_type": "bert", "name": name, "version": VERSION}
