@@ -22,6 +22,7 @@ import json
 import os
 import re
 
+from absl import logging
 import numpy as np
 
 import adapters as adapters_lib
@@ -169,6 +170,13 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
                     "this base has hidden size %d" % (
                         where, record.get("model_name") or "another model",
                         hidden, model.config.hidden_size))
+  known = getattr(model, "base_name", None)
+  if record.get("model_name") and known and record["model_name"] != known:
+    # A hub id and a directory's _name_or_path need not agree for the same
+    # weights (the shared MiniLM's are nreimers/... and sentence-
+    # transformers/...): sizes are checked, names only reported.
+    logging.warning("%s was saved on %s; this base is %s", where,
+                    record["model_name"], known)
   try:
     config = adapters_lib.config_from_dict(record["config"])
   except UserError as e:

@@ -259,3 +259,17 @@ def test_cli_trains_layer_attention_on_frozen_activations(tmp_path):
             if f.startswith("frozen-") and f.endswith(".npy")]
   assert len(stored) == 1
   assert fx.read_eval_results(flags["output_dir"])["global_step"] == 16
+
+
+def test_cli_trains_on_a_hugging_face_base(tmp_path):
+  # --init_checkpoint a Hugging Face directory, --bert_config_file its
+  # config.json (the tiny BERT AdapterHub wrote for the interop tests).
+  hf = os.path.join(fx.REPO_ROOT, "tests", "data", "adapterhub_tiny", "hf")
+  flags = fx.make_job(tmp_path)
+  flags.update(FAST, do_train=True, do_eval=True, init_checkpoint=hf,
+               bert_config_file=os.path.join(hf, "config.json"),
+               vocab_file=os.path.join(hf, "vocab.txt"), num_train_epochs=1)
+  result = fx.run_cli(flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Restored" in result.stderr and "from " + hf in result.stderr
+  assert fx.read_eval_results(flags["output_dir"])["global_step"] == 8

@@ -306,6 +306,15 @@ def init_checkpoint_fingerprint(path):
   """SHA-256 (hex, 16 digits) of the checkpoint's `.index` file, or None."""
   if not path:
     return None
+  from storage import huggingface  # pylint: disable=g-import-not-at-top
+  from storage import torch_formats  # pylint: disable=g-import-not-at-top
+  if huggingface.is_hf_dir(path):  # Its weights file stands for the index.
+    weights = torch_formats.exists_any(path, huggingface.WEIGHT_FILES)
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()[:16]
   if "://" not in path:
     path = checkpoint_io.resolve_checkpoint_path(path)
   elif path.endswith(".index"):
