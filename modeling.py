@@ -2010,7 +2010,8 @@ class BertAdapterModel(keras.Model):
           out[key] = variable
     return out
 
-  def save_adapter_fusion(self, directory, name, with_adapters=False):
+  def save_adapter_fusion(self, directory, name, with_adapters=False,
+                          format="toolkit"):  # pylint: disable=redefined-builtin
     """Writes fusion `name` (its config, fused adapter names and weights) to
     `directory`, atomically; with `with_adapters`, each fused adapter (with
     its head) in `directory/<adapter name>/` too.
@@ -2022,10 +2023,18 @@ class BertAdapterModel(keras.Model):
     name, _ = self._fusion_name(name)
     variables = self.fusion_variables(name)
     names, config = self.fusions[name]
-    adapter_io.save_fusion(self, directory, name, names, config, variables)
+    if format == "adapterhub":  # AdapterHub's save_adapter_fusion layout.
+      from storage import adapterhub  # pylint: disable=g-import-not-at-top
+      adapterhub.save_fusion(self, directory, name,
+                             getattr(self, "base_name", None))
+    elif format == "toolkit":
+      adapter_io.save_fusion(self, directory, name, names, config, variables)
+    else:
+      raise UserError("save_adapter_fusion format %r is not one of toolkit, "
+                      "adapterhub" % (format,))
     if with_adapters:
       for n in names:
-        self.save_adapter(os.path.join(directory, n), n)
+        self.save_adapter(os.path.join(directory, n), n, format=format)
 
   def load_adapter_fusion(self, directory, load_as=None, set_active=False):
     """Loads a fusion written by `save_adapter_fusion`; its adapters must be
@@ -2039,6 +2048,9 @@ class BertAdapterModel(keras.Model):
         adapters missing.
     """
     from storage import adapter_io  # pylint: disable=g-import-not-at-top
+    from storage import adapterhub  # pylint: disable=g-import-not-at-top
+    if adapterhub.is_adapterhub_fusion_dir(directory):
+      return adapterhub.load_fusion(self, directory, load_as, set_active)
     return adapter_io.load_fusion(self, directory, load_as, set_active)
 
   def delete_adapter(self, name):

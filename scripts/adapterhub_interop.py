@@ -10,7 +10,9 @@ start it from a working directory outside this repository.
 
 `inputs` holds int arrays input_ids, input_mask, segment_ids [batch, seq];
 `out` receives AdapterHub's eval-mode logits [batch, labels] of the adapter
-and its head on the Hugging Face BERT in `hf_dir`.
+and its head on the Hugging Face BERT in `hf_dir`. With "fusion_dir",
+"adapter_dirs" and "head" instead of "adapter_dir": the adapters, their
+AdapterFusion active, and that head.
 """
 
 import json
@@ -22,7 +24,14 @@ def main(args):
   import torch
   from adapters import AutoAdapterModel
   model = AutoAdapterModel.from_pretrained(args["hf_dir"])
-  name = model.load_adapter(args["adapter_dir"], set_active=True)
+  if "fusion_dir" in args:  # Adapters, then their fusion, then the head.
+    from adapters.composition import Fuse
+    names = [model.load_adapter(d) for d in args["adapter_dirs"]]
+    name = model.load_adapter_fusion(args["fusion_dir"])
+    model.set_active_adapters(Fuse(*names))
+    model.active_head = args["head"]
+  else:
+    name = model.load_adapter(args["adapter_dir"], set_active=True)
   model.eval()
   inputs = np.load(args["inputs"])
   with torch.no_grad():

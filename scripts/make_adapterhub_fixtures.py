@@ -84,6 +84,31 @@ def main(out):
                      token_type_ids=torch.tensor(segs)).logits.numpy()
     np.save(os.path.join(out, name + "_logits.npy"), logits)
     summary[name] = method
+  # AdapterFusion (dynamic) of two seq_bn adapters, the head of the second.
+  from adapters.composition import Fuse
+  model = BertAdapterModel.from_pretrained(hf)
+  for name in ("f1", "f2"):
+    model.add_adapter(name, config="seq_bn")
+  model.add_classification_head("f2", num_labels=2)
+  model.add_adapter_fusion(Fuse("f1", "f2"), "dynamic")
+  model.train_adapter_fusion(Fuse("f1", "f2"))
+  generator = torch.Generator().manual_seed(2)
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if "adapters." in n or "adapter_fusion" in n or "heads." in n:
+        p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+  model.eval()
+  model.set_active_adapters(Fuse("f1", "f2"))
+  model.active_head = "f2"
+  model.save_adapter(os.path.join(out, "f1"), "f1", with_head=False)
+  model.save_adapter(os.path.join(out, "f2"), "f2", with_head=True)
+  model.save_adapter_fusion(os.path.join(out, "fusion"), "f1,f2")
+  with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids),
+                   attention_mask=torch.tensor(mask),
+                   token_type_ids=torch.tensor(segs)).logits.numpy()
+  np.save(os.path.join(out, "fusion_logits.npy"), logits)
+  summary["fusion"] = "Fuse(f1, f2), dynamic"
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump({"adapters": adapters.__version__, "torch": torch.__version__,
                "methods": summary}, f, indent=2, sort_keys=True)

@@ -465,3 +465,129 @@ def save(model, directory, name, with_head=True, model_name=None):
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return directory
+
+
+# --- AdapterFusion in AdapterHub's layout. -----------------------------------
+
+FUSION_CONFIG_FILE = "adapter_fusion_config.json"
+FUSION_WEIGHTS = ("model_adapter_fusion.safetensors",
+                  "pytorch_model_adapter_fusion.bin")
+
+
+def is_adapterhub_fusion_dir(directory):
+  return (os.path.isfile(os.path.join(str(directory), FUSION_CONFIG_FILE))
+          and torch_formats.exists_any(directory, FUSION_WEIGHTS) is not None)
+
+
+def _fusion_pairs(fusion_name):
+  """[(this model's name regex template, AdapterHub's)] of a fusion's
+  variables, per place and part."""
+  out = []
+  for ours_place, ah_place in (("attention/output", "attention.output"),
+                               ("output", "output")):
+    for part in ("query", "key", "value"):
+      for ours_leaf, ah_leaf, transpose in (("kernel", "weight", True),
+                                            ("bias", "bias", False)):
+        out.append(("bert/encoder/layer_{i}/%s/adapter_fusion/%s/%s"
+                    % (ours_place, part, ours_leaf),
+                    "bert.encoder.layer.{i}.%s.adapter_fusion_layer.%s.%s.%s"
+                    % (ah_place, fusion_name, part, ah_leaf), transpose))
+  return out
+
+
+def load_fusion(model, directory, load_as=None, set_active=False):
+  """Loads AdapterHub's save_adapter_fusion output; the fused adapters must
+  be in the model already (as AdapterHub requires).
+
+  Returns:
+    The fusion's name in the model.
+  """
+  where = str(directory)
+  record = _read_json(os.path.join(directory, FUSION_CONFIG_FILE))
+  hidden = record.get("hidden_size")
+  if hidden is not None and int(hidden) != model.config.hidden_size:
+    raise UserError("%s: the fusion was trained on %s (hidden size %s); this "
+                    "base has hidden size %d" % (
+                        where, record.get("model_name") or "another model",
+                        hidden, model.config.hidden_size))
+  names = list(record.get("adapter_names") or [])
+  ah_name = record.get("name") or ",".join(names)
+  for n in names:
+    if n not in model.adapter_configs:
+      raise UserError("%s fuses adapter %r, which the model lacks: load it "
+                      "first (load_adapter)" % (where, n))
+  name = load_as or ah_name
+  tensors = torch_formats.read_tensors(
+      torch_formats.exists_any(directory, FUSION_WEIGHTS))
+  model.add_adapter_fusion(names, config=dict(record.get("config") or {}),
+                           name=name)
+  try:
+    targets = dict(model.fusion_variables(name))
+    values = {}
+    for key, value in tensors.items():
+      found = None
+      for ours, ah, transpose in _fusion_pairs(ah_name):
+        m = re.match("^" + re.escape(ah).replace(r"\{i\}", r"(\d+)") + "$",
+                     key)
+        if m:
+          found = ours.format(i=m.group(1)), transpose
+          break
+      if found is None:
+        raise UserError("%s: tensor %s has no place in a fusion here"
+                        % (where, key))
+      values[found[0]] = value.T if found[1] else value
+    _assign(targets, values, where)
+  except BaseException:
+    model.delete_adapter_fusion(name)
+    raise
+  if set_active:
+    model.set_active_adapters(adapters_lib.composition.Fuse(*names,
+                                                            name=name))
+  return name
+
+
+def save_fusion(model, directory, name, model_name=None):
+  """Writes fusion `name` in AdapterHub's layout (what its
+  load_adapter_fusion reads), atomically."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from storage import atomic_io  # pylint: disable=g-import-not-at-top
+  names, config = model.fusions[name]
+  tensors = {}
+  pairs = _fusion_pairs(name)
+  for key, variable in model.fusion_variables(name).items():
+    for ours, ah, transpose in pairs:
+      m = re.match("^" + re.escape(ours).replace(r"\{i\}", r"(\d+)") + "$",
+                   key)
+      if m:
+        value = variable.numpy()
+        tensors[ah.format(i=m.group(1))] = value.T if transpose else value
+        break
+    else:
+      raise UserError("fusion %r: %s has no place in AdapterHub's layout"
+                      % (name, key))
+  record = {"config": config.to_dict(), "adapter_names": list(names),
+            "hidden_size": model.config.hidden_size,
+            "model_class": "BertAdapterModel", "model_name": model_name,
+            "model_type": "bert", "name": name, "version": VERSION}
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
+                         dir=parent)
+  try:
+    atomic_io.atomic_write_text(os.path.join(tmp, FUSION_CONFIG_FILE),
+                                json.dumps(record, indent=2,
+                                           sort_keys=True) + "\n")
+    torch_formats.write_torch_bin(
+        os.path.join(tmp, "pytorch_model_adapter_fusion.bin"), tensors)
+    torch_formats.write_safetensors(
+        os.path.join(tmp, "model_adapter_fusion.safetensors"), tensors,
+        {"format": "pt"})
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.rename(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory

@@ -320,3 +320,69 @@ def test_every_adapterhub_method_reproduces_its_logits(tiny_hub, method):
   finally:
     model.delete_adapter(name)
     model.delete_head(name)
+
+
+def test_an_adapterhub_fusion_reproduces_its_logits(tiny_hub, tmp_path):
+  from adapters.composition import Fuse  # pylint: disable=g-import-not-at-top
+  model, features = tiny_hub
+  model.load_adapter(os.path.join(TINY, "f1"), with_head=False)
+  model.load_adapter(os.path.join(TINY, "f2"))
+  name = model.load_adapter_fusion(os.path.join(TINY, "fusion"),
+                                   set_active=True)
+  try:
+    assert name == "f1,f2" and model.active_adapters == Fuse("f1", "f2")
+    model.active_head = "f2"
+    want = np.load(os.path.join(TINY, "fusion_logits.npy"))
+    got = model(features).numpy()
+    assert np.max(np.abs(got - want)) <= 1e-4, np.max(np.abs(got - want))
+    # Written back in AdapterHub's layout, read again: the same logits.
+    out = str(tmp_path / "fusion")
+    model.save_adapter_fusion(out, "f1,f2", format="adapterhub")
+    model.delete_adapter_fusion("f1,f2")
+    model.load_adapter_fusion(out, set_active=True)
+    np.testing.assert_allclose(model(features).numpy(), got, atol=1e-6)
+  finally:
+    model.active_head = None
+    for n in ("f1", "f2"):
+      model.delete_adapter(n)
+    model.delete_head("f2")
+
+
+@pytest.mark.skipif(not (AH_PYTHON and os.path.isfile(AH_PYTHON)),
+                    reason="set ADAPTERHUB_PYTHON (a Python with torch and "
+                    "AdapterHub's adapters) to run AdapterHub itself on a "
+                    "fusion written here")
+def test_adapterhub_loads_a_fusion_written_here(tmp_path):
+  hf_dir = os.path.join(TINY, "hf")
+  model = modeling.BertAdapterModel.from_pretrained(hf_dir)
+  rng = np.random.default_rng(3)
+  for name in ("a", "b"):
+    model.add_adapter(name, "pfeiffer")
+  model.add_classification_head("b", 2, layers=2, use_pooler=False)
+  model.add_adapter_fusion(["a", "b"], config="dynamic", set_active=True)
+  model.active_head = "b"
+  noisy = list(model.fusion_variables("a,b").values())
+  for n in ("a", "b"):
+    noisy += [v for _, (v, tag) in model.adapter_view(
+        n).checkpoint_variables().items() if tag.kind in ("adapter", "head")]
+  for v in noisy:  # Adapters, fusion and head; not the base.
+    v.assign((v.numpy() + rng.normal(0, 0.1, v.shape)).astype(np.float32))
+  inputs = np.load(os.path.join(TINY, "inputs.npz"))
+  want = model({k: inputs[k].astype(np.int32) for k in inputs.files}).numpy()
+  dirs = [str(tmp_path / n) for n in ("a", "b")]
+  for n, d in zip(("a", "b"), dirs):
+    model.save_adapter(d, n, format="adapterhub")
+  fusion = str(tmp_path / "fusion")
+  model.save_adapter_fusion(fusion, "a,b", format="adapterhub")
+  out = str(tmp_path / "logits.npy")
+  result = subprocess.run(
+      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
+                               "adapterhub_interop.py"),
+       json.dumps({"hf_dir": hf_dir, "adapter_dirs": dirs,
+                   "fusion_dir": fusion, "head": "b",
+                   "inputs": os.path.join(TINY, "inputs.npz"), "out": out})],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  diff = np.max(np.abs(np.load(out) - want))
+  print("fusion: AdapterHub vs here, max |diff| %.2e" % diff)
+  assert diff <= 1e-4, diff
