@@ -1323,8 +1323,13 @@ class ClassifierHead(keras.layers.Layer):
 
   def __init__(self, num_labels, hidden_size, initializer_range=0.02,
                dropout_rate=CLASSIFIER_DROPOUT, layers=1,
-               activation_function="tanh", use_pooler=True, **kwargs):
+               activation_function="tanh", use_pooler=True, per_token=False,
+               **kwargs):
     super().__init__(**kwargs)
+    # A tagging head: logits for every token of the sequence output.
+    self.per_token = bool(per_token)
+    if self.per_token:
+      use_pooler = False
     self.dropout_rate = dropout_rate
     self.num_labels = num_labels
     self.hidden_size = hidden_size
@@ -1361,10 +1366,13 @@ class ClassifierHead(keras.layers.Layer):
 
   def head_config(self):
     """The structure beyond the reference's (None for the reference head)."""
-    if self.layers == 1 and self.use_pooler:
+    if self.layers == 1 and self.use_pooler and not self.per_token:
       return None
-    return {"layers": self.layers, "use_pooler": self.use_pooler,
-            "activation_function": self.activation_function}
+    config = {"layers": self.layers, "use_pooler": self.use_pooler,
+              "activation_function": self.activation_function}
+    if self.per_token:
+      config["per_token"] = True
+    return config
 
   def checkpoint_variables(self, tag):
     items = []
@@ -1374,11 +1382,19 @@ class ClassifierHead(keras.layers.Layer):
     return items + [("output_weights", self.output_weights, tag),
                     ("output_bias", self.output_bias, tag)]
 
-  def call(self, pooled_output, training=False, seed=None, policy=None):
+  def call(self, pooled_output, training=False, seed=None, policy=None,
+           _rows=False):
     # pooled_output: [batch, H] (or the first token's state, use_pooler
-    # False) -> logits [batch, num_labels]
+    # False) -> logits [batch, num_labels]; a tagging head: [batch, seq, H]
+    # -> [batch, seq, num_labels].
     policy = kernels.policy_or_default(policy)
     x = pooled_output
+    if self.per_token and not _rows:  # [batch, seq, H]: each row alone.
+      shape = tf.shape(x)
+      logits = self.call(tf.reshape(x, [-1, self.hidden_size]),
+                         training=training, seed=seed, policy=policy,
+                         _rows=True)
+      return tf.reshape(logits, [shape[0], shape[1], self.num_labels])
     for i, (kernel, bias) in enumerate(self.hidden):
       x = policy.dropout(x, self.dropout_rate, training,
                          kernels.fold_seed(seed, i + 1))
@@ -1396,7 +1412,7 @@ class ClassifierHead(keras.layers.Layer):
                 initializer_range=self.initializer_range,
                 dropout_rate=self.dropout_rate, layers=self.layers,
                 activation_function=self.activation_function,
-                use_pooler=self.use_pooler)
+                use_pooler=self.use_pooler, per_token=self.per_token)
     return base
 
 
@@ -1524,8 +1540,10 @@ def per_example_loss(logits, labels, num_labels, is_regression):
   """Loss per example as the original run_classifier.py.
 
   Args:
-    logits: float32 [batch, num_labels] (one column for regression).
-    labels: int [batch] class ids, or float [batch] targets for regression.
+    logits: float32 [batch, num_labels] (one column for regression), or
+      [batch, seq, num_labels] of a tagging head.
+    labels: int [batch] class ids, or float [batch] targets for regression,
+      or int [batch, seq] tags (-1: not scored).
     num_labels: number of classes.
     is_regression: mean squared error instead of cross-entropy.
 
@@ -1538,7 +1556,15 @@ def per_example_loss(logits, labels, num_labels, is_regression):
   log_probs = tf.nn.log_softmax(logits, axis=-1)
   one_hot = tf.one_hot(tf.cast(labels, tf.int32), depth=num_labels,
                        dtype=tf.float32)
-  return -tf.reduce_sum(one_hot * log_probs, axis=-1)
+  losses = -tf.reduce_sum(one_hot * log_probs, axis=-1)
+  if logits.shape.rank == 3:
+    # A tagging head: [batch, seq] token losses; label -1 (a word's later
+    # pieces, padding) counts nothing. Each example's mean over its
+    # labelled tokens.
+    labelled = tf.cast(tf.greater_equal(labels, 0), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(losses * labelled, axis=-1),
+                                 tf.reduce_sum(labelled, axis=-1))
+  return losses
 
 
 def _fusions_of(block):
@@ -2285,6 +2311,29 @@ class BertAdapterModel(keras.Model):
           activation_function=activation_function, use_pooler=use_pooler,
           name=name)
 
+  def add_tagging_head(self, name, num_labels=2, layers=1,
+                       activation_function="tanh", overwrite_ok=False):
+    """Adds a tagging head (AdapterHub's `add_tagging_head`): logits for
+    every token, [batch, seq, num_labels], from the sequence output
+    (`layers` - 1 hidden layers before, as ClassifierHead's).
+
+    Raises:
+      UserError: for a name taken (unless overwrite_ok) or a bad size.
+    """
+    _check_name(name, "head")
+    if (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+        or num_labels < 2):
+      raise UserError("a tagging head needs num_labels >= 2, got %r"
+                      % (num_labels,))
+    if name in self.heads and not overwrite_ok:
+      raise UserError("a head named %r exists already" % name)
+    with _unlocked(self):
+      self.heads[name] = ClassifierHead(
+          num_labels, self.config.hidden_size, self.config.initializer_range,
+          dropout_rate=self.classifier_dropout, layers=layers,
+          activation_function=activation_function, per_token=True,
+          name=name)
+
   def delete_head(self, name):
     if name not in self.heads:
       raise UserError("unknown head %r; this model has %s"
@@ -2417,17 +2466,23 @@ class BertAdapterModel(keras.Model):
     if setup.split is not None:
       return self._call_split(features, setup, training, dropout_seed, policy)
     # Only the [CLS] row of the last layer reaches the pooler (unless a
-    # gated adapter there averages over every token).
+    # gated adapter there averages over every token, or a tagging head
+    # reads every token).
     gated = any(gating.uses_gating(self.adapter_configs[name])
                 for b in setup.branches for name in b.adapters)
+    tagging = any(self.heads[b.head].per_token for b in setup.branches)
     sequence, pooled = self.encode(features, training=training,
                                    dropout_seed=dropout_seed,
-                                   output_range=None if gated else 1,
+                                   output_range=(None if gated or tagging
+                                                 else 1),
                                    policy=policy, setup=setup)
     seed = kernels.fold_seed(dropout_seed, 1)
 
     def head_input(head, pooled, sequence):
-      # BERT's pooler, or (AdapterHub's default head) the first token.
+      # BERT's pooler, the first token (AdapterHub's default head), or every
+      # token (a tagging head).
+      if head.per_token:
+        return sequence
       return pooled if head.use_pooler else sequence[:, 0]
 
     if not setup.parallel:
@@ -2478,8 +2533,8 @@ class BertAdapterModel(keras.Model):
       part = {k: tf.gather(features[k], rows) for k in INPUT_NAMES}
       logits = self.call(part, training=training, dropout_seed=dropout_seed,
                          policy=policy, setup=setup.alone(branch))
-      width = self.heads[branch.head].num_labels
-      full = tf.fill([batch, width], float("nan"))
+      full = tf.fill(tf.concat([[batch], tf.shape(logits)[1:]], 0),
+                     float("nan"))  # [batch, labels] or [batch, seq, labels]
       full = tf.tensor_scatter_nd_update(full, rows[:, tf.newaxis], logits)
       if branch.head in outputs:  # Two elements with one head.
         full = tf.where(tf.math.is_nan(full), outputs[branch.head], full)
@@ -2554,9 +2609,11 @@ class BertAdapterModel(keras.Model):
     if self.active_setup().split is None:
       return tf.reduce_mean(per_example_loss(logits, labels, num_labels,
                                              num_labels == 1))
-    mine = tf.logical_not(tf.math.is_nan(logits[:, 0]))  # This head's rows.
-    losses = per_example_loss(tf.where(mine[:, tf.newaxis], logits, 0.0),
-                              labels, num_labels, num_labels == 1)
+    first = tf.reshape(logits, [tf.shape(logits)[0], -1])[:, 0]
+    mine = tf.logical_not(tf.math.is_nan(first))  # This head's rows.
+    where = tf.reshape(mine, [-1] + [1] * (logits.shape.rank - 1))
+    losses = per_example_loss(tf.where(where, logits, 0.0), labels,
+                              num_labels, num_labels == 1)
     count = tf.reduce_sum(tf.cast(mine, tf.float32))
     return tf.math.divide_no_nan(
         tf.reduce_sum(tf.where(mine, losses, 0.0)), count)
@@ -2726,8 +2783,14 @@ class BertAdapterModel(keras.Model):
     added_head = False
     try:
       if with_head and has_head:
-        self.add_classification_head(name, int(metadata["num_labels"]),
-                                     **(metadata.get("head_config") or {}))
+        head_config = dict(metadata.get("head_config") or {})
+        if head_config.pop("per_token", False):
+          head_config.pop("use_pooler", None)
+          self.add_tagging_head(name, int(metadata["num_labels"]),
+                                **head_config)
+        else:
+          self.add_classification_head(name, int(metadata["num_labels"]),
+                                       **head_config)
         added_head = True
       view = self.adapter_view(name, head=name if added_head else None)
       adapter_io.load_adapter(view, directory, flag_name=flag_name,

@@ -199,9 +199,10 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
   if with_head and os.path.isfile(head_path):
     head_record = _read_json(head_path)
     head_config = head_record.get("config") or {}
-    if head_config.get("head_type") != "classification":
+    if head_config.get("head_type") not in ("classification", "tagging"):
       raise UserError("%s: AdapterHub %r heads are not read (classification "
-                      "heads are)" % (where, head_config.get("head_type")))
+                      "and tagging heads are)"
+                      % (where, head_config.get("head_type")))
     if not head_config.get("bias", True):
       raise UserError("%s: a head without bias is not read" % where)
     if name in model.heads:
@@ -228,13 +229,19 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
     _assign(targets, values, where)
     if head_record is not None:
       c = head_record["config"]
-      model.add_classification_head(
-          name, int(c["num_labels"]), layers=int(c.get("layers", 2)),
-          activation_function=c.get("activation_function", "tanh"),
-          use_pooler=bool(c.get("use_pooler", False)))
+      if c["head_type"] == "tagging":
+        model.add_tagging_head(
+            name, int(c["num_labels"]), layers=int(c.get("layers", 1)),
+            activation_function=c.get("activation_function", "tanh"))
+      else:
+        model.add_classification_head(
+            name, int(c["num_labels"]), layers=int(c.get("layers", 2)),
+            activation_function=c.get("activation_function", "tanh"),
+            use_pooler=bool(c.get("use_pooler", False)))
       head_tensors = torch_formats.read_tensors(
           torch_formats.exists_any(directory, HEAD_WEIGHTS))
-      table = _head_names(int(c.get("layers", 2)))
+      table = _head_names(int(c.get("layers", 1 if c["head_type"] ==
+                                    "tagging" else 2)))
       head_values = {}
       for key, value in head_tensors.items():
         m = re.match(r"^heads\.[^.]+\.(\d+)\.(weight|bias)$", key)
@@ -440,13 +447,16 @@ def save(model, directory, name, with_head=True, model_name=None):
       head_tensors["heads.%s.%d.bias" % (name, last)] = (
           head.output_bias.numpy())
       head_record = {
-          "config": {"head_type": "classification",
-                     "num_labels": head.num_labels, "layers": head.layers,
-                     "activation_function": head.activation_function,
-                     "use_pooler": head.use_pooler, "bias": True,
-                     "dropout_prob": None,
-                     "label2id": {"LABEL_%d" % i: i
-                                  for i in range(head.num_labels)}},
+          "config": dict({"head_type": ("tagging" if head.per_token
+                                        else "classification"),
+                          "num_labels": head.num_labels,
+                          "layers": head.layers,
+                          "activation_function": head.activation_function,
+                          "bias": True, "dropout_prob": None,
+                          "label2id": {"LABEL_%d" % i: i
+                                       for i in range(head.num_labels)}},
+                         **({} if head.per_token
+                            else {"use_pooler": head.use_pooler})),
           "hidden_size": model.config.hidden_size,
           "model_class": "BertAdapterModel", "model_name": model_name,
           "model_type": "bert", "name": name, "version": VERSION}
