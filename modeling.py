@@ -2297,19 +2297,9 @@ class BertAdapterModel(keras.Model):
     Raises:
       UserError: for a name taken (unless overwrite_ok) or a bad size.
     """
-    _check_name(name, "head")
-    if (isinstance(num_labels, bool) or not isinstance(num_labels, int)
-        or num_labels < 1):
-      raise UserError("num_labels must be a positive integer, got %r"
-                      % (num_labels,))
-    if name in self.heads and not overwrite_ok:
-      raise UserError("a head named %r exists already" % name)
-    with _unlocked(self):
-      self.heads[name] = ClassifierHead(
-          num_labels, self.config.hidden_size, self.config.initializer_range,
-          dropout_rate=self.classifier_dropout, layers=layers,
-          activation_function=activation_function, use_pooler=use_pooler,
-          name=name)
+    self._add_head(name, num_labels, 1, overwrite_ok, layers=layers,
+                   activation_function=activation_function,
+                   use_pooler=use_pooler)
 
   def add_tagging_head(self, name, num_labels=2, layers=1,
                        activation_function="tanh", overwrite_ok=False):
@@ -2320,19 +2310,21 @@ class BertAdapterModel(keras.Model):
     Raises:
       UserError: for a name taken (unless overwrite_ok) or a bad size.
     """
+    self._add_head(name, num_labels, 2, overwrite_ok, layers=layers,
+                   activation_function=activation_function, per_token=True)
+
+  def _add_head(self, name, num_labels, fewest, overwrite_ok, **kwargs):
     _check_name(name, "head")
     if (isinstance(num_labels, bool) or not isinstance(num_labels, int)
-        or num_labels < 2):
-      raise UserError("a tagging head needs num_labels >= 2, got %r"
-                      % (num_labels,))
+        or num_labels < fewest):
+      raise UserError("num_labels must be an integer >= %d, got %r"
+                      % (fewest, num_labels))
     if name in self.heads and not overwrite_ok:
       raise UserError("a head named %r exists already" % name)
     with _unlocked(self):
       self.heads[name] = ClassifierHead(
           num_labels, self.config.hidden_size, self.config.initializer_range,
-          dropout_rate=self.classifier_dropout, layers=layers,
-          activation_function=activation_function, per_token=True,
-          name=name)
+          dropout_rate=self.classifier_dropout, name=name, **kwargs)
 
   def delete_head(self, name):
     if name not in self.heads:

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 import adapters as adapters_lib
 from adapters import registry
+from storage import atomic_io
 from storage import checkpoint_io
 import modeling
 from storage.atomic_io import atomic_write_text
@@ -594,28 +595,12 @@ def save_fusion(model, directory, name, adapter_names, config, variables):
       "base_fingerprint": _base_only_fingerprint(model),
       "variables": sorted(variables),
   }
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
-                           dir=parent)
-  except OSError as e:
-    raise UserError("cannot write fusion directory %s: %s"
-                    % (directory, e.strerror or e)) from None
-  try:
+  with atomic_io.staged_directory(directory, "fusion directory") as tmp:
     checkpoint_io.save_checkpoint(os.path.join(tmp, FUSION_CHECKPOINT),
                                   dict(variables))
     atomic_write_text(os.path.join(tmp, FUSION_CONFIG_FILE),
                       json.dumps(record, indent=2, sort_keys=True) + "\n")
-    make_readable(tmp)
-    _replace_directory(tmp, directory)
-  except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(e, OSError):
-      raise UserError("cannot write fusion directory %s: %s"
-                      % (directory, e.strerror or e)) from None
-    raise
+  directory = os.path.abspath(directory)
   logging.info("Wrote fusion directory %s: %d variables, %d bytes",
                directory, len(variables), directory_bytes(directory))
   return directory

@@ -385,8 +385,6 @@ def save(model, directory, name, with_head=True, model_name=None):
   Raises:
     UserError: for a method or head AdapterHub's layout is not written for.
   """
-  import shutil  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   from storage import atomic_io  # pylint: disable=g-import-not-at-top
   config = model.adapter_configs[name]
   kind = getattr(config, "kind", None)
@@ -422,19 +420,9 @@ def save(model, directory, name, with_head=True, model_name=None):
             "model_class": "BertAdapterModel", "model_name": model_name,
             "model_type": "bert", "name": name, "version": VERSION}
   head = model.heads.get(name) if with_head else None
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
-                         dir=parent)
-  try:
-    atomic_io.atomic_write_text(os.path.join(tmp, CONFIG_FILE),
-                                json.dumps(record, indent=2,
-                                           sort_keys=True) + "\n")
-    torch_formats.write_torch_bin(os.path.join(tmp, "pytorch_adapter.bin"),
-                                  tensors)
-    torch_formats.write_safetensors(os.path.join(tmp, "adapter.safetensors"),
-                                    tensors, {"format": "pt"})
+  with atomic_io.staged_directory(directory, "adapter directory") as tmp:
+    _write(tmp, CONFIG_FILE, record, "pytorch_adapter.bin",
+           "adapter.safetensors", tensors)
     if head is not None:
       head_tensors = {}
       for i, (kernel, bias) in enumerate(head.hidden):
@@ -446,34 +434,30 @@ def save(model, directory, name, with_head=True, model_name=None):
           head.output_weights.numpy())
       head_tensors["heads.%s.%d.bias" % (name, last)] = (
           head.output_bias.numpy())
-      head_record = {
-          "config": dict({"head_type": ("tagging" if head.per_token
-                                        else "classification"),
-                          "num_labels": head.num_labels,
-                          "layers": head.layers,
-                          "activation_function": head.activation_function,
-                          "bias": True, "dropout_prob": None,
-                          "label2id": {"LABEL_%d" % i: i
-                                       for i in range(head.num_labels)}},
-                         **({} if head.per_token
-                            else {"use_pooler": head.use_pooler})),
-          "hidden_size": model.config.hidden_size,
-          "model_class": "BertAdapterModel", "model_name": model_name,
-          "model_type": "bert", "name": name, "version": VERSION}
-      atomic_io.atomic_write_text(os.path.join(tmp, HEAD_CONFIG_FILE),
-                                  json.dumps(head_record, indent=2,
-                                             sort_keys=True) + "\n")
-      torch_formats.write_torch_bin(
-          os.path.join(tmp, "pytorch_model_head.bin"), head_tensors)
-      torch_formats.write_safetensors(
-          os.path.join(tmp, "model_head.safetensors"), head_tensors,
-          {"format": "pt"})
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      head_config = {"head_type": ("tagging" if head.per_token
+                                   else "classification"),
+                     "num_labels": head.num_labels, "layers": head.layers,
+                     "activation_function": head.activation_function,
+                     "bias": True, "dropout_prob": None,
+                     "label2id": {"LABEL_%d" % i: i
+                                  for i in range(head.num_labels)}}
+      if not head.per_token:
+        head_config["use_pooler"] = head.use_pooler
+      head_record = dict(record, config=head_config)
+      _write(tmp, HEAD_CONFIG_FILE, head_record, "pytorch_model_head.bin",
+             "model_head.safetensors", head_tensors)
+  return os.path.abspath(directory)
+
+
+def _write(directory, config_file, record, bin_name, safe_name, tensors):
+  """A JSON record and its tensors as .bin and safetensors, in directory."""
+  from storage import atomic_io  # pylint: disable=g-import-not-at-top
+  atomic_io.atomic_write_text(os.path.join(directory, config_file),
+                              json.dumps(record, indent=2, sort_keys=True)
+                              + "\n")
+  torch_formats.write_torch_bin(os.path.join(directory, bin_name), tensors)
+  torch_formats.write_safetensors(os.path.join(directory, safe_name), tensors,
+                                  {"format": "pt"})
   return directory
 
 
@@ -559,8 +543,6 @@ def load_fusion(model, directory, load_as=None, set_active=False):
 def save_fusion(model, directory, name, model_name=None):
   """Writes fusion `name` in AdapterHub's layout (what its
   load_adapter_fusion reads), atomically."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   from storage import atomic_io  # pylint: disable=g-import-not-at-top
   names, config = model.fusions[name]
   tensors = {}
@@ -580,24 +562,8 @@ def save_fusion(model, directory, name, model_name=None):
             "hidden_size": model.config.hidden_size,
             "model_class": "BertAdapterModel", "model_name": model_name,
             "model_type": "bert", "name": name, "version": VERSION}
-  directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
-                         dir=parent)
-  try:
-    atomic_io.atomic_write_text(os.path.join(tmp, FUSION_CONFIG_FILE),
-                                json.dumps(record, indent=2,
-                                           sort_keys=True) + "\n")
-    torch_formats.write_torch_bin(
-        os.path.join(tmp, "pytorch_model_adapter_fusion.bin"), tensors)
-    torch_formats.write_safetensors(
-        os.path.join(tmp, "model_adapter_fusion.safetensors"), tensors,
-        {"format": "pt"})
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.rename(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return directory
+  with atomic_io.staged_directory(directory, "fusion directory") as tmp:
+    _write(tmp, FUSION_CONFIG_FILE, record,
+           "pytorch_model_adapter_fusion.bin",
+           "model_adapter_fusion.safetensors", tensors)
+  return os.path.abspath(directory)

@@ -169,6 +169,57 @@ def atomic_write_bytes(path, data):
 LOCK_FILE = ".lock"
 
 
+@contextlib.contextmanager
+def staged_directory(directory, what="directory"):
+  """Builds a directory in a hidden temporary one beside it, then renames it
+  into place (replacing an old one only once the new one is complete).
+
+  Yields the temporary path to write into. On any error it is removed and
+  `directory` is as it was; an OSError becomes one UserError line naming
+  `what` and the directory.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  parent = os.path.dirname(directory)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) +
+                           ".tmp-", dir=parent)
+  except OSError as e:
+    raise UserError("cannot write %s %s: %s"
+                    % (what, directory, e.strerror or e)) from None
+  try:
+    yield tmp
+    umask = _umask()
+    for root, dirs, files in os.walk(tmp):  # The usual permissions.
+      os.chmod(root, 0o777 & ~umask)
+      for name in dirs:
+        os.chmod(os.path.join(root, name), 0o777 & ~umask)
+      for name in files:
+        os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix="." + os.path.basename(directory) +
+                             ".old-", dir=parent)
+      os.rmdir(old)
+      os.rename(directory, old)
+      try:
+        os.rename(tmp, directory)
+      except BaseException:
+        os.rename(old, directory)
+        raise
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, directory)
+  except BaseException as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, OSError):
+      raise UserError("cannot write %s %s: %s"
+                      % (what, directory, e.strerror or e)) from None
+    raise
+
+
 def read_lock(directory):
   """The holder recorded in `directory`'s lock file, or None (no lock).
 

@@ -242,6 +242,20 @@ def test_saved_in_adapterhubs_layout_loads_back(method, tmp_path):
 AH_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "")
 
 
+def _adapterhub_logits(args, tmp_path):
+  """AdapterHub's logits on the tiny inputs (scripts/adapterhub_interop.py
+  in its own environment and process, outside this repository)."""
+  out = str(tmp_path / "logits.npy")
+  result = subprocess.run(
+      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
+                               "adapterhub_interop.py"),
+       json.dumps(dict(args, inputs=os.path.join(TINY, "inputs.npz"),
+                       out=out))],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return np.load(out)
+
+
 @pytest.mark.skipif(not (AH_PYTHON and os.path.isfile(AH_PYTHON)),
                     reason="set ADAPTERHUB_PYTHON (a Python with torch and "
                     "AdapterHub's adapters) to run AdapterHub itself on "
@@ -267,15 +281,8 @@ def test_adapterhub_loads_an_adapter_written_here(method, tmp_path):
   want = model(features).numpy()
   adapter_dir = str(tmp_path / "adapter")
   model.save_adapter(adapter_dir, "t", format="adapterhub")
-  out = str(tmp_path / "logits.npy")
-  result = subprocess.run(
-      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
-                               "adapterhub_interop.py"),
-       json.dumps({"hf_dir": hf_dir, "adapter_dir": adapter_dir,
-                   "inputs": os.path.join(TINY, "inputs.npz"), "out": out})],
-      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  got = np.load(out)
+  got = _adapterhub_logits({"hf_dir": hf_dir, "adapter_dir": adapter_dir},
+                           tmp_path)
   rows = np.ones(len(got), bool)
   if method in ("unipelt", "prompt_tuning"):  # See the test below.
     rows = features["input_mask"].all(axis=1)
@@ -374,15 +381,8 @@ def test_adapterhub_loads_a_fusion_written_here(tmp_path):
     model.save_adapter(d, n, format="adapterhub")
   fusion = str(tmp_path / "fusion")
   model.save_adapter_fusion(fusion, "a,b", format="adapterhub")
-  out = str(tmp_path / "logits.npy")
-  result = subprocess.run(
-      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
-                               "adapterhub_interop.py"),
-       json.dumps({"hf_dir": hf_dir, "adapter_dirs": dirs,
-                   "fusion_dir": fusion, "head": "b",
-                   "inputs": os.path.join(TINY, "inputs.npz"), "out": out})],
-      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  diff = np.max(np.abs(np.load(out) - want))
+  got = _adapterhub_logits({"hf_dir": hf_dir, "adapter_dirs": dirs,
+                            "fusion_dir": fusion, "head": "b"}, tmp_path)
+  diff = np.max(np.abs(got - want))
   print("fusion: AdapterHub vs here, max |diff| %.2e" % diff)
   assert diff <= 1e-4, diff
