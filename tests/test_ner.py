@@ -1,4 +1,7 @@
-"""Token classification: the tagging head, its loss, its compositions."""
+"""Token classification: the tagging head, its loss, its compositions, and
+run_ner.py end to end."""
+
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -51,3 +54,67 @@ def test_tagging_head_reads_every_token_and_ignores_unlabelled_ones():
   np.testing.assert_allclose(routed["b"].numpy()[[0, 2]], alone_b[[0, 2]],
                              atol=1e-5)
   assert np.isnan(routed["a"].numpy()[0]).all()
+
+
+def _write_conll(path, n, seed, scheme="IOB1", with_tags=True):
+  """n sentences of fixture words; entity types PER (a word pair) and LOC."""
+  import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  lines = ["-DOCSTART- -X- O O", ""]
+  for _ in range(n):
+    length = int(rng.integers(3, 12))
+    words = [fx.WORDS[int(i)] + ("s" if rng.random() < 0.2 else "")
+             for i in rng.integers(0, len(fx.WORDS), length)]
+    tags = ["O"] * length
+    start = int(rng.integers(0, length - 1))
+    kind = "PER" if rng.random() < 0.5 else "LOC"
+    tags[start] = ("I-" if scheme == "IOB1" else "B-") + kind
+    if kind == "PER":
+      tags[start + 1] = "I-PER"
+    for w, t in zip(words, tags):
+      lines.append("%s NN I-NP %s" % (w, t) if with_tags else w)
+    lines.append("")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def test_run_ner_trains_evaluates_and_predicts(tmp_path):
+  import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
+  from data import conll, conlleval  # pylint: disable=g-import-not-at-top
+  flags = fx.make_job(tmp_path)
+  data_dir = tmp_path / "conll"
+  data_dir.mkdir()
+  _write_conll(data_dir / "train.txt", 48, 0)
+  _write_conll(data_dir / "valid.txt", 12, 1)
+  flags.update(task_name=None, data_dir=str(data_dir), do_train=True,
+               do_eval=True, do_predict=True, max_seq_length=8,
+               predict_file=str(data_dir / "valid.txt"), jit_compile=False,
+               num_train_epochs=1, learning_rate=1e-2)
+  flags.pop("task_name")
+  result = fx.run_cli(flags, script="run_ner.py")
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = flags["output_dir"]
+  scores = fx.read_eval_results(out)
+  for key in ("precision", "recall", "f1", "accuracy", "PER_f1", "LOC_f1",
+              "eval_loss", "global_step"):
+    assert key in scores, key
+  # predictions.txt: every token in order; its scores are eval_results'.
+  lines = open(os.path.join(out, "predictions.txt")).read().split("\n")
+  sentences = conll.read_conll(str(data_dir / "valid.txt"))
+  tokens = [line.split() for line in lines if line]
+  assert [t[0] for t in tokens] == [w for s in sentences for w in s.words]
+  assert [t[1] for t in tokens] == [t for s in sentences for t in s.tags]
+  rebuilt = conll.read_conll(os.path.join(out, "predictions.txt"))
+  want = conlleval.evaluate([s.tags for s in sentences],
+                            [s.tags for s in rebuilt])
+  for key in ("precision", "recall", "f1"):
+    assert abs(want[key] - scores[key]) <= 1e-9, key
+  predicted_scores = fx.read_eval_results(out, "predict_results.txt")
+  assert abs(predicted_scores["f1"] - scores["f1"]) <= 1e-9
+  # A malformed line: one error naming file and line, exit 1.
+  with open(data_dir / "valid.txt", "a") as f:
+    f.write("bad line here\n")
+  flags.update(do_train=False, output_dir=str(tmp_path / "again"))
+  bad = fx.run_cli(flags, script="run_ner.py")
+  assert bad.returncode == 1
+  assert "valid.txt line" in bad.stderr and "columns" in bad.stderr

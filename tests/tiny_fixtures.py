@@ -176,19 +176,21 @@ def flag_args(flags):
   return args
 
 
-def run_cli(flags, timeout=600, env=None, extra_args=()):
-  """Runs run_classifier.py in a subprocess; returns CompletedProcess."""
+def run_cli(flags, timeout=600, env=None, extra_args=(),
+            script="run_classifier.py"):
+  """Runs run_classifier.py (or `script`) in a subprocess; returns
+  CompletedProcess."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   full_env.update(env or {})
-  cmd = [sys.executable, os.path.join(REPO_ROOT, "run_classifier.py")]
+  cmd = [sys.executable, os.path.join(REPO_ROOT, script)]
   cmd += flag_args(flags) + list(extra_args)
   return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                         env=full_env, cwd=REPO_ROOT)
 
 
-def read_eval_results(output_dir):
+def read_eval_results(output_dir, name="eval_results.txt"):
   results = {}
-  with open(os.path.join(output_dir, "eval_results.txt")) as f:
+  with open(os.path.join(output_dir, name)) as f:
     for line in f:
       key, value = line.strip().split(" = ")
       results[key] = float(value)

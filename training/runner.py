@@ -286,7 +286,7 @@ def create_output_dir(cfg):
                     % (cfg.output_dir, getattr(e, "message", None) or e)) from None
 
 
-def run_identity(cfg, bert_config):
+def run_identity(cfg, bert_config, task_name=None):
   """What checkpoints in output_dir depend on; a resume must agree on it.
 
   Besides the RunConfig's identity fields and the model config, it holds a
@@ -295,7 +295,8 @@ def run_identity(cfg, bert_config):
   (even of the same size) is told apart without reading the weights.
   """
   identity = cfg.identity()
-  identity["task_name"] = glue_processors.get_processor(cfg.task_name).name
+  identity["task_name"] = task_name or glue_processors.get_processor(
+      cfg.task_name).name
   identity["bert_config"] = bert_config.to_dict()
   identity["init_checkpoint_sha256"] = init_checkpoint_fingerprint(
       cfg.init_checkpoint)

@@ -1,0 +1,196 @@
+"""CoNLL sentences -> word-piece windows -> `tf.data` pipelines, and back.
+
+Each sentence becomes one or more windows (data.conll.windows):
+`[CLS] pieces [SEP]`, padded to max_seq_length; a word's IOB2 label id on
+its first piece, -1 elsewhere (not scored). Every window also carries its
+sentence's index and, per piece, whether it predicts that word, so that
+predictions map back to exactly one label per word.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from data import conll
+import tokenization
+from training.errors import UserError
+
+SPLIT_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
+
+
+class NerData:
+  """The CoNLL files of one run, as windows.
+
+  Args:
+    data_dir: holds train.txt and valid.txt (test.txt optional).
+    vocab_file, do_lower_case, max_seq_length: as the model's.
+    predict_file: a file to predict (`--predict_file`), the "test" split.
+  """
+
+  def __init__(self, data_dir, vocab_file, do_lower_case, max_seq_length,
+               predict_file=None):
+    self.data_dir = data_dir
+    self.max_seq_length = int(max_seq_length)
+    self.tokenizer = tokenization.FullTokenizer(vocab_file, do_lower_case)
+    self.predict_file = predict_file
+    self._sentences = {}
+    self._windows = {}
+    self.labels = None
+
+  def path(self, split):
+    if split == "test" and self.predict_file:
+      return self.predict_file
+    if not self.data_dir:
+      raise UserError("--data_dir is required to read the %s split" % split)
+    return os.path.join(self.data_dir, SPLIT_FILES[split])
+
+  def sentences(self, split):
+    if split not in self._sentences:
+      path = self.path(split)
+      if not os.path.isfile(path):
+        raise UserError("%s: file not found" % path)
+      self._sentences[split] = conll.read_conll(path)
+    return self._sentences[split]
+
+  def scheme(self, split):
+    return conll.detect_scheme(s.tags for s in self.sentences(split))
+
+  def set_labels(self, labels):
+    """The IOB2 label list (from the training file, or a trained head)."""
+    self.labels = list(labels)
+    self._ids = {label: i for i, label in enumerate(self.labels)}
+
+  def check_labels(self, split):
+    """Raises UserError for a tag of `split` outside the label list."""
+    for sentence in self.sentences(split):
+      for i, tag in enumerate(conll.to_iob2(sentence.tags)):
+        if tag not in self._ids:
+          raise UserError(
+              "%s line %d: tag %r is not one of the labels trained on (%s)"
+              % (self.path(split), sentence.line + i, sentence.tags[i],
+                 ", ".join(self.labels)))
+
+  def windows(self, split):
+    """(arrays dict, windows list, sentence index per window)."""
+    if split not in self._windows:
+      tokenize = self.tokenizer.tokenize
+      vocab = self.tokenizer.vocab
+      unk = vocab.get("[UNK]", 0)
+      ids, masks, labels, sentence_of, predicts, all_windows = (
+          [], [], [], [], [], [])
+      scored = self.has_gold(split)
+      for s_index, sentence in enumerate(self.sentences(split)):
+        tags = conll.to_iob2(sentence.tags)
+        for window in conll.windows(sentence.words, tokenize,
+                                    self.max_seq_length):
+          pieces = ["[CLS]"] + window.pieces + ["[SEP]"]
+          row = [vocab.get(p, unk) for p in pieces]
+          pad = self.max_seq_length - len(row)
+          ids.append(row + [0] * pad)
+          masks.append([1] * len(row) + [0] * pad)
+          label_row = [-1]
+          for word, keep in zip(window.word_of_piece, window.predicts):
+            label_row.append(self._ids[tags[word]] if word >= 0 and scored
+                             else -1)
+          labels.append(label_row + [-1] * (pad + 1))
+          predicts.append([False] + list(window.predicts) + [False] * (
+              pad + 1))
+          sentence_of.append(s_index)
+          all_windows.append(window)
+      arrays = {
+          "input_ids": np.array(ids, np.int32).reshape(-1,
+                                                       self.max_seq_length),
+          "input_mask": np.array(masks, np.int32).reshape(
+              -1, self.max_seq_length),
+          "label_ids": np.array(labels, np.int32).reshape(
+              -1, self.max_seq_length),
+      }
+      arrays["segment_ids"] = np.zeros_like(arrays["input_ids"])
+      self._windows[split] = (arrays, all_windows,
+                              np.array(sentence_of, np.int64))
+    return self._windows[split]
+
+  def _columns(self, split):
+    with open(self.path(split), encoding="utf-8") as f:
+      for line in f:
+        parts = line.split()
+        if parts and parts[0] != conll.DOCSTART:
+          return len(parts)
+    return 1
+
+  def has_gold(self, split):
+    return self._columns(split) > 1
+
+  def num_windows(self, split):
+    return len(self.windows(split)[1])
+
+  def train_dataset(self, batch_size, seed=0, start_step=0):
+    """Shuffled each epoch (stateless, by seed and epoch), repeated, in
+    whole batches; `start_step` skips the batches already trained."""
+    arrays, _, _ = self.windows("train")
+    n = len(arrays["input_ids"])
+    if n < 1:
+      raise UserError("no training sentences in %s" % self.path("train"))
+    first_epoch, offset = divmod(int(start_step) * int(batch_size), n)
+
+    def epoch_order(epoch):
+      return tf.data.Dataset.from_tensor_slices(
+          tf.random.experimental.stateless_shuffle(
+              tf.range(n, dtype=tf.int64),
+              seed=tf.stack([tf.constant(int(seed), tf.int64), epoch])))
+
+    tensors = {k: tf.constant(v) for k, v in arrays.items()}
+    dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
+    dataset = dataset.skip(offset).batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(
+        lambda idx: dict({k: tf.gather(v, idx) for k, v in tensors.items()},
+                         example_index=tf.cast(idx, tf.int32)))
+    return dataset.prefetch(2)
+
+  def eval_dataset(self, split, batch_size):
+    """Every window once, in order, then empty ones up to whole batches
+    (example_index -1, is_real_example 0)."""
+    arrays, _, _ = self.windows(split)
+    n = len(arrays["input_ids"])
+    total = -(-n // batch_size) * batch_size
+    padded = {k: np.concatenate([v, np.zeros((total - n,) + v.shape[1:],
+                                             v.dtype) - (k == "label_ids")])
+              for k, v in arrays.items()}
+    padded["example_index"] = np.concatenate(
+        [np.arange(n), -np.ones(total - n)]).astype(np.int32)
+    padded["is_real_example"] = (padded["example_index"] >= 0).astype(
+        np.int32)
+    return tf.data.Dataset.from_tensor_slices(padded).batch(
+        batch_size, drop_remainder=True)
+
+  def decode(self, split, logits, example_index):
+    """Predicted tags per sentence, in the split's scheme.
+
+    Args:
+      logits: [windows (+ padding), seq, labels] from the eval dataset.
+      example_index: the windows' indices (-1 for padding).
+    """
+    _, all_windows, sentence_of = self.windows(split)
+    per_window = {}
+    for row, index in enumerate(example_index):
+      if index >= 0:
+        ids = np.argmax(logits[row], axis=-1)[1:]  # After [CLS].
+        per_window[int(index)] = [self.labels[i] for i in ids]
+    sentences = self.sentences(split)
+    grouped = [[] for _ in sentences]
+    for index, window in enumerate(all_windows):
+      grouped[sentence_of[index]].append((window, per_window[index]))
+    scheme = self.scheme(split) if self.has_gold(split) else "IOB2"
+    out = []
+    for sentence, pairs in zip(sentences, grouped):
+      tags = conll.words_from_windows(len(sentence.words),
+                                      [w for w, _ in pairs],
+                                      [p for _, p in pairs])
+      out.append(conll.in_scheme(_valid_iob2(tags), scheme))
+    return out
+
+
+def _valid_iob2(tags):
+  """IOB2 from predicted tags (an I- after O or another type becomes B-)."""
+  return conll.to_iob2(tags)
