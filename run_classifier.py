@@ -175,6 +175,12 @@ flags.DEFINE_bool("frozen_activations", False,
 flags.DEFINE_enum("frozen_activations_dtype", "float32", ["float32", "float16"],
                   "How the frozen states are stored (float16: half the "
                   "disk, rounded).")
+flags.DEFINE_string("text_a_column", None,
+                    "--task_name=csv: the column of the (first) text.")
+flags.DEFINE_string("text_b_column", None,
+                    "--task_name=csv: the column of the second text of pairs.")
+flags.DEFINE_string("label_column", "label",
+                    "--task_name=csv: the column of the label.")
 flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 
 
@@ -205,7 +211,8 @@ def main(argv):
       raise UserError("--%s is required" % name)
   cfg = config_from_flags().validate()
   from data import glue_processors  # pylint: disable=g-import-not-at-top
-  glue_processors.get_processor(cfg.task_name)  # An unknown task fails fast.
+  from training import runner_tasks  # pylint: disable=g-import-not-at-top
+  runner_tasks.get_processor(cfg)  # An unknown task fails fast.
   from compute import tf_startup  # pylint: disable=g-import-not-at-top
   tf_startup.import_quietly(verbose=FLAGS.verbose)
   from training import runner  # Imports TensorFlow; flags are checked by now.

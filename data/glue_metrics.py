@@ -157,8 +157,11 @@ def compute_metrics(task_name, predictions, labels, is_real_example=None):
     UserError: for an unknown or predict-only task.
     ValueError: for mismatched lengths or no real example.
   """
-  names = metric_names(task_name)
-  regression = glue_processors.get_processor(task_name).is_regression
+  if task_name == "CSV":  # data.user_data: your own labels.
+    names, regression = ("accuracy",), False
+  else:
+    names = metric_names(task_name)
+    regression = glue_processors.get_processor(task_name).is_regression
   predictions = np.asarray(predictions)
   labels = np.asarray(labels).reshape(-1)
   if regression:

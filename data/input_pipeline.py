@@ -726,8 +726,9 @@ class GlueData(object):
       else:
         source = "examples:" + examples_fingerprint(self.examples(split))
       self._keys[split] = cache_key(
-          self.processor.name, split, self.max_seq_length, self.vocab_file,
-          self.do_lower_case, source)
+          getattr(self.processor, "cache_identity", self.processor.name),
+          split, self.max_seq_length, self.vocab_file, self.do_lower_case,
+          source)
     return self._keys[split]
 
   def _cached(self, split):

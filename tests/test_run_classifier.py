@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from storage import checkpoint_io
@@ -273,3 +274,44 @@ def test_cli_trains_on_a_hugging_face_base(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Restored" in result.stderr and "from " + hf in result.stderr
   assert fx.read_eval_results(flags["output_dir"])["global_step"] == 8
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_your_own_files_train_as_the_glue_task_on_the_same_rows(tmp_path,
+                                                                  ext):
+  # The tiny MRPC files rewritten as CSV / JSON Lines with named columns:
+  # the same features, so the same dev figures as --task_name=MRPC.
+  import csv as csv_lib  # pylint: disable=g-import-not-at-top
+  flags = fx.make_job(tmp_path)
+  flags.update(FAST, do_train=True, do_eval=True, num_train_epochs=1)
+  mrpc = fx.run_cli(dict(flags, output_dir=str(tmp_path / "mrpc")))
+  assert mrpc.returncode == 0, mrpc.stderr[-3000:]
+  table_dir = tmp_path / "table"
+  table_dir.mkdir()
+  for split, name in (("train", "train.tsv"), ("dev", "dev.tsv")):
+    rows = open(os.path.join(flags["data_dir"], name),
+                encoding="utf-8").read().splitlines()[1:]
+    records = [{"quality": r.split("\t")[0], "s1": r.split("\t")[3],
+                "s2": r.split("\t")[4]} for r in rows]
+    path = table_dir / ("%s.%s" % (split, ext))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+      if ext == "jsonl":
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+      else:
+        writer = csv_lib.DictWriter(f, ["s1", "s2", "quality"])
+        writer.writeheader()
+        writer.writerows(records)
+  table = dict(flags, task_name="csv", data_dir=str(table_dir),
+               text_a_column="s1", text_b_column="s2",
+               label_column="quality", output_dir=str(tmp_path / "table_out"))
+  result = fx.run_cli(table)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = fx.read_eval_results(table["output_dir"])
+  want = fx.read_eval_results(str(tmp_path / "mrpc"))
+  for key in ("eval_accuracy", "eval_loss"):
+    assert abs(got[key] - want[key]) <= 1e-6, (key, got, want)
+  # A column that is not there: one line naming the file and the column.
+  bad = fx.run_cli(dict(table, label_column="gold",
+                        output_dir=str(tmp_path / "bad")))
+  assert bad.returncode == 1
+  assert "no column 'gold'" in bad.stderr and "train." + ext in bad.stderr

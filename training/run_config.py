@@ -87,6 +87,10 @@ class RunConfig:
   # adapter that reads the frozen encoder: layer_attention).
   frozen_activations: bool = False
   frozen_activations_dtype: str = "float32"
+  # --task_name=csv: your own CSV/TSV/JSON Lines files' columns.
+  text_a_column: str = None
+  text_b_column: str = None
+  label_column: str = "label"
   # Resume with another learning rate or weight decay than the checkpoints
   # in output_dir were trained with (logged and recorded).
   allow_hyperparameter_change: bool = False
@@ -203,7 +207,8 @@ class RunConfig:
   # Settings that define what a checkpoint in output_dir holds; a rerun must
   # agree on them to resume.
   IDENTITY_FIELDS = ("task_name", "max_seq_length", "adapter_config",
-                     "adapter_size", "train_mode", "do_lower_case")
+                     "adapter_size", "train_mode", "do_lower_case",
+                     "text_a_column", "text_b_column", "label_column")
   # What fixes the training run's steps, batches and their order: a resumed
   # run must agree on them to see the batches it would have seen.
   TRAINING_FIELDS = ("train_batch_size", "num_train_epochs",

@@ -28,11 +28,12 @@ from training import distribution
 from data import frozen_activations
 from data import glue_metrics
 from data import glue_outputs
-from data import glue_processors
 from data import input_pipeline
+from data import user_data
 import modeling
 import optimization
 from training import run_config
+from training import runner_tasks
 from training import summaries
 import tokenization
 from training import trainer as trainer_lib
@@ -295,8 +296,7 @@ def run_identity(cfg, bert_config, task_name=None):
   (even of the same size) is told apart without reading the weights.
   """
   identity = cfg.identity()
-  identity["task_name"] = task_name or glue_processors.get_processor(
-      cfg.task_name).name
+  identity["task_name"] = task_name or runner_tasks.get_processor(cfg).name
   identity["bert_config"] = bert_config.to_dict()
   identity["init_checkpoint_sha256"] = init_checkpoint_fingerprint(
       cfg.init_checkpoint)
@@ -372,7 +372,7 @@ def run(cfg):
   # Everything the user gave is read and checked first; nothing is written
   # to output_dir before the model, its checkpoints and the data are known
   # to be right.
-  processor = glue_processors.get_processor(cfg.task_name)
+  processor = runner_tasks.get_processor(cfg)
   bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
   adapter_config = resolve_adapter_config(cfg, bert_config)
@@ -647,6 +647,10 @@ def predict(cfg, data, trainer, processor):
   examples = data.examples("test")
   indices = [ex.index if getattr(ex, "index", None) is not None else i
              for i, ex in enumerate(examples)]
+  if processor.name == user_data.NAME:  # No GLUE submission file.
+    logging.info("Wrote %d predictions to test_results.tsv",
+                 len(predictions))
+    return
   path = glue_outputs.write_submission(cfg.output_dir, processor.name,
                                        indices, predictions)
   logging.info("Wrote %d predictions to test_results.tsv and %s",
