@@ -45,10 +45,10 @@ def _skipped(name, k):
 
 
 def test_trainer_steps_are_steps_of_the_skipped_model():
-  batches = _batches(3)
-  seed = 16
-  ks = [int(adapter_drop.layers_to_skip(seed, step, 3)) for step in range(3)]
-  assert ks[1:] == [1, 0], ks  # 3 layers: k in 0..1; step 0 has lr 0.
+  batches = _batches(2)
+  seed = 12
+  ks = [int(adapter_drop.layers_to_skip(seed, step, 3)) for step in range(2)]
+  assert ks == [1, 1], ks  # 3 layers: k in 0..1; step 0 has lr 0.
   # With AdapterDrop.
   model = tiny_fixtures.tiny_classifier(dropout=0.2, num_layers=3)
   trainer = tiny_fixtures.tiny_trainer(model)
