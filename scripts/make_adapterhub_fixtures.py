@@ -22,7 +22,8 @@ import sys
 
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
-           "prefix_tuning", "prompt_tuning", "mam", "unipelt")
+           "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
+           "unipelt")
 
 
 def main(out):

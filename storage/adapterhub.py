@@ -30,6 +30,7 @@ from storage import torch_formats
 from training.errors import UserError
 
 CONFIG_FILE = "adapter_config.json"
+FLAT = "<flat prefixes>"
 WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
 HEAD_CONFIG_FILE = "head_config.json"
 HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
@@ -63,6 +64,9 @@ def _our_name(ah_name, adapter):
   a = re.escape(adapter)
   # Model-level: prefix tuning's pool, prompts, invertible adapters,
   # Compacter's shared PHM rule.
+  if re.match(r"^bert\.prefix_tuning\.prefix_tunings\.%s\.self_prefix\."
+              r"control_trans$" % a, ah_name):
+    return FLAT, False  # Flat prefixes, [P * 2L * H]: split in load().
   m = re.match(r"^bert\.prefix_tuning\.prefix_tunings\.%s\.self_prefix\."
                r"(wte\.weight|control_trans\.(0|2)\.(weight|bias))$" % a,
                ah_name)
@@ -140,6 +144,34 @@ def _our_name(ah_name, adapter):
   return None
 
 
+def _flat_layers(parts, bert_config):
+  """The blocks with prefixes of a config's (flat) prefix tuning, and P."""
+  prefix = next(p for p in parts if p.kind == "prefix_tuning")
+  kept = [i for i in range(bert_config.num_hidden_layers)
+          if i not in prefix.leave_out]
+  return kept, prefix.prefix_length
+
+
+def _split_flat(value, parts, bert_config):
+  """AdapterHub's flat control_trans [P * 2L * H] -> each block's keys and
+  values [P, H] (the keys of the i-th block with prefixes at 2i, its values
+  at 2i + 1, as its prefix MLP's output is viewed)."""
+  kept, length = _flat_layers(parts, bert_config)
+  h = bert_config.hidden_size
+  if value.size != length * 2 * len(kept) * h:
+    raise UserError("flat prefixes of %d values; a prefix length %d over %d "
+                    "blocks of width %d needs %d" % (
+                        value.size, length, len(kept), h,
+                        length * 2 * len(kept) * h))
+  grid = value.reshape(length, 2 * len(kept), h)
+  out = {}
+  for i, layer in enumerate(kept):
+    scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
+    out[scope + "keys"] = grid[:, 2 * i]
+    out[scope + "values"] = grid[:, 2 * i + 1]
+  return out
+
+
 def _head_names(layers):
   """{AdapterHub head module index: (our name, transposed)} of a head."""
   out = {}
@@ -185,10 +217,9 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
   parts = config.configs if kind == "union" else [config]
   for part in parts:
     if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
-                         "prompt_tuning") or getattr(part, "flat", False):
+                         "prompt_tuning"):
       raise UserError("%s: AdapterHub %s adapters are not read here"
-                      % (where, "flat prefix tuning" if getattr(
-                          part, "flat", False) else part.kind))
+                      % (where, part.kind))
   name = load_as or record.get("name") or os.path.basename(
       os.path.normpath(where))
   ah_name = record.get("name") or name
@@ -223,6 +254,9 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
         raise UserError("%s: tensor %s has no place in a %s adapter here"
                         % (where, key, kind))
       ours, transpose = mapped
+      if ours == FLAT:
+        values.update(_split_flat(value, parts, model.config))
+        continue
       if ia3 and ours.endswith("/lora_B") and value.shape[-1] == 1:
         value, transpose = value.reshape(-1), False  # [out, 1] -> [out].
       values[ours] = value.T if transpose else value
@@ -391,17 +425,19 @@ def save(model, directory, name, with_head=True, model_name=None):
   parts = config.configs if kind == "union" else [config]
   for part in parts:
     if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
-                         "prompt_tuning") or getattr(part, "flat", False):
+                         "prompt_tuning"):
       raise UserError("adapter %r (%s): AdapterHub's layout is written for "
                       "its methods (bottleneck, Compacter, invertible, LoRA, "
                       "(IA)^3, prefix and prompt tuning, unions), not %s"
-                      % (name, kind, "flat prefix tuning" if getattr(
-                          part, "flat", False) else part.kind))
+                      % (name, kind, part.kind))
   ia3 = any(p.kind == "ia3" for p in parts)
-  tensors = {}
+  tensors, flat = {}, {}
   for key, (variable, tag) in model.adapter_view(
       name).checkpoint_variables().items():
     if tag.kind != "adapter" or tag.owner != name:
+      continue
+    if key.endswith(("/prefix_tuning/keys", "/prefix_tuning/values")):
+      flat[key] = variable.numpy()  # Joined below, as AdapterHub's flat.
       continue
     mapped = _ah_name(key, name)
     if mapped is None:
@@ -415,6 +451,16 @@ def save(model, directory, name, with_head=True, model_name=None):
     if ia3 and key.endswith("/lora_B") and len(value.shape) == 1:
       value, transpose = value.reshape(-1, 1), False  # [out] -> [out, 1].
     tensors[ah] = value.T if transpose else value
+  if flat:
+    kept, length = _flat_layers(parts, model.config)
+    grid = np.zeros((length, 2 * len(kept), model.config.hidden_size),
+                    np.float32)
+    for i, layer in enumerate(kept):
+      scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
+      grid[:, 2 * i] = flat[scope + "keys"]
+      grid[:, 2 * i + 1] = flat[scope + "values"]
+    tensors["bert.prefix_tuning.prefix_tunings.%s.self_prefix.control_trans"
+            % name] = grid.reshape(-1)
   config_dict = _adapterhub_config(config)
   record = {"config": config_dict, "hidden_size": model.config.hidden_size,
             "model_class": "BertAdapterModel", "model_name": model_name,

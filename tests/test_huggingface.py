@@ -262,7 +262,8 @@ def _adapterhub_logits(args, tmp_path):
                     "adapters written here")
 @pytest.mark.parametrize("method", [
     "pfeiffer", "houlsby+inv", "parallel", "compacter", "lora", "ia3",
-    "prefix_tuning", "prompt_tuning", "mam", "unipelt"])
+    "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
+    "unipelt"])
 def test_adapterhub_loads_an_adapter_written_here(method, tmp_path):
   import adapters  # pylint: disable=g-import-not-at-top
   hf_dir = os.path.join(TINY, "hf")
@@ -293,8 +294,8 @@ def test_adapterhub_loads_an_adapter_written_here(method, tmp_path):
 
 TINY_METHODS = ["seq_bn", "seq_bn_safetensors", "double_seq_bn", "par_bn",
                 "scaled_parallel", "seq_bn_inv", "compacter", "compacterpp",
-                "lora", "ia3", "prefix_tuning", "prompt_tuning", "mam",
-                "unipelt"]
+                "lora", "ia3", "prefix_tuning", "prefix_tuning_flat",
+                "prompt_tuning", "mam", "unipelt"]
 
 
 @pytest.fixture(scope="module")
