@@ -17,6 +17,41 @@ import tokenization
 from training.errors import UserError
 
 SPLIT_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
+TFDS_SPLITS = {"train": "train", "dev": "dev", "test": "test"}
+
+
+def tfds_sentences(split, tfds_data_dir=None):
+  """CoNLL-2003 sentences from tensorflow-datasets (its IOB2 tags).
+
+  Raises:
+    UserError: when tensorflow-datasets cannot provide them (offline: it
+      downloads the data), naming --data_dir as the way out.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    dataset, info = tfds.load("conll2003", split=TFDS_SPLITS[split],
+                              data_dir=tfds_data_dir, with_info=True,
+                              shuffle_files=False)
+    rows = list(tfds.as_numpy(dataset))
+  except Exception as e:  # pylint: disable=broad-except
+    cause = " ".join(str(e).split())[:300]
+    raise UserError(
+        "could not load conll2003 split %r with tensorflow-datasets (%s: %s); "
+        "without internet access pass --data_dir=<folder with train.txt and "
+        "valid.txt>" % (TFDS_SPLITS[split], type(e).__name__, cause)
+    ) from None
+  names = list(info.features["ner"].feature.names)
+  sentences = []
+  for i, row in enumerate(rows):
+    words = [w.decode("utf-8") if isinstance(w, bytes) else str(w)
+             for w in row["tokens"]]
+    tags = [names[int(t)] for t in row["ner"]]
+    if words:
+      sentences.append(conll.Sentence(words, tags, i + 1))
+  if not sentences:
+    raise UserError("tensorflow-datasets conll2003 %s holds no sentences"
+                    % TFDS_SPLITS[split])
+  return sentences
 
 
 class NerData:
@@ -29,8 +64,9 @@ class NerData:
   """
 
   def __init__(self, data_dir, vocab_file, do_lower_case, max_seq_length,
-               predict_file=None):
+               predict_file=None, tfds_data_dir=None):
     self.data_dir = data_dir
+    self.tfds_data_dir = tfds_data_dir
     self.max_seq_length = int(max_seq_length)
     self.tokenizer = tokenization.FullTokenizer(vocab_file, do_lower_case)
     self.predict_file = predict_file
@@ -38,19 +74,26 @@ class NerData:
     self._windows = {}
     self.labels = None
 
+  def from_tfds(self, split):
+    """Whether `split` comes from tensorflow-datasets (no --data_dir)."""
+    return not self.data_dir and not (split == "test" and self.predict_file)
+
   def path(self, split):
     if split == "test" and self.predict_file:
       return self.predict_file
     if not self.data_dir:
-      raise UserError("--data_dir is required to read the %s split" % split)
+      return "tensorflow-datasets conll2003 %s" % TFDS_SPLITS[split]
     return os.path.join(self.data_dir, SPLIT_FILES[split])
 
   def sentences(self, split):
     if split not in self._sentences:
-      path = self.path(split)
-      if not os.path.isfile(path):
-        raise UserError("%s: file not found" % path)
-      self._sentences[split] = conll.read_conll(path)
+      if self.from_tfds(split):
+        self._sentences[split] = tfds_sentences(split, self.tfds_data_dir)
+      else:
+        path = self.path(split)
+        if not os.path.isfile(path):
+          raise UserError("%s: file not found" % path)
+        self._sentences[split] = conll.read_conll(path)
     return self._sentences[split]
 
   def scheme(self, split):
@@ -112,6 +155,8 @@ class NerData:
     return self._windows[split]
 
   def _columns(self, split):
+    if self.from_tfds(split):
+      return 4  # Tokens and their tags.
     with open(self.path(split), encoding="utf-8") as f:
       for line in f:
         parts = line.split()

@@ -4,6 +4,7 @@ run_ner.py end to end."""
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import modeling
@@ -118,3 +119,56 @@ def test_run_ner_trains_evaluates_and_predicts(tmp_path):
   bad = fx.run_cli(flags, script="run_ner.py")
   assert bad.returncode == 1
   assert "valid.txt line" in bad.stderr and "columns" in bad.stderr
+
+
+def test_without_data_dir_conll2003_comes_from_tensorflow_datasets(
+    tmp_path, monkeypatch):
+  # tfds' real conll2003 builder with its download replaced by rows made
+  # here (the test runs offline); its tags are IOB2.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from data import ner_pipeline  # pylint: disable=g-import-not-at-top
+  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
+  names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC",
+           "B-MISC", "I-MISC"]
+  rows = {"train": [(["sun", "moon", "cat"], ["B-PER", "I-PER", "O"]),
+                    (["dog"], ["B-LOC"])],
+          "dev": [(["cat", "sun"], ["O", "B-ORG"])]}
+
+  def as_dataset(self, split, **kwargs):
+    del self, kwargs
+    data = rows[str(split)]
+    return tf.data.Dataset.from_generator(
+        lambda: ({"id": str(i), "tokens": w, "pos": [0] * len(w),
+                  "chunks": [0] * len(w), "ner": [names.index(t) for t in g]}
+                 for i, (w, g) in enumerate(data)),
+        output_signature={"id": tf.TensorSpec([], tf.string),
+                          "tokens": tf.TensorSpec([None], tf.string),
+                          "pos": tf.TensorSpec([None], tf.int64),
+                          "chunks": tf.TensorSpec([None], tf.int64),
+                          "ner": tf.TensorSpec([None], tf.int64)})
+
+  vocab, _ = fx.write_vocab(str(tmp_path))
+  data = ner_pipeline.NerData(None, vocab, True, 16,
+                              tfds_data_dir=str(tmp_path / "tfds"))
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    train = data.sentences("train")
+    dev = data.sentences("dev")
+  assert [s.words for s in train] == [["sun", "moon", "cat"], ["dog"]]
+  assert train[0].tags == ["B-PER", "I-PER", "O"] and dev[0].tags[1] == "B-ORG"
+  assert data.path("dev") == "tensorflow-datasets conll2003 dev"
+  # Offline without the mock: one clear line naming --data_dir. (A real
+  # download would retry for minutes before failing without network.)
+  import requests  # pylint: disable=g-import-not-at-top
+
+  def no_network(*args, **kwargs):
+    raise requests.exceptions.ConnectionError(
+        "Failed to resolve 'data.deepai.org' (simulated offline)")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", no_network)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      no_network)
+  with pytest.raises(UserError, match="pass --data_dir=<folder with") as info:
+    ner_pipeline.tfds_sentences("dev", str(tmp_path / "empty"))
+  assert "\n" not in str(info.value)

@@ -61,9 +61,9 @@ def run(cfg, predict_file=None):
       adapter_config, "size", cfg.adapter_size))
   data = ner_pipeline.NerData(cfg.data_dir, cfg.vocab_file,
                               cfg.do_lower_case, cfg.max_seq_length,
-                              predict_file)
-  if cfg.do_predict and not predict_file and not (
-      cfg.data_dir and os.path.isfile(data.path("test"))):
+                              predict_file, tfds_data_dir=cfg.tfds_data_dir)
+  if cfg.do_predict and not predict_file and cfg.data_dir and (
+      not os.path.isfile(data.path("test"))):
     raise UserError("--do_predict needs --predict_file (or test.txt in "
                     "--data_dir)")
   # The labels: the training file's, or those recorded with the adapter.
