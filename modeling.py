@@ -2037,24 +2037,42 @@ class BertAdapterModel(keras.Model):
     return out
 
   def save_adapter_fusion(self, directory, name, with_adapters=False,
-                          format="toolkit"):  # pylint: disable=redefined-builtin
+                          with_head=False, format="toolkit"):  # pylint: disable=redefined-builtin
     """Writes fusion `name` (its config, fused adapter names and weights) to
     `directory`, atomically; with `with_adapters`, each fused adapter (with
     its head) in `directory/<adapter name>/` too.
 
+    Args:
+      with_head: False, or the name of a head to save with the fusion (as
+        AdapterHub's `with_head`; True: the active head), which
+        `load_adapter_fusion` adds back.
+
     Raises:
-      UserError: for an unknown fusion or a directory that cannot be written.
+      UserError: for an unknown fusion or head, or a directory that cannot
+        be written.
     """
     from storage import adapter_io  # pylint: disable=g-import-not-at-top
     name, _ = self._fusion_name(name)
     variables = self.fusion_variables(name)
     names, config = self.fusions[name]
+    head = None
+    if with_head:
+      head = self.active_head if with_head is True else with_head
+      if head not in self.heads:
+        raise UserError("save_adapter_fusion: no head named %r; this model "
+                        "has %s" % (head, ", ".join(sorted(self.heads))
+                                    or "no heads"))
     if format == "adapterhub":  # AdapterHub's save_adapter_fusion layout.
       from storage import adapterhub  # pylint: disable=g-import-not-at-top
+      if head is not None:
+        raise UserError("save_adapter_fusion: with_head is written in this "
+                        "toolkit's format only; save the head's adapter "
+                        "with save_adapter")
       adapterhub.save_fusion(self, directory, name,
                              getattr(self, "base_name", None))
     elif format == "toolkit":
-      adapter_io.save_fusion(self, directory, name, names, config, variables)
+      adapter_io.save_fusion(self, directory, name, names, config, variables,
+                             head=head)
     else:
       raise UserError("save_adapter_fusion format %r is not one of toolkit, "
                       "adapterhub" % (format,))
@@ -2062,9 +2080,11 @@ class BertAdapterModel(keras.Model):
       for n in names:
         self.save_adapter(os.path.join(directory, n), n, format=format)
 
-  def load_adapter_fusion(self, directory, load_as=None, set_active=False):
+  def load_adapter_fusion(self, directory, load_as=None, set_active=False,
+                          with_head=True):
     """Loads a fusion written by `save_adapter_fusion`; its adapters must be
-    in the model, or in `directory/<adapter name>/` (loaded then).
+    in the model, or in `directory/<adapter name>/` (loaded then); with
+    `with_head`, the head saved with it (made the active head).
 
     Returns:
       The fusion's name in the model.
@@ -2077,7 +2097,8 @@ class BertAdapterModel(keras.Model):
     from storage import adapterhub  # pylint: disable=g-import-not-at-top
     if adapterhub.is_adapterhub_fusion_dir(directory):
       return adapterhub.load_fusion(self, directory, load_as, set_active)
-    return adapter_io.load_fusion(self, directory, load_as, set_active)
+    return adapter_io.load_fusion(self, directory, load_as, set_active,
+                                  with_head)
 
   def delete_adapter(self, name):
     """Removes adapter `name` (its layers and LayerNorm copies).

@@ -581,11 +581,24 @@ FUSION_CHECKPOINT = "adapter_fusion.ckpt"
 FUSION_CONFIG_FILE = "adapter_fusion_config.json"
 
 
-def save_fusion(model, directory, name, adapter_names, config, variables):
+HEAD_SCOPE = "heads/%s/"  # A head's variables in a fusion checkpoint.
+
+
+def save_fusion(model, directory, name, adapter_names, config, variables,
+                head=None):
   """Writes a fusion directory atomically: the fusion's weights under their
   checkpoint names, and adapter_fusion_config.json (the config, the fused
   adapters in order, the fusion's name, the base's BERT config and
-  fingerprint)."""
+  fingerprint); with `head` (a head name), that head too, its variables
+  under `heads/<name>/`."""
+  variables = dict(variables)
+  head_record = None
+  if head is not None:
+    layer = model.heads[head]
+    for key, variable, _ in layer.checkpoint_variables(None):
+      variables[HEAD_SCOPE % head + key] = variable
+    head_record = {"name": head, "num_labels": int(layer.num_labels),
+                   "config": layer.head_config()}
   record = {
       "format_version": FORMAT_VERSION,
       "name": name,
@@ -595,6 +608,8 @@ def save_fusion(model, directory, name, adapter_names, config, variables):
       "base_fingerprint": _base_only_fingerprint(model),
       "variables": sorted(variables),
   }
+  if head_record is not None:
+    record["head"] = head_record
   with atomic_io.staged_directory(directory, "fusion directory") as tmp:
     checkpoint_io.save_checkpoint(os.path.join(tmp, FUSION_CHECKPOINT),
                                   dict(variables))
@@ -614,9 +629,11 @@ def _base_only_fingerprint(model):
       for name, variable in view.checkpoint_name_map().items())[0]
 
 
-def load_fusion(model, directory, load_as=None, set_active=False):
+def load_fusion(model, directory, load_as=None, set_active=False,
+                with_head=True):
   """Loads a directory of `save_fusion` into `model` (see the model API's
-  `load_adapter_fusion`)."""
+  `load_adapter_fusion`); with `with_head`, the head saved with it (under
+  its name, made the active head)."""
   from adapters import fusion as fusion_lib  # pylint: disable=g-import-not-at-top
   where = directory
   path = os.path.join(directory, FUSION_CONFIG_FILE)
@@ -657,12 +674,23 @@ def load_fusion(model, directory, load_as=None, set_active=False):
                     % (where, _short(record.get("base_fingerprint", "")),
                        _short(fingerprint)))
   name = load_as or fusion_name
+  head = record.get("head") if with_head else None
+  if head is not None and head.get("name") in model.heads:
+    raise UserError("%s: the fusion's head %r exists in the model already; "
+                    "delete it or load with with_head=False"
+                    % (where, head.get("name")))
   prefix, reader = checkpoint_io.read_checkpoint(
       os.path.join(directory, FUSION_CHECKPOINT), flag_name="fusion")
   model.add_adapter_fusion(names, config=config, name=name)
   try:
     variables = model.fusion_variables(name)
-    stored = reader.get_variable_to_shape_map()
+    if head is not None:
+      _add_saved_head(model, head, where)
+      for key, variable, _ in model.heads[head["name"]].checkpoint_variables(
+          None):
+        variables[HEAD_SCOPE % head["name"] + key] = variable
+    stored = [k for k in reader.get_variable_to_shape_map()
+              if head is not None or not k.startswith("heads/")]
     if sorted(stored) != sorted(variables):
       missing = sorted(set(variables) - set(stored))
       extra = sorted(set(stored) - set(variables))
@@ -679,8 +707,28 @@ def load_fusion(model, directory, load_as=None, set_active=False):
       variable.assign(value)
   except BaseException:
     model.delete_adapter_fusion(name)
+    if head is not None and head.get("name") in model.heads:
+      model.delete_head(head["name"])
     raise
+  if head is not None:
+    model.active_head = head["name"]
   if set_active:
     model.set_active_adapters(adapters_lib.composition.Fuse(*names,
                                                             name=name))
   return name
+
+
+def _add_saved_head(model, head, where):
+  """Adds the head a fusion directory records (name, num_labels, config)."""
+  try:
+    name, num_labels = str(head["name"]), int(head["num_labels"])
+    config = dict(head.get("config") or {})
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError("%s: %s records a head it cannot describe (%s)"
+                    % (where, FUSION_CONFIG_FILE, e)) from None
+  if config.pop("per_token", False):
+    config.pop("use_pooler", None)
+    model.add_tagging_head(name, num_labels, **config)
+  else:
+    model.add_classification_head(name, num_labels, **config)
+

@@ -356,20 +356,29 @@ def test_train_save_and_load_a_fusion(tmp_path):
     assert moved == (id(v) in ids), v.path
   logits = model(feats).numpy()
   model.save_adapter_fusion(str(tmp_path / "fusion"), "a,b",
-                            with_adapters=True)
-  fresh = modeling.BertAdapterModel(model.config)
+                            with_adapters=True, with_head="rte_fused")
   model.set_active_adapters(None)
-  for key, v in checkpoint_io.checkpoint_name_map(fresh).items():
-    v.assign(weights(model)[key].astype(np.float32))  # The same base.
+  base = {k: v.astype(np.float32) for k, v in weights(model).items()}
+
+  def fresh_model():
+    fresh = modeling.BertAdapterModel(model.config)
+    for key, v in checkpoint_io.checkpoint_name_map(fresh).items():
+      v.assign(base[key])  # The same base.
+    return fresh
+
+  fresh = fresh_model()
   name = fresh.load_adapter_fusion(str(tmp_path / "fusion"), set_active=True)
   assert name == "a,b" and sorted(fresh.adapters) == ["a", "b"]
-  fresh.add_classification_head("rte_fused", 2)
-  fresh.heads["rte_fused"].output_weights.assign(
-      model.heads["rte_fused"].output_weights)
-  fresh.heads["rte_fused"].output_bias.assign(
-      model.heads["rte_fused"].output_bias)
-  fresh.active_head = "rte_fused"
+  assert fresh.active_head == "rte_fused"  # The head came with the fusion.
   np.testing.assert_allclose(fresh(feats).numpy(), logits, atol=1e-5)
+  bare = fresh_model()
+  bare.load_adapter_fusion(str(tmp_path / "fusion"), with_head=False)
+  assert "rte_fused" not in bare.heads and "a,b" in bare.fusions
+  with pytest.raises(UserError, match="head 'rte_fused' exists in the model"):
+    fresh.load_adapter_fusion(str(tmp_path / "fusion"), load_as="again")
+  assert "again" not in fresh.fusions
+  with pytest.raises(UserError, match="no head named 'nope'"):
+    model.save_adapter_fusion(str(tmp_path / "f2"), "a,b", with_head="nope")
   # Errors.
   with pytest.raises(UserError, match="'ref' .* cannot be fused"):
     model.add_adapter_fusion(["a", "ref"])
@@ -382,3 +391,64 @@ def test_train_save_and_load_a_fusion(tmp_path):
   other = modeling.BertAdapterModel(tiny_config(hidden_size=8))
   with pytest.raises(UserError, match="another base"):
     other.load_adapter_fusion(str(tmp_path / "fusion"))
+
+
+def test_fusion_script_trains_the_fusion_and_saves_what_reloads(tmp_path):
+  """scripts/adapter_fusion_glue.py: two adapters saved on a tiny base are
+  fused for MRPC; only the fusion and the head move, the results file is
+  written, and the saved fusion (with its head) predicts what was trained."""
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(fx.REPO_ROOT, "scripts"))
+  try:
+    import adapter_fusion_glue  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  flags = fx.make_job(tmp_path)
+  bert_dir = os.path.dirname(flags["bert_config_file"])
+  dirs = []
+  for i, name in enumerate(("one", "two")):
+    model = modeling.BertAdapterModel.from_pretrained(bert_dir)
+    model.add_adapter(name, "pfeiffer")
+    rng = np.random.default_rng(i)
+    for key, v in model.adapter_view(name).checkpoint_name_map().items():
+      if "adapters" in key:
+        v.assign(rng.normal(0.0, 0.3, size=v.shape).astype(np.float32))
+    dirs.append(str(tmp_path / name))
+    model.save_adapter(dirs[-1], name, with_head=False)
+  out = str(tmp_path / "fused")
+  results = adapter_fusion_glue.run(
+      "MRPC", flags["data_dir"], bert_dir, dirs, out, num_train_epochs=1,
+      train_batch_size=8, eval_batch_size=8, max_seq_length=24,
+      learning_rate=1e-2)
+  assert 0.0 <= results["eval_accuracy"] <= 1.0
+  assert results["global_step"] == 64 // 8
+  written = fx.read_eval_results(out)
+  assert written["eval_accuracy"] == results["eval_accuracy"]
+  fresh = modeling.BertAdapterModel.from_pretrained(bert_dir)
+  name = fresh.load_adapter_fusion(os.path.join(out, "fusion"),
+                                   set_active=True)
+  assert name == "one,two" and fresh.active_head == "mrpc_fusion"
+  from data import glue_processors  # pylint: disable=g-import-not-at-top
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top
+  dev = input_pipeline.GlueData(
+      glue_processors.get_processor("MRPC"), flags["data_dir"],
+      vocab_file=flags["vocab_file"], do_lower_case=True, max_seq_length=24,
+      cache_dir=str(tmp_path / "f")).eval_dataset("dev", batch_size=8)
+  labels = np.concatenate([f["label_ids"].numpy() for f in dev])
+  real = np.concatenate([f["is_real_example"].numpy() for f in dev]) > 0
+  predicted = np.argmax(fresh.predict(dev, verbose=0), -1)
+  assert np.mean(predicted[real] == labels[real]) == results["eval_accuracy"]
+  # The fused adapters are unchanged (only the fusion and head trained).
+  for i, n in enumerate(("one", "two")):
+    again = modeling.BertAdapterModel.from_pretrained(bert_dir)
+    again.load_adapter(dirs[i])
+    for key, v in again.adapter_view(n).checkpoint_name_map().items():
+      np.testing.assert_array_equal(
+          v.numpy(), fresh.adapter_view(n).checkpoint_name_map()[key].numpy())
+  with pytest.raises(UserError, match="exists already"):
+    adapter_fusion_glue.run("MRPC", flags["data_dir"], bert_dir, dirs, out)
+  with pytest.raises(UserError, match="two or more"):
+    adapter_fusion_glue.run("MRPC", flags["data_dir"], bert_dir, dirs[:1],
+                            str(tmp_path / "other"))
