@@ -57,6 +57,35 @@ def _encoder_layer(model, setup=None):
   return layer
 
 
+class _FeatureFileSource:
+  """A GLUE feature file as a source of frozen activations."""
+
+  def __init__(self, feature_file):
+    from data import input_pipeline  # pylint: disable=g-import-not-at-top
+    self.key = feature_file.key
+    self.num_examples = feature_file.num_examples
+    self.path = feature_file.path
+    records = input_pipeline._read_all_records(feature_file)  # pylint: disable=protected-access
+    self.lengths = input_pipeline._record_lengths(records).numpy().astype(  # pylint: disable=protected-access
+        np.int64)
+    self._feature_file = feature_file
+
+  def eval_dataset(self, batch_size):
+    from data import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.eval_dataset(self._feature_file, batch_size,
+                                       bucket=True)
+
+
+def _source(data):
+  """A feature file, or an object with key, num_examples, lengths (int [n])
+  and eval_dataset(batch_size) (feature dicts with example_index, -1 for
+  padding) such as data.ner_pipeline's windows."""
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top
+  if isinstance(data, input_pipeline.FeatureFile):
+    return _FeatureFileSource(data)
+  return data
+
+
 def cache_key(model, feature_file, dtype):
   """(hex key, its parts): what the stored states depend on."""
   from storage import adapter_io  # pylint: disable=g-import-not-at-top
@@ -155,7 +184,8 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
 
   Args:
     model: a BertAdapterModel whose active adapter reads the frozen encoder.
-    feature_file: an input_pipeline.FeatureFile.
+    feature_file: an input_pipeline.FeatureFile, or a source of examples as
+      NerData.frozen_source gives (see `_source`).
     cache_dir: where the entry goes (the feature cache's directory).
     dtype: "float32" (the states as computed) or "float16" (half the disk).
     batch_size: examples per forward pass while computing.
@@ -167,11 +197,11 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
     UserError: for a setup without such an adapter, a bad dtype, or a cache
       that cannot be written.
   """
-  from data import input_pipeline  # pylint: disable=g-import-not-at-top
   if dtype not in DTYPES:
     raise UserError("frozen activations dtype %r is not one of %s"
                     % (dtype, ", ".join(DTYPES)))
-  key, parts = cache_key(model, feature_file, dtype)
+  source = _source(feature_file)
+  key, parts = cache_key(model, source, dtype)
   found = load(cache_dir, key)
   if found is not None:
     logging.info("Frozen activations: reusing %s (%.1f MB)",
@@ -182,17 +212,14 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
   h = model.config.hidden_size
   num_states = len(layer.read_layers)
   t0 = time.time()
-  dataset = input_pipeline.eval_dataset(feature_file, batch_size,
-                                        bucket=True)
+  dataset = source.eval_dataset(batch_size)
 
   @tf.function(reduce_retracing=True)
   def forward(input_ids, input_mask, segment_ids):
     return model.bert.frozen_states(input_ids, input_mask, segment_ids,
                                     setup)
 
-  records = input_pipeline._read_all_records(feature_file)  # pylint: disable=protected-access
-  lengths = input_pipeline._record_lengths(records).numpy().astype(  # pylint: disable=protected-access
-      np.int64)
+  lengths = np.asarray(source.lengths, np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
   total = int(lengths.sum())
   array_path, meta_path = paths(cache_dir, key)
@@ -220,7 +247,7 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
       if os.path.exists(tmp):
         os.remove(tmp)
       raise
-    meta = dict(parts, key=key, num_examples=feature_file.num_examples,
+    meta = dict(parts, key=key, num_examples=source.num_examples,
                 total_tokens=total, hidden=h,
                 lengths=[int(n) for n in lengths])
     atomic_io.atomic_write_text(meta_path, json.dumps(meta) + "\n")
@@ -230,6 +257,6 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
   built = load(cache_dir, key)
   logging.info("Frozen activations: computed %d examples (%d tokens, %d "
                "states of %d) in %.1f s; %s holds %.1f MB (%s)",
-               feature_file.num_examples, total, num_states, h,
+               source.num_examples, total, num_states, h,
                time.time() - t0, array_path, built.nbytes / 1e6, dtype)
   return built

@@ -522,18 +522,9 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
                   bucket=None, group_batches=None):
   """The training input: shuffled each epoch, repeated, batched.
 
-  Epoch `e` visits the examples in the order of a stateless permutation
-  seeded by `(seed, e)`; the epochs follow one another and are cut into
-  batches of `batch_size` (a batch may span two epochs; drop_remainder
-  semantics: every batch is full). With `group_batches=k`, each run of k
-  batches of that stream (a window of k * batch_size examples) is sorted by
-  length and cut again into k batches of similar length, which follow in a
-  seeded random order: batches with little padding, every example still
-  seen once per epoch (up to the window that straddles two epochs). The
-  stream depends only on the feature file, `seed`, `batch_size` and
-  `group_batches` (not on TensorFlow's global seed), and `start_step=s`
-  yields exactly the batches s, s+1, ... of the stream that starts at 0,
-  without producing the skipped ones.
+  The batches are `index_batches` of the feature file's examples (see there:
+  the stream depends only on the feature file, `seed`, `batch_size` and
+  `group_batches`; `start_step=s` yields exactly the batches s, s+1, ...).
 
   Args:
     feature_file: a FeatureFile.
@@ -552,9 +543,49 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
   n = feature_file.num_examples
   if n < 1:
     raise UserError("no training examples in %s" % feature_file.path)
+  records = _read_all_records(feature_file)  # [n]
+  boundaries = _boundaries(bucket, feature_file.max_seq_length)
+
+  def to_features(indices):
+    return _parse_batch(tf.gather(records, indices), indices,
+                        tf.ones_like(indices), feature_file.max_seq_length,
+                        feature_file.is_regression, boundaries)
+
+  grouped = group_batches and int(group_batches) > 1
+  dataset = index_batches(n, batch_size, seed, start_step, group_batches,
+                          _record_lengths(records) if grouped else None)
+  return _parse_and_prefetch(dataset, to_features)
+
+
+def index_batches(n, batch_size, seed=0, start_step=0, group_batches=None,
+                  lengths=None):
+  """The training order of n examples: an infinite dataset of int64 [batch]
+  index batches.
+
+  Epoch `e` visits the examples in the order of a stateless permutation
+  seeded by `(seed, e)`; the epochs follow one another and are cut into
+  batches of `batch_size` (a batch may span two epochs; drop_remainder
+  semantics: every batch is full). With `group_batches=k`, each run of k
+  batches of that stream (a window of k * batch_size examples) is sorted by
+  `lengths` and cut again into k batches of similar length, which follow in
+  a seeded random order: batches with little padding, every example still
+  seen once per epoch (up to the window that straddles two epochs). The
+  stream depends only on n, `seed`, `batch_size`, `group_batches` and the
+  lengths (not on TensorFlow's global seed), and `start_step=s` yields
+  exactly the batches s, s+1, ... of the stream that starts at 0, without
+  producing the skipped ones.
+
+  Args:
+    n: number of examples (>= 1).
+    batch_size: examples per batch.
+    seed: Python int.
+    start_step: number of batches already consumed (when resuming).
+    group_batches: None/0/1 (no grouping) or the window k in batches,
+      capped at the batches in one epoch.
+    lengths: int [n], each example's length (needed to group).
+  """
   if batch_size < 1 or start_step < 0:
     raise ValueError("batch_size must be positive and start_step >= 0")
-  records = _read_all_records(feature_file)  # [n]
   window = max(1, min(int(group_batches or 1), n // batch_size))
   first_window, skip_batches = divmod(int(start_step), window)
   first_epoch, offset = divmod(first_window * window * int(batch_size), n)
@@ -566,34 +597,34 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
         seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
     return tf.data.Dataset.from_tensor_slices(order)
 
-  boundaries = _boundaries(bucket, feature_file.max_seq_length)
-
-  def to_features(indices):
-    return _parse_batch(tf.gather(records, indices), indices,
-                        tf.ones_like(indices), feature_file.max_seq_length,
-                        feature_file.is_regression, boundaries)
-
   dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
   dataset = dataset.skip(offset)
   if window == 1:
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-  else:
-    lengths = _record_lengths(records)  # [n]
+    return dataset.batch(batch_size, drop_remainder=True)
+  lengths = tf.convert_to_tensor(lengths)  # [n]
 
-    def grouped(window_index, indices):
-      # indices: [window * batch]; stable sort, so ties keep stream order.
-      indices = tf.gather(indices, tf.argsort(tf.gather(lengths, indices),
-                                              stable=True))
-      batches = tf.reshape(indices, [window, batch_size])
-      order = tf.random.experimental.stateless_shuffle(
-          tf.range(window), seed=tf.random.experimental.stateless_fold_in(
-              tf.stack([tf.constant(seed, tf.int64), window_index]), 1))
-      return tf.data.Dataset.from_tensor_slices(tf.gather(batches, order))
+  def grouped(window_index, indices):
+    # indices: [window * batch]; stable sort, so ties keep stream order.
+    indices = tf.gather(indices, tf.argsort(tf.gather(lengths, indices),
+                                            stable=True))
+    batches = tf.reshape(indices, [window, batch_size])
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(window), seed=tf.random.experimental.stateless_fold_in(
+            tf.stack([tf.constant(seed, tf.int64), window_index]), 1))
+    return tf.data.Dataset.from_tensor_slices(tf.gather(batches, order))
 
-    dataset = dataset.batch(window * batch_size, drop_remainder=True)
-    dataset = dataset.enumerate(start=first_window).flat_map(grouped)
-    dataset = dataset.skip(skip_batches)
-  return _parse_and_prefetch(dataset, to_features)
+  dataset = dataset.batch(window * batch_size, drop_remainder=True)
+  dataset = dataset.enumerate(start=first_window).flat_map(grouped)
+  return dataset.skip(skip_batches)
+
+
+def bucket_width(longest, boundaries):
+  """The smallest of `boundaries` (a tuple ending with the widest) that
+  covers `longest` (a scalar Tensor), as int64."""
+  bounds = tf.constant([boundaries], tf.int64)  # [1, buckets]
+  bucket = tf.searchsorted(bounds, [[tf.cast(longest, tf.int64)]],
+                           side="left")[0, 0]
+  return bounds[0, tf.minimum(bucket, len(boundaries) - 1)]
 
 
 def _parse_and_prefetch(dataset, to_features):

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from data import conll
+from data import input_pipeline
 import tokenization
 from training.errors import UserError
 
@@ -68,10 +69,13 @@ class NerData:
     self.data_dir = data_dir
     self.tfds_data_dir = tfds_data_dir
     self.max_seq_length = int(max_seq_length)
+    self.vocab_file = vocab_file
+    self.do_lower_case = do_lower_case
     self.tokenizer = tokenization.FullTokenizer(vocab_file, do_lower_case)
     self.predict_file = predict_file
     self._sentences = {}
     self._windows = {}
+    self._gold = {}
     self.labels = None
 
   def from_tfds(self, split):
@@ -165,49 +169,91 @@ class NerData:
     return 1
 
   def has_gold(self, split):
-    return self._columns(split) > 1
+    """Whether the split's file has tags (a column after the token)."""
+    if split not in self._gold:
+      self._gold[split] = self._columns(split) > 1
+    return self._gold[split]
 
   def num_windows(self, split):
     return len(self.windows(split)[1])
 
-  def train_dataset(self, batch_size, seed=0, start_step=0):
+  def lengths(self, split):
+    """int32 [windows]: each window's real pieces ([CLS] and [SEP] in)."""
+    return self.windows(split)[0]["input_mask"].sum(axis=1).astype(np.int32)
+
+  def train_dataset(self, batch_size, seed=0, start_step=0, bucket=None,
+                    group_batches=None):
     """Shuffled each epoch (stateless, by seed and epoch), repeated, in
-    whole batches; `start_step` skips the batches already trained."""
+    whole batches; `start_step` skips the batches already trained. As
+    run_classifier's (input_pipeline.index_batches): `group_batches` sorts
+    each run of that many batches by length, and `bucket` (True or
+    boundaries) trims each batch to the smallest boundary that covers its
+    longest window."""
     arrays, _, _ = self.windows("train")
     n = len(arrays["input_ids"])
     if n < 1:
       raise UserError("no training sentences in %s" % self.path("train"))
-    first_epoch, offset = divmod(int(start_step) * int(batch_size), n)
+    grouped = group_batches and int(group_batches) > 1
+    dataset = input_pipeline.index_batches(
+        n, batch_size, seed, start_step, group_batches,
+        self.lengths("train") if grouped else None)
+    return self._batches(dataset, arrays, bucket)
 
-    def epoch_order(epoch):
-      return tf.data.Dataset.from_tensor_slices(
-          tf.random.experimental.stateless_shuffle(
-              tf.range(n, dtype=tf.int64),
-              seed=tf.stack([tf.constant(int(seed), tf.int64), epoch])))
-
+  def _batches(self, index_batches, arrays, bucket, extra=None):
+    """Index batches -> feature dicts (trimmed to buckets with `bucket`)."""
+    boundaries = input_pipeline._boundaries(  # pylint: disable=protected-access
+        bucket, self.max_seq_length)
     tensors = {k: tf.constant(v) for k, v in arrays.items()}
-    dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_order)
-    dataset = dataset.skip(offset).batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(
-        lambda idx: dict({k: tf.gather(v, idx) for k, v in tensors.items()},
-                         example_index=tf.cast(idx, tf.int32)))
-    return dataset.prefetch(2)
+    tensors.update({k: tf.constant(v) for k, v in (extra or {}).items()})
 
-  def eval_dataset(self, split, batch_size):
-    """Every window once, in order, then empty ones up to whole batches
-    (example_index -1, is_real_example 0)."""
+    def gather(idx):
+      features = {k: tf.gather(v, tf.maximum(idx, 0))
+                  for k, v in tensors.items()}
+      if boundaries is not None:
+        width = input_pipeline.bucket_width(
+            tf.reduce_max(tf.reduce_sum(features["input_mask"], 1)),
+            boundaries)
+        features = {k: v[:, :width] if v.shape.rank == 2 else v
+                    for k, v in features.items()}
+      features["example_index"] = tf.cast(idx, tf.int32)
+      return features
+
+    return index_batches.map(gather).prefetch(2)
+
+  def eval_dataset(self, split, batch_size, bucket=None):
+    """Every window once, then empty ones up to whole batches
+    (example_index -1, is_real_example 0); with `bucket`, in order of
+    length (each batch trimmed), else in file order."""
     arrays, _, _ = self.windows(split)
     n = len(arrays["input_ids"])
     total = -(-n // batch_size) * batch_size
-    padded = {k: np.concatenate([v, np.zeros((total - n,) + v.shape[1:],
-                                             v.dtype) - (k == "label_ids")])
-              for k, v in arrays.items()}
-    padded["example_index"] = np.concatenate(
-        [np.arange(n), -np.ones(total - n)]).astype(np.int32)
-    padded["is_real_example"] = (padded["example_index"] >= 0).astype(
-        np.int32)
-    return tf.data.Dataset.from_tensor_slices(padded).batch(
-        batch_size, drop_remainder=True)
+    order = np.arange(n)
+    if bucket:
+      order = np.argsort(self.lengths(split), kind="stable")
+    index = np.concatenate([order, -np.ones(total - n, np.int64)])
+    dataset = tf.data.Dataset.from_tensor_slices(
+        index.astype(np.int64)).batch(batch_size, drop_remainder=True)
+    # Padding rows read window 0 and are then blanked: no label, no mask.
+    dataset = self._batches(dataset, arrays, bucket)
+
+    def blank(features):
+      real = features["example_index"] >= 0  # [batch]
+      out = {}
+      for k, v in features.items():
+        if k == "example_index" or v.shape.rank != 2:
+          out[k] = v
+        else:
+          fill = -1 if k == "label_ids" else 0
+          out[k] = tf.where(real[:, None], v, tf.cast(fill, v.dtype))
+      out["is_real_example"] = tf.cast(real, tf.int32)
+      return out
+
+    return dataset.map(blank)
+
+  def frozen_source(self, split):
+    """What data.frozen_activations needs to store a split's frozen
+    states: key, num_examples, lengths, eval_dataset(batch_size)."""
+    return _WindowSource(self, split)
 
   def decode(self, split, logits, example_index):
     """Predicted tags per sentence, in the split's scheme.
@@ -239,3 +285,37 @@ class NerData:
 def _valid_iob2(tags):
   """IOB2 from predicted tags (an I- after O or another type becomes B-)."""
   return conll.to_iob2(tags)
+
+
+class _WindowSource:
+  """A split's windows as a source of frozen activations."""
+
+  def __init__(self, data, split):
+    self._data = data
+    self._split = split
+    self.num_examples = data.num_windows(split)
+    self.lengths = data.lengths(split).astype(np.int64)
+    self.path = data.path(split)
+
+  @property
+  def key(self):
+    """What the windows depend on: the split's file (or tfds), the
+    vocabulary, casing, window length, labels and the tokenizer's code."""
+    import hashlib  # pylint: disable=g-import-not-at-top
+    import json  # pylint: disable=g-import-not-at-top
+    data = self._data
+    parts = {
+        "source": (data.path(self._split) if data.from_tfds(self._split)
+                   else input_pipeline.file_sha256(data.path(self._split))),
+        "vocab": input_pipeline.file_sha256(data.vocab_file),
+        "do_lower_case": data.do_lower_case,
+        "max_seq_length": data.max_seq_length,
+        "labels": data.labels,
+        "tokenizer": input_pipeline._tokenizer_code_fingerprint(),  # pylint: disable=protected-access
+        "windows": "ner-1",
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode(
+        "utf-8")).hexdigest()
+
+  def eval_dataset(self, batch_size):
+    return self._data.eval_dataset(self._split, batch_size, bucket=True)

@@ -112,6 +112,17 @@ def test_run_ner_trains_evaluates_and_predicts(tmp_path):
     assert abs(want[key] - scores[key]) <= 1e-9, key
   predicted_scores = fx.read_eval_results(out, "predict_results.txt")
   assert abs(predicted_scores["f1"] - scores["f1"]) <= 1e-9
+  # The fast path: layer attention on frozen states computed once.
+  la_config = tmp_path / "la.json"
+  la_config.write_text('{"kind": "layer_attention", "reduced_size": 4}')
+  fast = dict(flags, output_dir=str(tmp_path / "fast"), do_predict=False,
+              predict_file=None, adapter_size=None,
+              adapter_config=str(la_config), frozen_activations=True)
+  result = fx.run_cli(fast, script="run_ner.py")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "f1" in fx.read_eval_results(fast["output_dir"])
+  assert any(f.startswith("frozen-") and f.endswith(".npy") for f in
+             os.listdir(os.path.join(fast["output_dir"], "features")))
   # A malformed line: one error naming file and line, exit 1.
   with open(data_dir / "valid.txt", "a") as f:
     f.write("bad line here\n")
@@ -172,3 +183,64 @@ def test_without_data_dir_conll2003_comes_from_tensorflow_datasets(
   with pytest.raises(UserError, match="pass --data_dir=<folder with") as info:
     ner_pipeline.tfds_sentences("dev", str(tmp_path / "empty"))
   assert "\n" not in str(info.value)
+
+
+def test_layer_attention_on_stored_states_trains_as_on_the_encoder(tmp_path):
+  """The NER fast path: six steps of a layer-attention tagger on the
+  windows' stored frozen states equal six steps running the encoder
+  (length buckets and grouping on), and bucketed evaluation (windows sorted
+  by length, batches trimmed) decodes the tags of unbucketed evaluation."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import adapters  # pylint: disable=g-import-not-at-top
+  import optimization  # pylint: disable=g-import-not-at-top
+  import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
+  from data import conll, frozen_activations, ner_pipeline  # pylint: disable=g-import-not-at-top
+  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  flags = fx.make_job(tmp_path)
+  _write_conll(tmp_path / "train.txt", 40, 0)
+  _write_conll(tmp_path / "valid.txt", 10, 1)
+  data = ner_pipeline.NerData(str(tmp_path), flags["vocab_file"], True, 14)
+  data.set_labels(conll.label_list(data.sentences("train")))
+  assert data.num_windows("train") > 40  # Some sentences take two windows.
+  config = modeling.BertConfig.from_json_file(flags["bert_config_file"])
+  cache = str(tmp_path / "features")
+  buckets = (9, 12, 14)
+  results = []
+  for stored in (False, True):
+    keras.utils.set_random_seed(0)
+    model = modeling.BertAdapterModel(config, adapters=[(
+        "ner", adapters.LayerAttentionConfig(dropout=0.1, reduced_size=4))])
+    model.add_tagging_head("ner", len(data.labels))
+    model.active_head = "ner"
+    model.load_base_checkpoint(flags["init_checkpoint"])
+    trainable = modeling.set_train_mode(model, "adapters")
+    trainer = trainer_lib.Trainer(
+        model, optimization.create_optimizer(1e-2, 6, 1), trainable,
+        tf.distribute.get_strategy(), str(tmp_path), num_labels=len(
+            data.labels), is_regression=False, global_batch_size=8, seed=3)
+    dataset = data.train_dataset(8, seed=1, bucket=buckets, group_batches=3)
+    if stored:
+      frozen = frozen_activations.build_or_load(
+          model, data.frozen_source("train"), cache)
+      assert frozen.array.shape[0] == int(data.lengths("train").sum())
+      dataset = frozen.attach(dataset)
+    widths = {int(f["input_ids"].shape[1]) for f in dataset.take(12)}
+    assert widths <= set(buckets) and len(widths) > 1
+    trainer._build_train_loop()  # pylint: disable=protected-access
+    losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))  # pylint: disable=protected-access
+    results.append((losses.numpy(), {n: v.numpy() for n, v in trainable}))
+  (plain_losses, plain), (stored_losses, stored_values) = results
+  np.testing.assert_allclose(stored_losses, plain_losses, atol=1e-5)
+  for name, value in plain.items():
+    np.testing.assert_allclose(stored_values[name], value, atol=1e-5,
+                               err_msg=name)
+  # The entry is reused: a second build reads it back.
+  again = frozen_activations.build_or_load(model, data.frozen_source("train"),
+                                           cache)
+  np.testing.assert_array_equal(np.asarray(again.array),
+                                np.asarray(frozen.array))
+  decoded = []
+  for bucket in (None, buckets):
+    out = trainer.predict(data.eval_dataset("dev", 8, bucket=bucket))
+    decoded.append(data.decode("dev", out["logits"], out["example_index"]))
+  assert decoded[0] == decoded[1]

@@ -15,6 +15,7 @@ predict_results.txt with the keys of eval_results.txt.
 
 import dataclasses
 import os
+import time
 
 from compute import tf_startup  # noqa: F401  (first: oneDNN kernels before TensorFlow)
 from absl import logging
@@ -23,15 +24,15 @@ import numpy as np
 
 from compute import precision
 from data import conlleval
+from data import frozen_activations
 from data import ner_pipeline
 import modeling
-import optimization
 from storage import adapter_io
 from storage import atomic_io
 from storage.atomic_io import atomic_write_text
 from training import distribution
+from training import run_config
 from training import runner
-from training import trainer as trainer_lib
 from training.errors import UserError
 
 HEAD = "ner"
@@ -57,6 +58,7 @@ def run(cfg, predict_file=None):
   bert_config = runner.read_bert_config(cfg.bert_config_file)
   runner.check_inputs(cfg, bert_config)
   adapter_config = runner.resolve_adapter_config(cfg, bert_config)
+  runner.check_adapter_flags(cfg, adapter_config)
   cfg = dataclasses.replace(cfg, adapter_size=getattr(
       adapter_config, "size", cfg.adapter_size))
   data = ner_pipeline.NerData(cfg.data_dir, cfg.vocab_file,
@@ -118,16 +120,9 @@ def run(cfg, predict_file=None):
                               init_checkpoint=cfg.init_checkpoint,
                               label_list=labels)
     trainable = modeling.set_train_mode(model, cfg.train_mode)
-    optimizer = optimization.create_optimizer(
-        cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
-        weight_decay_rate=cfg.weight_decay_rate,
-        adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
-    trainer = trainer_lib.Trainer(
-        model, optimizer, trainable, strategy, cfg.output_dir,
-        num_labels=len(labels), is_regression=False,
-        global_batch_size=cfg.train_batch_size, seed=cfg.seed,
-        jit_compile=cfg.jit_compile, adapter_drop=cfg.adapter_drop)
-    trainer.restore_latest()
+    trainer = runner.build_trainer(cfg, bert_config, model, trainable,
+                                   strategy, len(labels), False,
+                                   num_train_steps, num_warmup_steps)
 
   runner.create_output_dir(cfg)
   lock = atomic_io.DirectoryLock(cfg.output_dir).acquire()
@@ -140,12 +135,29 @@ def run(cfg, predict_file=None):
                    "batch %d, %d steps, labels %s *****",
                    len(data.sentences("train")), data.num_windows("train"),
                    cfg.train_batch_size, num_train_steps, ", ".join(labels))
+      frozen = None
+      if cfg.frozen_activations:  # The layer-attention fast path.
+        frozen = frozen_activations.build_or_load(
+            model, data.frozen_source("train"),
+            os.path.join(cfg.output_dir, "features"),
+            dtype=cfg.frozen_activations_dtype,
+            batch_size=cfg.eval_batch_size * 4)
+      buckets = runner.length_buckets(cfg, strategy)
+
+      def make_dataset(start_step):
+        dataset = data.train_dataset(
+            cfg.train_batch_size, cfg.seed, start_step, bucket=buckets,
+            group_batches=(run_config.GROUP_WINDOW_BATCHES
+                           if cfg.group_by_length else None))
+        return frozen.attach(dataset) if frozen is not None else dataset
+
+      t0 = time.time()
       results["train"] = trainer.train(
-          lambda start: data.train_dataset(cfg.train_batch_size, cfg.seed,
-                                           start),
-          num_train_steps, iterations_per_loop=cfg.iterations_per_loop,
+          make_dataset, num_train_steps,
+          iterations_per_loop=cfg.iterations_per_loop,
           save_checkpoints_steps=cfg.save_checkpoints_steps,
           log_steps=cfg.log_steps)
+      results["train"]["train_seconds"] = time.time() - t0
       adapter_io.save_adapter(model, trainable,
                               os.path.join(cfg.output_dir, "adapter"),
                               adapter_config=adapter_config,
@@ -167,8 +179,9 @@ def conll_labels(data, split):
   return conll.label_list(data.sentences(split))
 
 
-def _run(data, trainer, split, batch_size):
-  out = trainer.predict(data.eval_dataset(split, batch_size))
+def _run(cfg, data, trainer, split, batch_size):
+  out = trainer.predict(data.eval_dataset(
+      split, batch_size, bucket=runner.length_buckets(cfg, trainer.strategy)))
   real = out["is_real_example"].astype(bool)
   tags = data.decode(split, out["logits"], out["example_index"])
   loss = float(np.mean(out["per_example_loss"][real]))
@@ -176,7 +189,7 @@ def _run(data, trainer, split, batch_size):
 
 
 def _score(cfg, data, trainer, split, file_name):
-  tags, loss = _run(data, trainer, split, cfg.eval_batch_size)
+  tags, loss = _run(cfg, data, trainer, split, cfg.eval_batch_size)
   gold = [s.tags for s in data.sentences(split)]
   scores = conlleval.evaluate(gold, tags)
   lines = conlleval.results_lines(scores) + [
@@ -191,7 +204,7 @@ def _score(cfg, data, trainer, split, file_name):
 
 
 def _predict(cfg, data, trainer):
-  tags, _ = _run(data, trainer, "test", cfg.predict_batch_size)
+  tags, _ = _run(cfg, data, trainer, "test", cfg.predict_batch_size)
   has_gold = data.has_gold("test")
   lines = []
   for sentence, predicted in zip(data.sentences("test"), tags):

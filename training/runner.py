@@ -376,25 +376,7 @@ def run(cfg):
   bert_config = read_bert_config(cfg.bert_config_file)
   check_inputs(cfg, bert_config)
   adapter_config = resolve_adapter_config(cfg, bert_config)
-  if cfg.adapter_drop and (
-      adapter_config is None or not getattr(adapter_config, "enabled", True)
-      or registry.method_of(adapter_config).encoder_level):
-    raise UserError("--adapter_drop skips adapters in the lowest layers; %s "
-                    "has none there" % (
-                        "no adapter" if adapter_config is None or not getattr(
-                            adapter_config, "enabled", True) else
-                        "--adapter_config=%s (%s reads the frozen encoder's "
-                        "output)" % (cfg.adapter_config,
-                                     adapter_config.kind)))
-  if cfg.frozen_activations and cfg.do_train and (
-      adapter_config is None or not getattr(adapter_config, "enabled", True)
-      or not registry.method_of(adapter_config).encoder_level
-      or cfg.train_mode != "adapters"):
-    raise UserError("--frozen_activations needs an adapter that reads the "
-                    "frozen encoder (--adapter_config=layer_attention) and "
-                    "--train_mode=adapters; got --adapter_config=%s, "
-                    "--train_mode=%s" % (cfg.adapter_config,
-                                         cfg.train_mode))
+  check_adapter_flags(cfg, adapter_config)
   cfg = dataclasses.replace(cfg, adapter_size=getattr(
       adapter_config, "size", cfg.adapter_size))
   identity = run_identity(cfg, bert_config)  # Reads the checkpoint index.
@@ -462,19 +444,9 @@ def run(cfg):
                               init_checkpoint=cfg.init_checkpoint,
                               label_list=label_list)
     trainable = modeling.set_train_mode(model, cfg.train_mode)
-    optimizer = optimization.create_optimizer(
-        cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
-        weight_decay_rate=cfg.weight_decay_rate,
-        adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
-    trainer = trainer_lib.Trainer(
-        model, optimizer, trainable, strategy, cfg.output_dir,
-        num_labels=num_labels, is_regression=is_regression,
-        global_batch_size=cfg.train_batch_size, seed=cfg.seed,
-        jit_compile=cfg.jit_compile,
-        loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None,
-        micro_batch_size=_micro_batch_size(cfg, bert_config, strategy),
-        adapter_drop=cfg.adapter_drop)
-    trainer.restore_latest()
+    trainer = build_trainer(cfg, bert_config, model, trainable, strategy,
+                            num_labels, is_regression, num_train_steps,
+                            num_warmup_steps)
 
   create_output_dir(cfg)
   # One run at a time: nothing is written into output_dir without its lock.
@@ -512,7 +484,7 @@ def run(cfg):
       def make_dataset(start_step):
         dataset = data.train_dataset(
             batch_size=cfg.train_batch_size, seed=cfg.seed,
-            start_step=start_step, bucket=_bucket(cfg, strategy),
+            start_step=start_step, bucket=length_buckets(cfg, strategy),
             group_batches=(run_config.GROUP_WINDOW_BATCHES
                            if cfg.group_by_length else None))
         return frozen.attach(dataset) if frozen is not None else dataset
@@ -549,6 +521,53 @@ def run(cfg):
       lock.release()
 
 
+def check_adapter_flags(cfg, adapter_config):
+  """--adapter_drop and --frozen_activations against the adapter method.
+
+  Raises:
+    UserError: for a method they do not apply to.
+  """
+  if cfg.adapter_drop and (
+      adapter_config is None or not getattr(adapter_config, "enabled", True)
+      or registry.method_of(adapter_config).encoder_level):
+    raise UserError("--adapter_drop skips adapters in the lowest layers; %s "
+                    "has none there" % (
+                        "no adapter" if adapter_config is None or not getattr(
+                            adapter_config, "enabled", True) else
+                        "--adapter_config=%s (%s reads the frozen encoder's "
+                        "output)" % (cfg.adapter_config,
+                                     adapter_config.kind)))
+  if cfg.frozen_activations and cfg.do_train and (
+      adapter_config is None or not getattr(adapter_config, "enabled", True)
+      or not registry.method_of(adapter_config).encoder_level
+      or cfg.train_mode != "adapters"):
+    raise UserError("--frozen_activations needs an adapter that reads the "
+                    "frozen encoder (--adapter_config=layer_attention) and "
+                    "--train_mode=adapters; got --adapter_config=%s, "
+                    "--train_mode=%s" % (cfg.adapter_config,
+                                         cfg.train_mode))
+
+
+def build_trainer(cfg, bert_config, model, trainable, strategy, num_labels,
+                  is_regression, num_train_steps, num_warmup_steps):
+  """The run's optimizer and Trainer (inside strategy.scope()), restored
+  from output_dir's latest checkpoint when there is one."""
+  optimizer = optimization.create_optimizer(
+      cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
+      weight_decay_rate=cfg.weight_decay_rate,
+      adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
+  trainer = trainer_lib.Trainer(
+      model, optimizer, trainable, strategy, cfg.output_dir,
+      num_labels=num_labels, is_regression=is_regression,
+      global_batch_size=cfg.train_batch_size, seed=cfg.seed,
+      jit_compile=cfg.jit_compile,
+      loss_scale=2.0**15 if cfg.mixed_precision == "float16" else None,
+      micro_batch_size=_micro_batch_size(cfg, bert_config, strategy),
+      adapter_drop=cfg.adapter_drop)
+  trainer.restore_latest()
+  return trainer
+
+
 def _micro_batch_size(cfg, bert_config, strategy):
   """Examples per micro-batch of a training step (per replica)."""
   per_replica = max(1, cfg.train_batch_size // strategy.num_replicas_in_sync)
@@ -563,7 +582,7 @@ def _micro_batch_size(cfg, bert_config, strategy):
   return size
 
 
-def _bucket(cfg, strategy):
+def length_buckets(cfg, strategy):
   """The length buckets batches are trimmed to, or False (fixed shapes).
 
   Never on TPU (one compiled shape). Finer buckets where a new width only
@@ -595,7 +614,7 @@ def bucket_granularity(jit_compile, strategy):
 def evaluate(cfg, data, trainer, processor):
   """Evaluates on the dev set; writes and prints eval_results.txt."""
   dataset = data.eval_dataset("dev", batch_size=cfg.eval_batch_size,
-                              bucket=_bucket(cfg, trainer.strategy))
+                              bucket=length_buckets(cfg, trainer.strategy))
   out = trainer.predict(dataset)
   out = _in_example_order(out)
   real = out["is_real_example"].astype(bool)
@@ -632,7 +651,7 @@ def evaluate(cfg, data, trainer, processor):
 def predict(cfg, data, trainer, processor):
   """Predicts the test set; writes test_results.tsv and the GLUE file."""
   dataset = data.eval_dataset("test", batch_size=cfg.predict_batch_size,
-                              bucket=_bucket(cfg, trainer.strategy))
+                              bucket=length_buckets(cfg, trainer.strategy))
   out = _in_example_order(trainer.predict(dataset))
   real = out["is_real_example"].astype(bool)
   logits = out["logits"][real]

@@ -583,6 +583,8 @@ class Trainer:
       dict of numpy arrays concatenated over batches (padding included):
       logits, per_example_loss, batch_mean_loss (one per batch), and every
       feature except the model inputs (label_ids, is_real_example, ...).
+      Per-token arrays of batches trimmed to different widths (length
+      buckets) are padded to the widest (label_ids with -1, else 0).
     """
     if self._eval_step is None:
       self._build_eval_step()
@@ -598,7 +600,8 @@ class Trainer:
         if key in ("input_ids", "input_mask", "segment_ids"):
           continue
         outputs[key].append(_gather(self.strategy, value))
-    return {k: np.concatenate(v) for k, v in outputs.items()}
+    return {k: _concatenate(v, -1 if k == "label_ids" else 0)
+            for k, v in outputs.items()}
 
 
 def checkpoint_candidates(output_dir):
@@ -653,3 +656,14 @@ def _format_duration(seconds):
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return "%d:%02d:%02d" % (h, m, s) if h else "%d:%02d" % (m, s)
+
+
+def _concatenate(arrays, fill):
+  """np.concatenate over batches; [batch, width, ...] arrays of different
+  widths are first padded to the widest with `fill`."""
+  if arrays and arrays[0].ndim >= 2:
+    width = max(a.shape[1] for a in arrays)
+    arrays = [a if a.shape[1] == width else np.pad(
+        a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+        constant_values=fill) for a in arrays]
+  return np.concatenate(arrays)
