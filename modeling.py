@@ -1250,6 +1250,15 @@ class BertModel(keras.layers.Layer):
     pooled_output = self.pooler(sequence_output)
     return sequence_output, pooled_output
 
+  def token_rows(self, sequence, setup, branch):
+    """A branch's rows of `sequence` that are input tokens: without the
+    soft tokens its prompt tuning put in (none where layer 0 is skipped)."""
+    if 0 in setup.skip_layers:
+      return sequence
+    for layer in reversed(self.embeddings.prompts.branch_layers(branch)):
+      sequence = layer.token_rows(sequence)
+    return sequence
+
   def frozen_states(self, input_ids, input_mask, segment_ids, setup,
                     policy=None):
     """The frozen encoder's hidden states that the setup's encoder-level
@@ -2491,23 +2500,24 @@ class BertAdapterModel(keras.Model):
                                    policy=policy, setup=setup)
     seed = kernels.fold_seed(dropout_seed, 1)
 
-    def head_input(head, pooled, sequence):
+    def head_input(head, pooled, sequence, branch):
       # BERT's pooler, the first token (AdapterHub's default head), or every
-      # token (a tagging head).
+      # input token (a tagging head; soft prompt tokens are not tagged).
       if head.per_token:
-        return sequence
+        return self.bert.token_rows(sequence, setup, branch)
       return pooled if head.use_pooler else sequence[:, 0]
 
     if not setup.parallel:
-      head = self.heads[setup.branches[0].head]
-      return head(head_input(head, pooled, sequence), training=training,
-                  seed=seed, policy=policy)
+      branch = setup.branches[0]
+      head = self.heads[branch.head]
+      return head(head_input(head, pooled, sequence, branch),
+                  training=training, seed=seed, policy=policy)
     n = len(setup.branches)
     return {b.head: self.heads[b.head](
-        head_input(self.heads[b.head], p, q), training=training, seed=seed,
-        policy=policy) for b, p, q in zip(setup.branches,
-                                          tf.split(pooled, n, axis=0),
-                                          tf.split(sequence, n, axis=0))}
+        head_input(self.heads[b.head], p, q, b), training=training,
+        seed=seed, policy=policy) for b, p, q in zip(
+            setup.branches, tf.split(pooled, n, axis=0),
+            tf.split(sequence, n, axis=0))}
 
   def _call_split(self, features, setup, training, dropout_seed, policy):
     """BatchSplit / MultiTask: each branch's examples through it alone.

@@ -101,6 +101,14 @@ class PromptLayer(keras.layers.Layer):
     return (tf.concat([embedded[:, :1], prompts, embedded[:, 1:]], axis=1),
             tf.concat([input_mask[:, :1], ones, input_mask[:, 1:]], axis=1))
 
+  def token_rows(self, sequence):
+    """The inverse on an output: sequence [batch, seq + P, H] -> the input
+    tokens' rows [batch, seq, H] (what a tagging head reads)."""
+    length = self.config.prompt_length
+    if self.config.combine == "prefix":
+      return sequence[:, length:]
+    return tf.concat([sequence[:, :1], sequence[:, 1 + length:]], axis=1)
+
   def get_config(self):
     base = super().get_config()
     base.update(config=self.config.to_dict(), hidden_size=self.hidden_size)

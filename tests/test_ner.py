@@ -244,3 +244,46 @@ def test_layer_attention_on_stored_states_trains_as_on_the_encoder(tmp_path):
     out = trainer.predict(data.eval_dataset("dev", 8, bucket=bucket))
     decoded.append(data.decode("dev", out["logits"], out["example_index"]))
   assert decoded[0] == decoded[1]
+
+
+@pytest.mark.parametrize("method", [
+    "adapter-bert", "pfeiffer", "houlsby", "parallel",
+    "pfeiffer+inv", "compacter++", "lora", "ia3", "prefix_tuning",
+    "prompt_tuning", "mam", "unipelt", "layer_attention"])
+def test_every_method_tags(method):
+  """Each method under a tagging head: one logit row per input token (soft
+  prompt tokens and prefixes add none), the head applied to the adapted
+  sequence output, and a training step that moves the method's weights."""
+  import optimization  # pylint: disable=g-import-not-at-top
+  from test_methods import batch, model_with  # pylint: disable=g-import-not-at-top
+  import adapters  # pylint: disable=g-import-not-at-top
+  # Presets whose widths do not divide on the tiny config get workable ones.
+  config = {"compacter++": adapters.get_preset("compacter++").replace(
+      reduction_factor=2),
+            "layer_attention": adapters.LayerAttentionConfig(
+                reduced_size=4)}.get(method, method)
+  model = model_with(config)
+  model.add_tagging_head("tags", 4)
+  model.active_head = "tags"
+  ids, mask, segs = batch(model.config)
+  feats = as_features(ids, mask, segs)
+  logits = model(feats).numpy()
+  assert logits.shape == ids.shape + (4,)
+  sequence = model.encode(feats)[0].numpy()
+  if method == "prompt_tuning":  # Its 10 soft tokens come first.
+    assert sequence.shape[1] == ids.shape[1] + 10
+    sequence = sequence[:, 10:]
+  head = model.heads["tags"]
+  np.testing.assert_allclose(
+      logits, sequence @ head.output_weights.numpy().T
+      + head.output_bias.numpy(), atol=1e-5)
+  trained = model.train_adapter("a")
+  model.active_head = "tags"
+  before = {n: v.numpy().copy() for n, v in trained}
+  labels = np.where(mask > 0, ids % 4, -1).astype(np.int32)
+  model.compile(optimizer=optimization.create_optimizer(1e-2, 2, 0), seed=1)
+  history = model.fit(tf.data.Dataset.from_tensors((feats, labels)),
+                      verbose=0)
+  assert np.isfinite(history.history["loss"][0])
+  moved = [n for n, v in trained if not np.array_equal(v.numpy(), before[n])]
+  assert any(n not in ("output_weights", "output_bias") for n in moved)
