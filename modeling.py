@@ -1391,19 +1391,20 @@ class ClassifierHead(keras.layers.Layer):
     return items + [("output_weights", self.output_weights, tag),
                     ("output_bias", self.output_bias, tag)]
 
-  def call(self, pooled_output, training=False, seed=None, policy=None,
-           _rows=False):
+  def call(self, pooled_output, training=False, seed=None, policy=None):
     # pooled_output: [batch, H] (or the first token's state, use_pooler
     # False) -> logits [batch, num_labels]; a tagging head: [batch, seq, H]
     # -> [batch, seq, num_labels].
     policy = kernels.policy_or_default(policy)
-    x = pooled_output
-    if self.per_token and not _rows:  # [batch, seq, H]: each row alone.
-      shape = tf.shape(x)
-      logits = self.call(tf.reshape(x, [-1, self.hidden_size]),
-                         training=training, seed=seed, policy=policy,
-                         _rows=True)
-      return tf.reshape(logits, [shape[0], shape[1], self.num_labels])
+    if not self.per_token:
+      return self._logits(pooled_output, training, seed, policy)
+    shape = tf.shape(pooled_output)  # Each row alone.
+    logits = self._logits(tf.reshape(pooled_output, [-1, self.hidden_size]),
+                          training, seed, policy)
+    return tf.reshape(logits, [shape[0], shape[1], self.num_labels])
+
+  def _logits(self, x, training, seed, policy):
+    """x [rows, H] -> float32 logits [rows, num_labels]."""
     for i, (kernel, bias) in enumerate(self.hidden):
       x = policy.dropout(x, self.dropout_rate, training,
                          kernels.fold_seed(seed, i + 1))

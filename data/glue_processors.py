@@ -325,15 +325,21 @@ def _read_tsv_rows(path, layout):
       raise UserError("%s is empty (expected a header line)" % path)
 
 
-def _tfds_rows(name, split, tfds_data_dir, task_name):
-  """All rows of a tensorflow-datasets split as dicts of NumPy values.
+def load_tfds(name, split, tfds_data_dir, way_out):
+  """All rows of a tensorflow-datasets split, as dicts of NumPy values.
+
+  Args:
+    name, split: the dataset (e.g. "glue/mrpc", "conll2003") and split.
+    tfds_data_dir: where tensorflow-datasets keeps its data (None: its
+      default).
+    way_out: what the user can do instead, e.g. "--data_dir=<glue_data>/MRPC".
 
   Returns:
-    (rows, label_names): the label names are [] for a float label.
+    (rows, info).
 
   Raises:
     UserError: if tensorflow-datasets cannot provide the split (typically no
-      internet access to download GLUE).
+      internet access to download it), naming `way_out`.
   """
   import tensorflow_datasets as tfds  # Only needed without --data_dir.
   try:
@@ -346,9 +352,18 @@ def _tfds_rows(name, split, tfds_data_dir, task_name):
     cause = " ".join(str(e).split())[:300]
     raise UserError(
         "could not load %s split %r with tensorflow-datasets (%s: %s); "
-        "without internet access pass --data_dir=<glue_data>/%s, the folder "
-        "written by the GLUE download script"
-        % (name, split, type(e).__name__, cause, task_name)) from None
+        "without internet access pass %s"
+        % (name, split, type(e).__name__, cause, way_out)) from None
+  return rows, info
+
+
+def _tfds_rows(name, split, tfds_data_dir, task_name):
+  """(rows, label_names) of a GLUE split; the label names are [] for a
+  float label."""
+  rows, info = load_tfds(
+      name, split, tfds_data_dir,
+      "--data_dir=<glue_data>/%s, the folder written by the GLUE download "
+      "script" % task_name)
   label_feature = info.features["label"]
   label_names = list(getattr(label_feature, "names", None) or [])
   return rows, label_names

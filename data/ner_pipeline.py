@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from data import conll
+from data import glue_processors
 from data import input_pipeline
 import tokenization
 from training.errors import UserError
@@ -28,19 +29,9 @@ def tfds_sentences(split, tfds_data_dir=None):
     UserError: when tensorflow-datasets cannot provide them (offline: it
       downloads the data), naming --data_dir as the way out.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    dataset, info = tfds.load("conll2003", split=TFDS_SPLITS[split],
-                              data_dir=tfds_data_dir, with_info=True,
-                              shuffle_files=False)
-    rows = list(tfds.as_numpy(dataset))
-  except Exception as e:  # pylint: disable=broad-except
-    cause = " ".join(str(e).split())[:300]
-    raise UserError(
-        "could not load conll2003 split %r with tensorflow-datasets (%s: %s); "
-        "without internet access pass --data_dir=<folder with train.txt and "
-        "valid.txt>" % (TFDS_SPLITS[split], type(e).__name__, cause)
-    ) from None
+  rows, info = glue_processors.load_tfds(
+      "conll2003", TFDS_SPLITS[split], tfds_data_dir,
+      "--data_dir=<folder with train.txt and valid.txt>")
   names = list(info.features["ner"].feature.names)
   sentences = []
   for i, row in enumerate(rows):
