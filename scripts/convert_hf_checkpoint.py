@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +23,7 @@ sys.path.insert(0, _REPO)
 
 from absl import flags  # noqa: E402
 
+from storage import atomic_io  # noqa: E402
 from storage import huggingface  # noqa: E402
 from storage import torch_formats  # noqa: E402
 from training import cli  # noqa: E402
@@ -56,15 +56,7 @@ def convert(hf_dir, output_dir):
   if not os.path.isfile(vocab):
     raise UserError("--hf_dir=%s: vocab.txt not found" % hf_dir)
   output_dir = os.path.abspath(output_dir)
-  parent = os.path.dirname(output_dir)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) +
-                           ".tmp-", dir=parent)
-  except OSError as e:
-    raise UserError("--output_dir=%s: %s" % (output_dir,
-                                             e.strerror or e)) from None
-  try:
+  with atomic_io.staged_directory(output_dir, "--output_dir") as tmp:
     with open(os.path.join(tmp, "bert_config.json"), "w",
               encoding="utf-8") as f:
       json.dump(config, f, indent=2, sort_keys=True)
@@ -72,19 +64,6 @@ def convert(hf_dir, output_dir):
     shutil.copyfile(vocab, os.path.join(tmp, "vocab.txt"))
     checkpoint_io.save_checkpoint(os.path.join(tmp, "bert_model.ckpt"),
                                   tensors)
-    if os.path.exists(output_dir):
-      old = output_dir + ".old-%d" % os.getpid()
-      os.rename(output_dir, old)
-      os.rename(tmp, output_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, output_dir)
-  except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(e, OSError):
-      raise UserError("--output_dir=%s: %s" % (output_dir,
-                                               e.strerror or e)) from None
-    raise
   print("wrote %s: %d tensors, hidden_act %s" % (output_dir, len(tensors),
                                                  config["hidden_act"]))
   return tensors

@@ -25,8 +25,6 @@ int64 `global_step`.
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 from absl import logging
 import numpy as np
@@ -217,29 +215,13 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
                             bert_config, processor, init_checkpoint,
                             adapter_name)
   directory = os.path.abspath(directory)
-  parent = os.path.dirname(directory)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-",
-                           dir=parent)
-  except OSError as e:
-    raise UserError("cannot write adapter directory %s: %s"
-                    % (directory, e.strerror or e)) from None
-  try:
+  with atomic_io.staged_directory(directory, "adapter directory") as tmp:
     checkpoint_io.save_checkpoint(os.path.join(tmp, ADAPTER_CHECKPOINT),
                                   {n: name_map[n] for n in names})
     atomic_write_text(os.path.join(tmp, ADAPTER_CONFIG_FILE),
                       adapter_config.to_json_string())
     atomic_write_text(os.path.join(tmp, METADATA_FILE),
                       json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    make_readable(tmp)
-    _replace_directory(tmp, directory)
-  except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(e, OSError):
-      raise UserError("cannot write adapter directory %s: %s"
-                      % (directory, e.strerror or e)) from None
-    raise
   size = directory_bytes(directory)
   logging.info("Wrote adapter directory %s: %d variables, %d bytes "
                "(base fingerprint %s)", directory, len(names), size,
@@ -261,23 +243,6 @@ def make_readable(directory):
       os.chmod(os.path.join(root, name), 0o777 & ~umask)
     for name in files:
       os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-def _replace_directory(src, dst):
-  """Renames the complete directory `src` to `dst`, replacing `dst`."""
-  if not os.path.exists(dst):
-    os.rename(src, dst)
-    return
-  old = tempfile.mkdtemp(prefix="." + os.path.basename(dst) + ".old-",
-                         dir=os.path.dirname(dst))
-  os.rmdir(old)
-  os.rename(dst, old)
-  try:
-    os.rename(src, dst)
-  except BaseException:
-    os.rename(old, dst)
-    raise
-  shutil.rmtree(old, ignore_errors=True)
 
 
 def directory_bytes(directory):
