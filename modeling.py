@@ -1302,9 +1302,8 @@ class BertModel(keras.layers.Layer):
     layer, = self.encoder_output.branch_layers(setup.branches[0])
     sequence_output = layer(frozen_states, input_mask, training=training,
                             policy=policy,
-                            seed=kernels.fold_seed(seed, len(self.blocks) + 1))
-    if output_range is not None:
-      sequence_output = sequence_output[:, :output_range]
+                            seed=kernels.fold_seed(seed, len(self.blocks) + 1),
+                            output_range=output_range)
     return sequence_output, sequence_output[:, 0]
 
   def get_config(self):

@@ -193,7 +193,7 @@ class LayerAttention(keras.layers.Layer):
     return items
 
   def call(self, hidden_states, input_mask, training=False, policy=None,
-           seed=None):
+           seed=None, output_range=None):
     """The adapter's sequence output.
 
     Args:
@@ -203,9 +203,12 @@ class LayerAttention(keras.layers.Layer):
       input_mask: [batch, seq] int (1 = real token).
       training: python bool (dropout in the tailor block).
       seed: optional stateless dropout seed.
+      output_range: None, or k: only the first k rows are returned (the
+        tailor attention then computes the queries of those rows only;
+        same numbers as the whole computation).
 
     Returns:
-      [batch, seq, H], zero at padding.
+      [batch, seq, H] ([batch, k, H] with output_range), zero at padding.
     """
     policy = kernels.policy_or_default(policy)
     c = self.config
@@ -217,8 +220,9 @@ class LayerAttention(keras.layers.Layer):
     dtype = states.dtype
     mask = tf.cast(input_mask, dtype)[:, :, tf.newaxis]  # [b, seq, 1]
     q = self.dense["query_projector"](tf.reduce_mean(states, axis=2))
-    # Keys: each layer's mean over the real tokens. [b, L', H]
-    token_mean = (tf.reduce_sum(states * mask[..., tf.newaxis], axis=1)
+    # Keys: each layer's mean over the real tokens (one pass over the
+    # states, no masked copy of them). [b, L', H]
+    token_mean = (tf.einsum("btlh,bt->blh", states, mask[:, :, 0])
                   / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)[
                       :, :, tf.newaxis])
     k = self.dense["key_projector"](token_mean)
@@ -226,8 +230,9 @@ class LayerAttention(keras.layers.Layer):
         self.dense["layer_attention/query"](q),
         self.dense["layer_attention/key"](k), c.num_heads)  # [b, seq, L']
     r = tf.einsum("btlh,btl->bth", states, tf.cast(weights, dtype)) * mask
+    rows = slice(None) if output_range is None else slice(0, output_range)
     if not c.enable_tailor:
-      return r
+      return r[:, rows]
     r32 = tf.cast(r, tf.float32)  # LayerNorm in float32, as the model's.
     mean, variance = tf.nn.moments(r32, axes=[-1], keepdims=True)
     normed = tf.cast((r32 - mean) * tf.math.rsqrt(variance + 1e-12)
@@ -242,11 +247,12 @@ class LayerAttention(keras.layers.Layer):
       key_adder = (1.0 - tf.cast(input_mask, tf.float32))[
           :, tf.newaxis, tf.newaxis, :] * -1e9  # [b, 1, 1, seq]
       tokens = _head_averaged_weights(
-          self.dense["tailor/attention/query"](p),
+          self.dense["tailor/attention/query"](p[:, rows]),
           self.dense["tailor/attention/key"](p), c.num_heads,
-          key_adder)  # [b, seq, seq]
-      x = tf.matmul(tf.cast(tokens, dtype), x)
-    return (r + x) * mask
+          key_adder)  # [b, rows, seq]
+      return (r[:, rows] + tf.matmul(tf.cast(tokens, dtype), x)) * mask[
+          :, rows]
+    return ((r + x) * mask)[:, rows]
 
   def get_config(self):
     base = super().get_config()
