@@ -232,7 +232,10 @@ def test_layer_attention_on_stored_states_trains_as_on_the_encoder(tmp_path):
   (plain_losses, plain), (stored_losses, stored_values) = results
   np.testing.assert_allclose(stored_losses, plain_losses, atol=1e-5)
   for name, value in plain.items():
-    np.testing.assert_allclose(stored_values[name], value, atol=1e-5,
+    # A key bias adds the same q·b to every score of a query: its gradient
+    # is zero but for rounding, which Adam scales up to ~lr·g/epsilon.
+    tolerance = 1e-4 if name.endswith("key/bias") else 1e-5
+    np.testing.assert_allclose(stored_values[name], value, atol=tolerance,
                                err_msg=name)
   # The entry is reused: a second build reads it back.
   again = frozen_activations.build_or_load(model, data.frozen_source("train"),
