@@ -14,6 +14,11 @@ task on every example, the alternative without routing); it checks that
 each example's routed logits equal its own task's row of the Parallel
 pass (<= 1e-5).
 
+Frozen activations (`--frozen_activations`): a training step of the
+layer-attention adapter (Basirat's; the encoder frozen) given the encoder's
+stored states, against the same step running the frozen encoder; it checks
+that both give the same loss and gradients (<= 1e-5).
+
 Example:
   python scripts/benchmark_composition.py --config=minilm --rounds=3 \
       --steps=5 --output=/tmp/composition.json
@@ -53,6 +58,8 @@ def _parse(argv):
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=5,
                  help="timed steps per variant and round")
+  p.add_argument("--parts", default="adapter_drop,routing,frozen",
+                 help="comma list of adapter_drop, routing, frozen")
   p.add_argument("--output", default=None, help="JSON file of the figures")
   return p.parse_args(argv)
 
@@ -150,36 +157,96 @@ def routing(config, method, features, rounds, per_round):
           "max_abs_logit_diff": diff, "tasks": len(TASKS)}
 
 
+def frozen(config, features, rounds, per_round):
+  """Layer attention: a train step on stored states against one running
+  the frozen encoder (inference mode in both)."""
+  import adapters  # pylint: disable=g-import-not-at-top
+  model = modeling.BertAdapterModel(config)
+  width = max(config.hidden_size // 10, 5)  # The default reduced width,
+  width += width % 2                          # made even for its 2 heads.
+  model.add_adapter("a", adapters.LayerAttentionConfig(reduced_size=width))
+  model.add_classification_head("a", num_labels=2)
+  trainable = [v for _, v in model.train_adapter("a")]
+  setup = model.active_setup()
+  states = model.bert.frozen_states(features["input_ids"],
+                                    features["input_mask"],
+                                    features["segment_ids"], setup)
+  stored = dict(features, frozen_states=states)
+
+  def train(f):
+    with tf.GradientTape() as tape:
+      logits = model(f, training=True, dropout_seed=tf.constant(
+          [1, 2], tf.int64))
+      loss = tf.reduce_mean(modeling.per_example_loss(
+          logits, f["label_ids"], 2, False))
+    return loss, tape.gradient(loss, trainable)
+
+  step = tf.function(train)
+  (loss_a, grads_a), (loss_b, grads_b) = step(features), step(stored)
+  diff = max([abs(float(loss_a) - float(loss_b))] + [
+      float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(grads_a, grads_b)])
+  benchmark.progress("stored states vs encoder: max |diff| %.2e" % diff)
+  if diff > 1e-5:
+    raise SystemExit("benchmark_composition: stored states differ by %.2e"
+                     % diff)
+  timed = _interleaved(
+      {"encoder": lambda f: step(features)[0].numpy(),
+       "stored_states": lambda f: step(stored)[0].numpy()},
+      rounds, per_round, features)
+  return {"train_step_ms": {n: 1e3 * t for n, t in timed.items()},
+          "speedup": timed["encoder"] / timed["stored_states"],
+          "states_mb_per_batch": states.numpy().nbytes / 1e6,
+          "max_abs_diff": diff}
+
+
 def main(argv=None):
   args = _parse(argv)
   label, config_dict = benchmark.load_config(args.config)
   config = modeling.BertConfig.from_dict(config_dict)
   features = {k: tf.constant(v) for k, v in benchmark._random_features(  # pylint: disable=protected-access
       config_dict, args.batch_size, args.seq_length).items()}
+  parts = [p for p in args.parts.split(",") if p]
+  unknown = sorted(set(parts) - {"adapter_drop", "routing", "frozen"})
+  if unknown:
+    raise SystemExit("benchmark_composition: unknown --parts %s"
+                     % ",".join(unknown))
   load_before = os.getloadavg()
-  drop = adapter_drop(config, args.method, features, args.rounds, args.steps)
-  route = routing(config, args.method, features, args.rounds, args.steps)
   result = {
       "config": label, "method": args.method, "batch_size": args.batch_size,
       "seq_length": args.seq_length, "rounds": args.rounds,
-      "steps_per_round": args.steps, "adapter_drop": drop, "routing": route,
-      "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-      "machine": benchmark.machine(),
+      "steps_per_round": args.steps, "machine": benchmark.machine(),
   }
-  base_train = drop["train_step_ms"]["0"]
-  base_eval = drop["eval_step_ms"]["0"]
-  print("| layers skipped | train step (ms) | / none | inference step (ms) "
-        "| / none |")
-  print("|---:|---:|---:|---:|---:|")
-  for k in sorted(drop["train_step_ms"], key=int):
-    t, e = drop["train_step_ms"][k], drop["eval_step_ms"][k]
-    print("| %s | %.1f | %.2f | %.1f | %.2f |" % (
-        k, t, t / base_train, e, e / base_eval))
-  print()
-  print("| %d tasks in one batch | step (ms) |" % len(TASKS))
-  print("|---|---:|")
-  for n in ("multitask", "parallel"):
-    print("| %s | %.1f |" % (n, route["step_ms"][n]))
+  if "adapter_drop" in parts:
+    drop = result["adapter_drop"] = adapter_drop(
+        config, args.method, features, args.rounds, args.steps)
+    base_train = drop["train_step_ms"]["0"]
+    base_eval = drop["eval_step_ms"]["0"]
+    print("| layers skipped | train step (ms) | / none | inference step (ms) "
+          "| / none |")
+    print("|---:|---:|---:|---:|---:|")
+    for k in sorted(drop["train_step_ms"], key=int):
+      t, e = drop["train_step_ms"][k], drop["eval_step_ms"][k]
+      print("| %s | %.1f | %.2f | %.1f | %.2f |" % (
+          k, t, t / base_train, e, e / base_eval))
+    print()
+  if "routing" in parts:
+    route = result["routing"] = routing(config, args.method, features,
+                                        args.rounds, args.steps)
+    print("| %d tasks in one batch | step (ms) |" % len(TASKS))
+    print("|---|---:|")
+    for n in ("multitask", "parallel"):
+      print("| %s | %.1f |" % (n, route["step_ms"][n]))
+    print()
+  if "frozen" in parts:
+    held = result["frozen"] = frozen(config, features, args.rounds,
+                                     args.steps)
+    print("| layer attention train step | ms |")
+    print("|---|---:|")
+    for n in ("encoder", "stored_states"):
+      print("| %s | %.1f |" % (n, held["train_step_ms"][n]))
+    print("| speedup | %.1fx |" % held["speedup"])
+  result["loadavg_before"] = load_before
+  result["loadavg_after"] = os.getloadavg()
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:
       json.dump(result, f, indent=2, sort_keys=True)

@@ -224,3 +224,7 @@ def test_composition_benchmark_checks_and_reports(tiny, tmp_path):
   with open(out) as f:
     assert set(json.load(f)["routing"]["step_ms"]) == {"multitask",
                                                        "parallel"}
+  held = result["frozen"]
+  assert held["max_abs_diff"] <= 1e-5
+  assert held["speedup"] == (held["train_step_ms"]["encoder"]
+                             / held["train_step_ms"]["stored_states"])
