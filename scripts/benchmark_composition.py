@@ -50,7 +50,7 @@ TASKS = ("a", "b", "c")
 def _parse(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default="minilm",
-                 help="minilm, bert_base or a bert_config.json path")
+                 help="minilm, base (BERT-base) or a bert_config.json path")
   p.add_argument("--method", default="adapter-bert",
                  help="the adapters' config: a preset name or a JSON file")
   p.add_argument("--batch_size", type=int, default=32)
