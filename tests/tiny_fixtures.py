@@ -195,3 +195,16 @@ def read_eval_results(output_dir, name="eval_results.txt"):
       key, value = line.strip().split(" = ")
       results[key] = float(value)
   return results
+
+
+def assert_same_training(plain, stored):
+  """Two (losses, {name: trained value}) of the same steps agree: losses
+  and values within 1e-5, key biases within 1e-4 (a key bias adds the same
+  q·b to every score of a query: its gradient is zero but for rounding,
+  which Adam scales up to ~lr·g/epsilon)."""
+  (plain_losses, plain_values), (stored_losses, stored_values) = plain, stored
+  np.testing.assert_allclose(stored_losses, plain_losses, atol=1e-5)
+  for name, value in plain_values.items():
+    tolerance = 1e-4 if name.endswith("key/bias") else 1e-5
+    np.testing.assert_allclose(stored_values[name], value, atol=tolerance,
+                               err_msg=name)
