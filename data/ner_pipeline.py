@@ -190,12 +190,11 @@ class NerData:
         self.lengths("train") if grouped else None)
     return self._batches(dataset, arrays, bucket)
 
-  def _batches(self, index_batches, arrays, bucket, extra=None):
+  def _batches(self, index_batches, arrays, bucket):
     """Index batches -> feature dicts (trimmed to buckets with `bucket`)."""
     boundaries = input_pipeline._boundaries(  # pylint: disable=protected-access
         bucket, self.max_seq_length)
     tensors = {k: tf.constant(v) for k, v in arrays.items()}
-    tensors.update({k: tf.constant(v) for k, v in (extra or {}).items()})
 
     def gather(idx):
       features = {k: tf.gather(v, tf.maximum(idx, 0))
