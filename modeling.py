@@ -2356,6 +2356,16 @@ class BertAdapterModel(keras.Model):
           num_labels, self.config.hidden_size, self.config.initializer_range,
           dropout_rate=self.classifier_dropout, name=name, **kwargs)
 
+  def add_head_from_config(self, name, num_labels, head_config=None):
+    """Adds a head as a saved one describes itself (ClassifierHead's
+    head_config(): None for the reference head; per_token for tagging)."""
+    head_config = dict(head_config or {})
+    if head_config.pop("per_token", False):
+      head_config.pop("use_pooler", None)
+      self.add_tagging_head(name, num_labels, **head_config)
+    else:
+      self.add_classification_head(name, num_labels, **head_config)
+
   def delete_head(self, name):
     if name not in self.heads:
       raise UserError("unknown head %r; this model has %s"
@@ -2806,14 +2816,9 @@ class BertAdapterModel(keras.Model):
     added_head = False
     try:
       if with_head and has_head:
-        head_config = dict(metadata.get("head_config") or {})
-        if head_config.pop("per_token", False):
-          head_config.pop("use_pooler", None)
-          self.add_tagging_head(name, int(metadata["num_labels"]),
-                                **head_config)
-        else:
-          self.add_classification_head(name, int(metadata["num_labels"]),
-                                       **head_config)
+        head_config = metadata.get("head_config")
+        self.add_head_from_config(name, int(metadata["num_labels"]),
+                                  head_config)
         added_head = True
       view = self.adapter_view(name, head=name if added_head else None)
       adapter_io.load_adapter(view, directory, flag_name=flag_name,

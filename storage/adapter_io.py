@@ -691,9 +691,5 @@ def _add_saved_head(model, head, where):
   except (KeyError, TypeError, ValueError) as e:
     raise UserError("%s: %s records a head it cannot describe (%s)"
                     % (where, FUSION_CONFIG_FILE, e)) from None
-  if config.pop("per_token", False):
-    config.pop("use_pooler", None)
-    model.add_tagging_head(name, num_labels, **config)
-  else:
-    model.add_classification_head(name, num_labels, **config)
+  model.add_head_from_config(name, num_labels, config)
 
