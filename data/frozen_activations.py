@@ -64,42 +64,57 @@ class _FeatureFileSource:
     from data import input_pipeline  # pylint: disable=g-import-not-at-top
     self.key = feature_file.key
     self.num_examples = feature_file.num_examples
+    self.max_seq_length = feature_file.max_seq_length
     self.path = feature_file.path
     records = input_pipeline._read_all_records(feature_file)  # pylint: disable=protected-access
     self.lengths = input_pipeline._record_lengths(records).numpy().astype(  # pylint: disable=protected-access
         np.int64)
     self._feature_file = feature_file
 
-  def eval_dataset(self, batch_size):
+  def eval_dataset(self, batch_size, bucket):
     from data import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.eval_dataset(self._feature_file, batch_size,
-                                       bucket=True)
+                                       bucket=bucket)
 
 
 def _source(data):
-  """A feature file, or an object with key, num_examples, lengths (int [n])
-  and eval_dataset(batch_size) (feature dicts with example_index, -1 for
-  padding) such as data.ner_pipeline's windows."""
+  """A feature file, or an object with key, num_examples, max_seq_length,
+  lengths (int [n]) and eval_dataset(batch_size, bucket) (feature dicts
+  with example_index, -1 for padding) such as data.ner_pipeline's windows."""
   from data import input_pipeline  # pylint: disable=g-import-not-at-top
   if isinstance(data, input_pipeline.FeatureFile):
     return _FeatureFileSource(data)
   return data
 
 
-def cache_key(model, feature_file, dtype):
-  """(hex key, its parts): what the stored states depend on."""
+def cache_key(model, feature_file, dtype, batch_size=32, bucket=True,
+              policy=None):
+  """(hex key, its parts): what the stored states depend on.
+
+  The shapes and kernels the states are computed with are part of it: the
+  last bits depend on them, and states computed in the training batches'
+  shapes with the training step's kernels equal, bit for bit, what a run
+  without stored states computes (see `build_or_load`).
+  """
   from storage import adapter_io  # pylint: disable=g-import-not-at-top
   from adapters import composition  # pylint: disable=g-import-not-at-top
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top
+  source = _source(feature_file)
   layer = _encoder_layer(model)
   base = model.view(composition.Branch()).checkpoint_name_map()
   parts = {
       "format_version": FORMAT_VERSION,
-      "features": feature_file.key,
+      "features": source.key,
       "bert_config": model.config.to_dict(),
       "base_fingerprint": adapter_io.fingerprint_values(
           (name, variable.numpy) for name, variable in base.items())[0],
       "layers": list(layer.read_layers),
       "dtype": dtype,
+      "computed_in": {"batch_size": int(batch_size), "buckets": list(
+          input_pipeline.resolve_buckets(bucket, source.max_seq_length) or
+          [])},
+      "kernels": (None if policy is None else
+                  {"fused": policy.fused, "cpu_host": policy.cpu_host}),
   }
   text = json.dumps(parts, sort_keys=True).encode("utf-8")
   return hashlib.sha256(text).hexdigest(), parts
@@ -179,7 +194,7 @@ def load(cache_dir, key):
 
 
 def build_or_load(model, feature_file, cache_dir, dtype="float32",
-                  batch_size=32):
+                  batch_size=32, bucket=True, policy=None):
   """The frozen states of every example of `feature_file`, computed once.
 
   Args:
@@ -189,6 +204,14 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
     cache_dir: where the entry goes (the feature cache's directory).
     dtype: "float32" (the states as computed) or "float16" (half the disk).
     batch_size: examples per forward pass while computing.
+    bucket: the length buckets of those passes (as input_pipeline's
+      `bucket`). Give the training run's batch size and buckets for states
+      equal, to the last bit, to what the run would compute itself: without
+      length buckets, every training batch then has the shape the states
+      were computed in (with buckets, an example's width in a training batch
+      depends on its neighbours, so the last bits may differ).
+    policy: the kernels of the training step (Trainer.policy), for the same
+      reason; None: the model's default kernels.
 
   Returns:
     A FrozenActivations.
@@ -201,7 +224,7 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
     raise UserError("frozen activations dtype %r is not one of %s"
                     % (dtype, ", ".join(DTYPES)))
   source = _source(feature_file)
-  key, parts = cache_key(model, source, dtype)
+  key, parts = cache_key(model, source, dtype, batch_size, bucket, policy)
   found = load(cache_dir, key)
   if found is not None:
     logging.info("Frozen activations: reusing %s (%.1f MB)",
@@ -212,12 +235,12 @@ def build_or_load(model, feature_file, cache_dir, dtype="float32",
   h = model.config.hidden_size
   num_states = len(layer.read_layers)
   t0 = time.time()
-  dataset = source.eval_dataset(batch_size)
+  dataset = source.eval_dataset(batch_size, bucket)
 
   @tf.function(reduce_retracing=True)
   def forward(input_ids, input_mask, segment_ids):
     return model.bert.frozen_states(input_ids, input_mask, segment_ids,
-                                    setup)
+                                    setup, policy)
 
   lengths = np.asarray(source.lengths, np.int64)
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

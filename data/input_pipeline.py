@@ -443,8 +443,10 @@ def default_bucket_boundaries(max_seq_length, granularity=16):
   return tuple(b for b in candidates if b < max_seq_length) + (max_seq_length,)
 
 
-def _boundaries(bucket, max_seq_length):
-  """Normalises the `bucket` argument: None (no bucketing) or a tuple."""
+def resolve_buckets(bucket, max_seq_length):
+  """Normalises a `bucket` argument (None/False, True or boundaries): None
+  (no bucketing: every batch `max_seq_length` wide) or the tuple of widths,
+  ending with `max_seq_length`."""
   if bucket is None or bucket is False:
     return None
   if bucket is True:
@@ -469,10 +471,8 @@ def _parse_batch(serialized, example_index, is_real, max_seq_length,
     width = max_seq_length
     dense_shape = [None, max_seq_length]
   else:
-    bounds = tf.constant([boundaries], tf.int64)  # [1, buckets]
-    longest = tf.reduce_max(tf.concat([lengths, [0]], 0))
-    bucket = tf.searchsorted(bounds, [[longest]], side="left")[0, 0]
-    width = bounds[0, tf.minimum(bucket, len(boundaries) - 1)]
+    width = bucket_width(tf.reduce_max(tf.concat([lengths, [0]], 0)),
+                         boundaries)
     dense_shape = tf.stack([tf.size(lengths, out_type=tf.int64), width])
   input_ids = tf.cast(parsed["input_ids"], tf.int32).to_tensor(
       0, shape=dense_shape)  # [batch, seq]
@@ -544,7 +544,7 @@ def train_dataset(feature_file, batch_size, seed=0, start_step=0,
   if n < 1:
     raise UserError("no training examples in %s" % feature_file.path)
   records = _read_all_records(feature_file)  # [n]
-  boundaries = _boundaries(bucket, feature_file.max_seq_length)
+  boundaries = resolve_buckets(bucket, feature_file.max_seq_length)
 
   def to_features(indices):
     return _parse_batch(tf.gather(records, indices), indices,
@@ -674,7 +674,7 @@ def eval_dataset(feature_file, batch_size, bucket=None):
   padding = tf.data.Dataset.from_tensors(
       (tf.constant(b""), tf.constant(-1, tf.int64),
        tf.constant(0, tf.int64))).repeat(total - n)
-  boundaries = _boundaries(bucket, feature_file.max_seq_length)
+  boundaries = resolve_buckets(bucket, feature_file.max_seq_length)
 
   def to_features(serialized, example_index, is_real):
     return _parse_batch(serialized, example_index, is_real,

@@ -192,7 +192,7 @@ class NerData:
 
   def _batches(self, index_batches, arrays, bucket):
     """Index batches -> feature dicts (trimmed to buckets with `bucket`)."""
-    boundaries = input_pipeline._boundaries(  # pylint: disable=protected-access
+    boundaries = input_pipeline.resolve_buckets(
         bucket, self.max_seq_length)
     tensors = {k: tf.constant(v) for k, v in arrays.items()}
 
@@ -285,6 +285,7 @@ class _WindowSource:
     self._split = split
     self.num_examples = data.num_windows(split)
     self.lengths = data.lengths(split).astype(np.int64)
+    self.max_seq_length = data.max_seq_length
     self.path = data.path(split)
 
   @property
@@ -307,5 +308,5 @@ class _WindowSource:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode(
         "utf-8")).hexdigest()
 
-  def eval_dataset(self, batch_size):
-    return self._data.eval_dataset(self._split, batch_size, bucket=True)
+  def eval_dataset(self, batch_size, bucket):
+    return self._data.eval_dataset(self._split, batch_size, bucket=bucket)

@@ -65,6 +65,11 @@ def test_training_on_stored_states_is_training_on_the_encoder(tmp_path):
   fx.assert_same_training(*results)
   # The entry is reused (same file), and new base weights make a new one.
   mtime = os.path.getmtime(entry)
+  # Computed in other shapes (another batch size, no buckets): a new entry.
+  other = frozen_activations.cache_key(model, data.feature_file("train"),
+                                       "float32", 8, False)[0]
+  assert other != frozen_activations.cache_key(
+      model, data.feature_file("train"), "float32")[0]
   frozen_activations.build_or_load(model, data.feature_file("train"),
                                    data.cache_dir)
   assert os.path.getmtime(entry) == mtime
@@ -77,3 +82,26 @@ def test_training_on_stored_states_is_training_on_the_encoder(tmp_path):
               if f.startswith("frozen-") and f.endswith(".npy")]) == 2
   assert np.max(np.abs(np.asarray(again.array) - np.asarray(
       frozen.array))) > 0
+
+
+def test_states_computed_in_the_training_shape_train_bit_for_bit(tmp_path):
+  # Without length buckets every training batch is [8, 24]: states computed
+  # in batches of that shape are what the encoder computes at each step, to
+  # the last bit, so the stored-state run IS the encoder run.
+  flags, config, data = _setup(tmp_path)
+  results = []
+  for stored in (False, True):
+    model, trainer = _trainer(flags, config)
+    dataset = data.train_dataset(batch_size=8, seed=1, bucket=False)
+    if stored:
+      dataset = frozen_activations.build_or_load(
+          model, data.feature_file("train"), data.cache_dir, batch_size=8,
+          bucket=False, policy=trainer.policy).attach(dataset)
+    trainer._build_train_loop()
+    losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))
+    results.append((losses.numpy(), {
+        n: v.numpy() for n, v in trainer.trainable}))
+  (plain_losses, plain_values), (stored_losses, stored_values) = results
+  np.testing.assert_array_equal(stored_losses, plain_losses)
+  for name, value in plain_values.items():
+    np.testing.assert_array_equal(stored_values[name], value, err_msg=name)

@@ -141,7 +141,9 @@ def run(cfg, predict_file=None):
             model, data.frozen_source("train"),
             os.path.join(cfg.output_dir, "features"),
             dtype=cfg.frozen_activations_dtype,
-            batch_size=cfg.eval_batch_size * 4)
+            batch_size=cfg.train_batch_size,
+            bucket=runner.length_buckets(cfg, strategy),
+            policy=trainer.policy)
       buckets = runner.length_buckets(cfg, strategy)
 
       def make_dataset(start_step):

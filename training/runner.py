@@ -479,7 +479,8 @@ def run(cfg):
         frozen = frozen_activations.build_or_load(
             model, data.feature_file("train"), data.cache_dir,
             dtype=cfg.frozen_activations_dtype,
-            batch_size=cfg.eval_batch_size * 4)
+            batch_size=cfg.train_batch_size,
+            bucket=length_buckets(cfg, strategy), policy=trainer.policy)
 
       def make_dataset(start_step):
         dataset = data.train_dataset(

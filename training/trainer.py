@@ -309,9 +309,14 @@ class Trainer:
                      tf.maximum(self.loss_scale / 2.0, 1.0))
     self.loss_scale.assign(scale)
 
+  @property
+  def policy(self):
+    """The kernels this trainer's steps run (kernels.KernelPolicy)."""
+    return kernel_policy(self.jit_compile, self.strategy)
+
   def _build_train_loop(self):
     self._whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
-    self._policy = kernel_policy(self.jit_compile, self.strategy)
+    self._policy = self.policy
     self._compiled_loss_and_grads = tf.function(
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
     strategy = self.strategy
@@ -557,7 +562,7 @@ class Trainer:
 
     whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
 
-    policy = kernel_policy(self.jit_compile, self.strategy)
+    policy = self.policy
 
     def forward(features):
       logits = model(features, training=False, policy=policy)
