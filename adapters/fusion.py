@@ -111,6 +111,18 @@ def get_fusion_config(config):
                   "AdapterFusionConfig, got %r" % (config,))
 
 
+def _times(x, kernel):
+  """x [..., H] times kernel [H, H'] as one [rows, H] product.
+
+  (tf.matmul of a [rows, n, H] tensor with an [H, H'] kernel broadcasts the
+  kernel to [rows, H, H'], and its gradient builds that whole tensor before
+  summing it: ~2 GB per place for a 32 x 128 batch.)
+  """
+  flat = tf.reshape(x, [-1, x.shape[-1]])  # [rows * n, H]
+  y = tf.matmul(flat, tf.cast(kernel, x.dtype))  # [rows * n, H']
+  return tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], 0))
+
+
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class FusionLayer(keras.layers.Layer):
   """The attention over the fused adapters' outputs at one place."""
@@ -162,7 +174,7 @@ class FusionLayer(keras.layers.Layer):
     if part not in self.projections:
       return x
     kernel, bias = self.projections[part]
-    return tf.matmul(x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
+    return _times(x, kernel) + tf.cast(bias, x.dtype)
 
   def call(self, query, ups, residual, training=False):
     """query [rows, H]; ups [rows, n, H], the fused adapters' up-projections;
@@ -175,14 +187,14 @@ class FusionLayer(keras.layers.Layer):
     q = self._project("query", tf.cast(query, dtype))  # [rows, H]
     k = self._project("key", ups)  # [rows, n, H]
     if self.value is not None and c.value_before_softmax:
-      values = tf.matmul(values, tf.cast(self.value, dtype))
+      values = _times(values, self.value)
     scores = tf.einsum("rh,rnh->rn", q, k)  # [rows, n]
     if training and self.dropout_rate > 0:
       scores = tf.nn.dropout(scores, rate=self.dropout_rate)
     probs = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
     context = tf.einsum("rn,rnh->rh", tf.cast(probs, dtype), values)
     if self.value is not None and not c.value_before_softmax:
-      context = tf.matmul(context, tf.cast(self.value, dtype))
+      context = _times(context, self.value)
     if not c.residual_before:
       context = context + tf.cast(residual, dtype)
     return context
