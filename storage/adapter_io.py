@@ -546,7 +546,13 @@ FUSION_CHECKPOINT = "adapter_fusion.ckpt"
 FUSION_CONFIG_FILE = "adapter_fusion_config.json"
 
 
-HEAD_SCOPE = "heads/%s/"  # A head's variables in a fusion checkpoint.
+HEADS = "heads/"  # Heads' variables in a fusion checkpoint: heads/<name>/.
+
+
+def _fusion_head_variables(model, head):
+  """{checkpoint name: variable} of head `head` in a fusion checkpoint."""
+  return {HEADS + head + "/" + key: variable for key, variable, _ in
+          model.heads[head].checkpoint_variables(None)}
 
 
 def save_fusion(model, directory, name, adapter_names, config, variables,
@@ -560,8 +566,7 @@ def save_fusion(model, directory, name, adapter_names, config, variables,
   head_record = None
   if head is not None:
     layer = model.heads[head]
-    for key, variable, _ in layer.checkpoint_variables(None):
-      variables[HEAD_SCOPE % head + key] = variable
+    variables.update(_fusion_head_variables(model, head))
     head_record = {"name": head, "num_labels": int(layer.num_labels),
                    "config": layer.head_config()}
   record = {
@@ -651,11 +656,9 @@ def load_fusion(model, directory, load_as=None, set_active=False,
     variables = model.fusion_variables(name)
     if head is not None:
       _add_saved_head(model, head, where)
-      for key, variable, _ in model.heads[head["name"]].checkpoint_variables(
-          None):
-        variables[HEAD_SCOPE % head["name"] + key] = variable
+      variables.update(_fusion_head_variables(model, head["name"]))
     stored = [k for k in reader.get_variable_to_shape_map()
-              if head is not None or not k.startswith("heads/")]
+              if head is not None or not k.startswith(HEADS)]
     if sorted(stored) != sorted(variables):
       missing = sorted(set(variables) - set(stored))
       extra = sorted(set(stored) - set(variables))
