@@ -1,6 +1,7 @@
 """Shared test setup: quiet TensorFlow, locate ../shared, tiny fixtures."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -13,6 +14,23 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 MINILM_DIR = os.path.join(SHARED_DIR, "bert", "minilm_l6_h384_uncased")
 GLUE_DIR = os.path.join(SHARED_DIR, "glue_data")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_in_pytest_tmp(tmp_path_factory):
+  """Temporary files of the session (and of the jobs it starts) go under
+  pytest's basetemp, which pytest prunes: tensorflow-datasets leaves one
+  `tmp*tfds` folder per builder it makes (DatasetInfo.initialize_from_bucket
+  without network), which would pile up in /tmp."""
+  where = str(tmp_path_factory.mktemp("tempfile"))
+  saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+  os.environ["TMPDIR"], tempfile.tempdir = where, where
+  yield
+  tempfile.tempdir = saved_dir
+  if saved_env is None:
+    os.environ.pop("TMPDIR", None)
+  else:
+    os.environ["TMPDIR"] = saved_env
 
 
 def _require(path):
