@@ -897,9 +897,14 @@ class TransformerBlock(keras.layers.Layer):
   """
 
   def __init__(self, config, adapters=None, attention_cls=None, shared=None,
-               **kwargs):
+               index=0, **kwargs):
+    """Args: config, the BertConfig; adapters, (name, config) pairs built
+    now; attention_cls, the attention layer; shared, adapters' model-level
+    layers by name; index, the layer's depth in the encoder (0: lowest),
+    which per-layer adapter choices (leave_out, ...) read."""
     super().__init__(**kwargs)
     self.config = _as_bert_config(config)
+    self.index = int(index)
     c = self.config
     h = c.hidden_size
     init = _initializer(c)
@@ -935,9 +940,6 @@ class TransformerBlock(keras.layers.Layer):
     self.intermediate_dense.build((None, h))
     self.output_dense.build((None, c.intermediate_size))
 
-  def _index(self):
-    return int(self.name.rsplit("_", 1)[-1]) if "_" in self.name else 0
-
   def add_adapter(self, name, adapter_config, shared=None):
     """Adds adapter `name`'s layers (and LayerNorm copies, if it trains
     them); `shared` is its model-level layer, if its method has one."""
@@ -949,7 +951,7 @@ class TransformerBlock(keras.layers.Layer):
         self.output_layer_norms[name] = _copy_layer_norm(
             self.output_layer_norm, "output_LayerNorm")
       for point, layer in registry.layers_for(
-          adapter_config, self.config, self._index(), shared).items():
+          adapter_config, self.config, self.index, shared).items():
         hook = (self.attention.hooks[point] if point in self.attention.hooks
                 else getattr(self, point))
         hook.add(name, layer)
@@ -1061,6 +1063,7 @@ class TransformerBlock(keras.layers.Layer):
     base = super().get_config()
     base["config"] = self.config.to_dict()
     base["adapters"] = [[n, c.to_dict()] for n, c in self.adapter_configs.items()]
+    base["index"] = self.index
     return base
 
 
@@ -1115,7 +1118,7 @@ class BertModel(keras.layers.Layer):
     self.embeddings = BertEmbeddings(self.config, items, self.shared,
                                      name="embeddings")
     self.blocks = [
-        TransformerBlock(self.config, items, shared=self.shared,
+        TransformerBlock(self.config, items, shared=self.shared, index=i,
                          name="layer_%d" % i)
         for i in range(self.config.num_hidden_layers)
     ]

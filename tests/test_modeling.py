@@ -606,9 +606,10 @@ def test_adapter_only_at_chosen_location():
 def test_layers_have_config():
   cfg = tiny_config()
   model = modeling.BertClassifier(cfg, 2, adapters.AdapterConfig(size=4))
-  block = model.bert.blocks[0]
+  block = model.bert.blocks[1]
   clone = modeling.TransformerBlock.from_config(block.get_config())
   assert clone.config == cfg and clone.adapter_configs["default"].size == 4
+  assert clone.index == 1
   for layer in (model.bert.embeddings, model.bert.pooler, model.bert,
                 block.attention, model.classifier):
     assert type(layer).from_config(layer.get_config()) is not None
