@@ -127,6 +127,7 @@ def run(cfg, predict_file=None):
   runner.create_output_dir(cfg)
   lock = atomic_io.DirectoryLock(cfg.output_dir).acquire()
   try:
+    runner.log_trained_parameters(model, trainable, cfg.train_mode)
     runner.write_run_files(cfg, bert_config, adapter_config, identity,
                            previous, step=int(trainer.global_step.numpy()))
     results = {}

@@ -453,12 +453,7 @@ def run(cfg):
   lock = (None if _is_remote(cfg.output_dir)
           else atomic_io.DirectoryLock(cfg.output_dir).acquire())
   try:
-    n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
-    n_total = sum(int(np.prod(v.shape))
-                  for v in checkpoint_io.checkpoint_name_map(model).values())
-    logging.info("Training %s of %s parameters (%.2f%%), mode %s",
-                 f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
-                 cfg.train_mode)
+    log_trained_parameters(model, trainable, cfg.train_mode)
     write_run_files(cfg, bert_config, adapter_config, identity, previous,
                     step=int(trainer.global_step.numpy()))
     results = {}
@@ -581,6 +576,16 @@ def _micro_batch_size(cfg, bert_config, strategy):
     logging.info("Each training batch runs as micro-batches of %d examples "
                  "(--micro_batch_size; the same numbers, less memory).", size)
   return size
+
+
+def log_trained_parameters(model, trainable, train_mode):
+  """Logs how many of the model's parameters train (both jobs' line)."""
+  n_train = sum(int(np.prod(v.shape)) for _, v in trainable)
+  n_total = sum(int(np.prod(v.shape))
+                for v in checkpoint_io.checkpoint_name_map(model).values())
+  logging.info("Training %s of %s parameters (%.2f%%), mode %s",
+               f"{n_train:,}", f"{n_total:,}", 100.0 * n_train / n_total,
+               train_mode)
 
 
 def length_buckets(cfg, strategy):
