@@ -42,27 +42,36 @@ def _trainer(flags, config):
       is_regression=False, global_batch_size=8, seed=3)
 
 
+def _six_steps(flags, config, data, stored, bucket):
+  """((losses, {name: trained value}), model, stored states or None) of six
+  training steps of batch 8; on states stored with build_or_load(**stored)
+  (policy="trainer": the trainer's kernels) unless `stored` is None."""
+  model, trainer = _trainer(flags, config)
+  dataset = data.train_dataset(batch_size=8, seed=1, bucket=bucket)
+  frozen = None
+  if stored is not None:
+    if stored.get("policy") == "trainer":
+      stored = dict(stored, policy=trainer.policy)
+    frozen = frozen_activations.build_or_load(
+        model, data.feature_file("train"), data.cache_dir, **stored)
+    dataset = frozen.attach(dataset)
+  trainer._build_train_loop()
+  losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))
+  values = {n: v.numpy() for n, v in trainer.trainable}
+  return (losses.numpy(), values), model, frozen
+
+
 def test_training_on_stored_states_is_training_on_the_encoder(tmp_path):
   flags, config, data = _setup(tmp_path)
-  results = []
-  for stored in (False, True):
-    model, trainer = _trainer(flags, config)
-    dataset = data.train_dataset(batch_size=8, seed=1, bucket=True)
-    if stored:
-      frozen = frozen_activations.build_or_load(
-          model, data.feature_file("train"), data.cache_dir)
-      dataset = frozen.attach(dataset)
-      entry, _ = frozen_activations.paths(
-          data.cache_dir, frozen_activations.cache_key(
-              model, data.feature_file("train"), "float32")[0])
-      # Real tokens only: 64 examples, their lengths summed.
-      assert frozen.array.shape[0] < 64 * 24
-      assert frozen.array.shape[1:] == (config.num_hidden_layers + 1, 16)
-    trainer._build_train_loop()
-    losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))
-    results.append((losses.numpy(), {
-        n: v.numpy() for n, v in trainer.trainable}))
-  fx.assert_same_training(*results)
+  plain, _, _ = _six_steps(flags, config, data, None, bucket=True)
+  stored, model, frozen = _six_steps(flags, config, data, {}, bucket=True)
+  entry, _ = frozen_activations.paths(
+      data.cache_dir, frozen_activations.cache_key(
+          model, data.feature_file("train"), "float32")[0])
+  # Real tokens only: 64 examples, their lengths summed.
+  assert frozen.array.shape[0] < 64 * 24
+  assert frozen.array.shape[1:] == (config.num_hidden_layers + 1, 16)
+  fx.assert_same_training(plain, stored)
   # The entry is reused (same file), and new base weights make a new one.
   mtime = os.path.getmtime(entry)
   # Computed in other shapes (another batch size, no buckets): a new entry.
@@ -89,19 +98,11 @@ def test_states_computed_in_the_training_shape_train_bit_for_bit(tmp_path):
   # in batches of that shape are what the encoder computes at each step, to
   # the last bit, so the stored-state run IS the encoder run.
   flags, config, data = _setup(tmp_path)
-  results = []
-  for stored in (False, True):
-    model, trainer = _trainer(flags, config)
-    dataset = data.train_dataset(batch_size=8, seed=1, bucket=False)
-    if stored:
-      dataset = frozen_activations.build_or_load(
-          model, data.feature_file("train"), data.cache_dir, batch_size=8,
-          bucket=False, policy=trainer.policy).attach(dataset)
-    trainer._build_train_loop()
-    losses, _ = trainer._train_loop(iter(dataset), tf.constant(6))
-    results.append((losses.numpy(), {
-        n: v.numpy() for n, v in trainer.trainable}))
-  (plain_losses, plain_values), (stored_losses, stored_values) = results
+  (plain_losses, plain_values), _, _ = _six_steps(flags, config, data, None,
+                                                  bucket=False)
+  (stored_losses, stored_values), _, _ = _six_steps(
+      flags, config, data, dict(batch_size=8, bucket=False,
+                                policy="trainer"), bucket=False)
   np.testing.assert_array_equal(stored_losses, plain_losses)
   for name, value in plain_values.items():
     np.testing.assert_array_equal(stored_values[name], value, err_msg=name)
