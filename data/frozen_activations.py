@@ -25,6 +25,7 @@ place (array first, sidecar last), so a kill leaves no entry that looks
 complete.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -61,15 +62,20 @@ class _FeatureFileSource:
   """A GLUE feature file as a source of frozen activations."""
 
   def __init__(self, feature_file):
-    from data import input_pipeline  # pylint: disable=g-import-not-at-top
     self.key = feature_file.key
     self.num_examples = feature_file.num_examples
     self.max_seq_length = feature_file.max_seq_length
     self.path = feature_file.path
-    records = input_pipeline._read_all_records(feature_file)  # pylint: disable=protected-access
-    self.lengths = input_pipeline._record_lengths(records).numpy().astype(  # pylint: disable=protected-access
-        np.int64)
     self._feature_file = feature_file
+
+  @functools.cached_property
+  def lengths(self):
+    """[n] int64 real tokens per example (read only when states are built:
+    reusing a stored entry needs just the key)."""
+    from data import input_pipeline  # pylint: disable=g-import-not-at-top
+    records = input_pipeline._read_all_records(self._feature_file)  # pylint: disable=protected-access
+    return input_pipeline._record_lengths(records).numpy().astype(  # pylint: disable=protected-access
+        np.int64)
 
   def eval_dataset(self, batch_size, bucket):
     from data import input_pipeline  # pylint: disable=g-import-not-at-top

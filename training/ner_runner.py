@@ -136,16 +136,15 @@ def run(cfg, predict_file=None):
                    "batch %d, %d steps, labels %s *****",
                    len(data.sentences("train")), data.num_windows("train"),
                    cfg.train_batch_size, num_train_steps, ", ".join(labels))
+      buckets = runner.length_buckets(cfg, strategy)
       frozen = None
       if cfg.frozen_activations:  # The layer-attention fast path.
         frozen = frozen_activations.build_or_load(
             model, data.frozen_source("train"),
             os.path.join(cfg.output_dir, "features"),
             dtype=cfg.frozen_activations_dtype,
-            batch_size=cfg.train_batch_size,
-            bucket=runner.length_buckets(cfg, strategy),
+            batch_size=cfg.train_batch_size, bucket=buckets,
             policy=trainer.policy)
-      buckets = runner.length_buckets(cfg, strategy)
 
       def make_dataset(start_step):
         dataset = data.train_dataset(

@@ -469,18 +469,19 @@ def run(cfg):
                    "*****", data.num_examples("train"), cfg.train_batch_size,
                    num_train_steps)
 
+      buckets = length_buckets(cfg, strategy)
       frozen = None
       if cfg.frozen_activations:
         frozen = frozen_activations.build_or_load(
             model, data.feature_file("train"), data.cache_dir,
             dtype=cfg.frozen_activations_dtype,
-            batch_size=cfg.train_batch_size,
-            bucket=length_buckets(cfg, strategy), policy=trainer.policy)
+            batch_size=cfg.train_batch_size, bucket=buckets,
+            policy=trainer.policy)
 
       def make_dataset(start_step):
         dataset = data.train_dataset(
             batch_size=cfg.train_batch_size, seed=cfg.seed,
-            start_step=start_step, bucket=length_buckets(cfg, strategy),
+            start_step=start_step, bucket=buckets,
             group_batches=(run_config.GROUP_WINDOW_BATCHES
                            if cfg.group_by_length else None))
         return frozen.attach(dataset) if frozen is not None else dataset

@@ -262,7 +262,7 @@ class Trainer:
                                   skip_layers=skip_layers)
     with tf.GradientTape() as tape:
       logits = self.model(features, training=True, dropout_seed=seed,
-                          policy=self._policy, setup=setup)
+                          policy=self.policy, setup=setup)
       losses = per_example_loss(logits, features["label_ids"],
                                 self.num_labels, self.is_regression)
       # Divided by the global batch: summing over replicas (and
@@ -316,7 +316,6 @@ class Trainer:
 
   def _build_train_loop(self):
     self._whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
-    self._policy = self.policy
     self._compiled_loss_and_grads = tf.function(
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
     strategy = self.strategy
