@@ -14,7 +14,7 @@ task on every example, the alternative without routing); it checks that
 each example's routed logits equal its own task's row of the Parallel
 pass (<= 1e-5).
 
-Frozen activations (`--frozen_activations`): a training step of the
+Frozen activations (`--parts=frozen`): a training step of the
 layer-attention adapter (Basirat's; the encoder frozen) given the encoder's
 stored states, against the same step running the frozen encoder; it checks
 that both give the same loss and gradients (<= 1e-5).
@@ -163,7 +163,7 @@ def frozen(config, features, rounds, per_round):
   import adapters  # pylint: disable=g-import-not-at-top
   model = modeling.BertAdapterModel(config)
   width = max(config.hidden_size // 10, 5)  # The default reduced width,
-  width += width % 2                          # made even for its 2 heads.
+  width += width % 2  # made even for its 2 heads (5 for tiny test configs).
   model.add_adapter("a", adapters.LayerAttentionConfig(reduced_size=width))
   model.add_classification_head("a", num_labels=2)
   trainable = [v for _, v in model.train_adapter("a")]
