@@ -1,4 +1,3 @@
-# coding=utf-8
 """Token classification (named-entity recognition) with adapters.
 
 The command line of run_classifier.py (the same flags and meanings where
@@ -17,36 +16,14 @@ training/ner_runner.py for the outputs.
     --output_dir=/tmp/ner/
 """
 
-from absl import flags
+# The code lives in `adapter_bert.cli.ner` (installed; also the console script
+# `adapter-bert-ner`); this file keeps `python run_ner.py --flags` and
+# `import run_ner` working from the checkout, as with the original toolkit.
 
-import run_classifier  # noqa: F401  (defines the shared flags)
-from training import cli
-from training.errors import UserError
-
-flags.DEFINE_string("predict_file", None,
-                    "A CoNLL file to tag with --do_predict (default: "
-                    "test.txt in --data_dir).")
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise UserError("unexpected positional arguments: %s" % " ".join(argv[1:]))
-  for name in ("output_dir", "bert_config_file", "vocab_file"):
-    if not FLAGS[name].value:
-      raise UserError("--%s is required" % name)
-  if FLAGS.task_name and FLAGS.task_name.upper() != "NER":
-    raise UserError("--task_name=%s: run_ner.py tags CoNLL files (leave "
-                    "--task_name out, or NER)" % FLAGS.task_name)
-  FLAGS.task_name = "NER"
-  if FLAGS.predict_file and not FLAGS.do_predict:
-    raise UserError("--predict_file is read with --do_predict=true")
-  cfg = run_classifier.config_from_flags().validate()
-  from compute import tf_startup  # pylint: disable=g-import-not-at-top
-  tf_startup.import_quietly(verbose=FLAGS.verbose)
-  from training import ner_runner  # pylint: disable=g-import-not-at-top
-  ner_runner.run(cfg, FLAGS.predict_file)
-
+import importlib
+import sys
 
 if __name__ == "__main__":
-  cli.run(main)
+  importlib.import_module("adapter_bert.cli.ner").run_main()
+else:
+  sys.modules[__name__] = importlib.import_module("adapter_bert.cli.ner")

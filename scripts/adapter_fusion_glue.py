@@ -28,22 +28,22 @@ import json
 import os
 import time
 
-from compute import tf_startup  # noqa: F401  (first: oneDNN kernels before TensorFlow)
+from adapter_bert.compute import tf_startup  # noqa: F401  (first: oneDNN kernels before TensorFlow)
 from absl import flags
 from absl import logging
 import keras
 import numpy as np
 
-from adapters.composition import Fuse
-from data import glue_metrics
-from data import input_pipeline
-import modeling
-import optimization
-from storage import atomic_io
-from training import cli
-from training import run_config
-from training import runner_tasks
-from training.errors import UserError
+from adapter_bert.adapters.composition import Fuse
+from adapter_bert.data import glue_metrics
+from adapter_bert.data import input_pipeline
+from adapter_bert.model import modeling
+from adapter_bert.compute import optimization
+from adapter_bert.storage import atomic_io
+from adapter_bert.cli import common as cli
+from adapter_bert.training import run_config
+from adapter_bert.training import runner_tasks
+from adapter_bert.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("task_name", None, "GLUE task to fuse for (e.g. RTE).")

@@ -23,11 +23,11 @@ sys.path.insert(0, _REPO)
 
 from absl import flags  # noqa: E402
 
-from storage import atomic_io  # noqa: E402
-from storage import huggingface  # noqa: E402
-from storage import torch_formats  # noqa: E402
-from training import cli  # noqa: E402
-from training.errors import UserError  # noqa: E402
+from adapter_bert.storage import atomic_io  # noqa: E402
+from adapter_bert.storage import huggingface  # noqa: E402
+from adapter_bert.storage import torch_formats  # noqa: E402
+from adapter_bert.cli import common as cli  # noqa: E402
+from adapter_bert.errors import UserError  # noqa: E402
 
 
 FLAGS = flags.FLAGS
@@ -43,7 +43,7 @@ def convert(hf_dir, output_dir):
     UserError: for a directory that is not a Hugging Face BERT, or an output
       that cannot be written.
   """
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   if not huggingface.is_hf_dir(hf_dir):
     raise UserError("--hf_dir=%s: not a Hugging Face model directory (needs "
                     "config.json and model.safetensors or pytorch_model.bin)"
@@ -75,7 +75,7 @@ def main(argv):
   for name in ("hf_dir", "output_dir"):
     if not FLAGS[name].value:
       raise UserError("--%s is required" % name)
-  from compute import tf_startup  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import tf_startup  # pylint: disable=g-import-not-at-top
   tf_startup.import_quietly(verbose=FLAGS.verbose)
   convert(FLAGS.hf_dir, FLAGS.output_dir)
 

@@ -73,11 +73,11 @@ sys.path.insert(0, REPO_ROOT)
 
 from absl import flags  # noqa: E402
 
-from storage import atomic_io  # noqa: E402
-from data import glue_metrics  # noqa: E402
-from data import glue_processors  # noqa: E402
-from training import cli  # noqa: E402
-from training.errors import UserError  # noqa: E402
+from adapter_bert.storage import atomic_io  # noqa: E402
+from adapter_bert.data import glue_metrics  # noqa: E402
+from adapter_bert.data import glue_processors  # noqa: E402
+from adapter_bert.cli import common as cli  # noqa: E402
+from adapter_bert.errors import UserError  # noqa: E402
 
 RUN_CLASSIFIER = os.path.join(REPO_ROOT, "run_classifier.py")
 DEFAULT_SWEEP_CONFIG = os.path.join(REPO_ROOT, "configs", "paper_sweep.json")

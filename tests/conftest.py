@@ -6,7 +6,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The kernels users get (oneDNN on x86-64 hosts), set before TensorFlow loads.
-from compute import tf_startup  # noqa: E402,F401
+from adapter_bert.compute import tf_startup  # noqa: E402,F401
 
 import pytest  # noqa: E402
 

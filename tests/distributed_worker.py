@@ -34,12 +34,12 @@ def main():
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-  import adapters  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from training import distribution  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
-  import optimization  # pylint: disable=g-import-not-at-top
-  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.training import distribution  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   if args.strategy == "one":
     strategy = distribution.resolve_strategy("one_device")

@@ -6,9 +6,9 @@ line's Trainer and in Keras fit."""
 import numpy as np
 import tensorflow as tf
 
-from storage import checkpoint_io
+from adapter_bert.storage import checkpoint_io
 import tiny_fixtures
-from training import adapter_drop
+from adapter_bert.model import adapter_drop
 
 
 def _batches(n=4):
@@ -111,5 +111,5 @@ def test_keras_fit_steps_are_steps_of_the_skipped_model():
 
 
 def _optimizer():
-  import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
   return optimization.create_optimizer(5e-2, 6, 1)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from storage import adapter_io
-import adapters
-from storage import checkpoint_io
-from data import glue_processors
-import modeling
-import optimization
-from training import run_config
-from training import trainer as trainer_lib
-from training.errors import UserError
+from adapter_bert.model import adapter_io
+from adapter_bert import adapters
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.data import glue_processors
+from adapter_bert.model import modeling
+from adapter_bert.compute import optimization
+from adapter_bert.training import run_config
+from adapter_bert.training import trainer as trainer_lib
+from adapter_bert.errors import UserError
 from test_modeling import randomize, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

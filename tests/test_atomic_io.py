@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from storage import atomic_io
-from storage.atomic_io import atomic_open, atomic_write_bytes, atomic_write_text
+from adapter_bert.storage import atomic_io
+from adapter_bert.storage.atomic_io import atomic_open, atomic_write_bytes, atomic_write_text
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def test_rejects_other_modes(tmp_path):
 
 def test_missing_directory_is_an_error_and_writes_nothing(tmp_path):
   # A failed write is one error naming the file (as a full disk's is).
-  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapter_bert.errors import UserError  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "no_such_dir" / "f.txt")
   with pytest.raises(UserError, match="cannot write %s: No such file or "
                      "directory" % path):
@@ -95,7 +95,7 @@ def test_missing_directory_is_an_error_and_writes_nothing(tmp_path):
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
-  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapter_bert.errors import UserError  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "results.txt")
   atomic_write_text(path, "old\n")
 
@@ -154,7 +154,7 @@ _CONTENT_SIZE = 3 * 1024 * 1024
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from storage.atomic_io import atomic_write_bytes, atomic_write_text
+    from adapter_bert.storage.atomic_io import atomic_write_bytes, atomic_write_text
     path, start, text = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "text"
     size = %d
 
@@ -230,7 +230,7 @@ _CHECKPOINT_WRITER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    from training import trainer as trainer_lib
+    from adapter_bert.training import trainer as trainer_lib
 
     output_dir = sys.argv[2]
     start = int(sys.argv[3])
@@ -275,7 +275,7 @@ def _check_checkpoints(output_dir):
 
 
 def test_sigkilled_checkpoint_saves_leave_a_loadable_latest(tmp_path):
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   rng = random.Random(77)
   output_dir = str(tmp_path / "out")
   os.makedirs(output_dir)
@@ -318,7 +318,7 @@ def test_overwriting_a_prefix_never_pairs_new_data_with_old_index(tmp_path):
   """save_checkpoint removes the old index before moving new data in."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   prefix = str(tmp_path / "model.ckpt-4")
   checkpoint_io.save_checkpoint(prefix, {"w": np.full((3,), 1.0, np.float32)})
   calls = []
@@ -342,7 +342,7 @@ def test_overwriting_a_prefix_never_pairs_new_data_with_old_index(tmp_path):
 
 
 def test_remove_stale_temporaries_keeps_live_writers(tmp_path):
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True).stdout.strip()
   prefix = "." + checkpoint_io.TMP_DIR_PREFIX
@@ -385,10 +385,10 @@ def test_remove_orphans_removes_dead_writers_files_only(tmp_path):
 def test_killed_feature_conversion_leaves_nothing_after_the_next_run(tmp_path):
   """A conversion killed mid-write leaves `<record>.tmp-<pid>`; the next
   conversion of that record removes it and writes the record."""
-  from data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import input_pipeline  # pylint: disable=g-import-not-at-top
   import tiny_fixtures  # pylint: disable=g-import-not-at-top
-  import tokenization  # pylint: disable=g-import-not-at-top
-  from data import glue_processors  # pylint: disable=g-import-not-at-top
+  from adapter_bert.text import tokenization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import glue_processors  # pylint: disable=g-import-not-at-top
   job = tiny_fixtures.make_job(str(tmp_path / "job"))
   processor = glue_processors.get_processor("MRPC")
   examples = processor.get_examples("dev", job["data_dir"])

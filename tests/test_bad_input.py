@@ -35,7 +35,7 @@ import sys
 
 import pytest
 
-from compute import tf_startup
+from adapter_bert.compute import tf_startup
 import tiny_fixtures
 
 REPO_ROOT = tiny_fixtures.REPO_ROOT
@@ -54,13 +54,13 @@ import sys
 sys.path.insert(0, %r)
 from absl import logging
 logging.use_absl_handler()  # Before TensorFlow, as under app.run.
-from compute import tf_startup
+from adapter_bert.compute import tf_startup
 tf = tf_startup.import_quietly()
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.argv[0] = "run_classifier.py"
-import run_classifier
+from adapter_bert.cli import classifier as run_classifier
 run_classifier.run_main()
 """ % REPO_ROOT
 
@@ -68,7 +68,7 @@ run_classifier.run_main()
 _DRIVER = """
 import json, os, sys, traceback
 sys.path.insert(0, %r)
-import run_classifier
+from adapter_bert.cli import classifier as run_classifier
 from absl import flags
 
 jobs_file, codes_file = sys.argv[1:3]
@@ -149,10 +149,10 @@ def _replace_line(path, line_number, new_line):
 def _build_inputs(root):
   """Writes the good job and every broken variant; returns a dict of paths."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from storage import adapter_io  # pylint: disable=g-import-not-at-top
-  import adapters  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import adapter_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   base = tiny_fixtures.make_job(root)
@@ -239,7 +239,7 @@ def _build_inputs(root):
   trainable = modeling.set_train_mode(model, "adapters")
   for _, variable in trainable:
     variable.assign(tf.fill(variable.shape, 0.01))
-  from data import glue_processors  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import glue_processors  # pylint: disable=g-import-not-at-top
   p["adapter_other_base"] = adapter_io.save_adapter(
       model, trainable, os.path.join(root, "other_adapter", "adapter"),
       adapter_config=adapter_config,

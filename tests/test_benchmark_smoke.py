@@ -1,4 +1,4 @@
-"""Smoke test of scripts/benchmark.py on a minuscule BERT (no timing checks).
+"""Smoke test of scripts/lab/benchmark.py on a minuscule BERT (no timing checks).
 
 Runs every worker in this process on a 2-layer hidden-16 config for a couple
 of steps, then the report; checks the figures are present and consistent
@@ -16,7 +16,7 @@ import pytest
 import tiny_fixtures
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "scripts", "benchmark.py")
+SCRIPT = os.path.join(REPO_ROOT, "scripts", "lab", "benchmark.py")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_train_eval_memory_and_report(benchmark, tiny):
   assert len(memory["rss_bytes"]) == 2
   assert memory["peak_rss_bytes"] >= max(memory["rss_bytes"])
 
-  result = {"command": "python scripts/benchmark.py", "machine":
+  result = {"command": "python scripts/lab/benchmark.py", "machine":
             benchmark.machine(), "load_start": (0.0, 0.0, 0.0),
             "load_end": (0.0, 0.0, 0.0),
             "peak": {"size": 64, "repeats": 2, "gflops": 1.0,
@@ -144,7 +144,7 @@ def test_ratio_interleaves_the_two_modes(benchmark, tiny):
 
 def _load_script(name):
   spec = importlib.util.spec_from_file_location(
-      name + "_script", os.path.join(REPO_ROOT, "scripts", name + ".py"))
+      name + "_script", os.path.join(REPO_ROOT, "scripts", "lab", name + ".py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

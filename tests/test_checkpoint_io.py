@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
-from storage import checkpoint_io
-import modeling
-from training.errors import UserError
+from adapter_bert import adapters
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.model import modeling
+from adapter_bert.errors import UserError
 from test_modeling import features, mixed_batch, randomize, tiny_config
 
 # Every name of a 1-layer model with adapters at both locations and a head,

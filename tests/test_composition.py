@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
-from adapters.composition import Average, BatchSplit, Fuse, MultiTask
-from adapters.composition import Parallel
-from adapters.composition import Stack
-import modeling
-from storage import checkpoint_io
-from training.errors import UserError
+from adapter_bert import adapters
+from adapter_bert.adapters.composition import Average, BatchSplit, Fuse, MultiTask
+from adapter_bert.adapters.composition import Parallel
+from adapter_bert.adapters.composition import Stack
+from adapter_bert.model import modeling
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.errors import UserError
 from test_methods import batch, np_bert, np_bn, np_projection
 from test_modeling import features as as_features
 from test_modeling import tiny_config
@@ -430,8 +430,8 @@ def test_fusion_script_trains_the_fusion_and_saves_what_reloads(tmp_path):
   name = fresh.load_adapter_fusion(os.path.join(out, "fusion"),
                                    set_active=True)
   assert name == "one,two" and fresh.active_head == "mrpc_fusion"
-  from data import glue_processors  # pylint: disable=g-import-not-at-top
-  from data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import glue_processors  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import input_pipeline  # pylint: disable=g-import-not-at-top
   dev = input_pipeline.GlueData(
       glue_processors.get_processor("MRPC"), flags["data_dir"],
       vocab_file=flags["vocab_file"], do_lower_case=True, max_seq_length=24,

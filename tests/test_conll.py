@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from data import conll
-from data import conlleval
-from training.errors import UserError
+from adapter_bert.data import conll
+from adapter_bert.data import conlleval
+from adapter_bert.errors import UserError
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "..", "shared", "conll2003")

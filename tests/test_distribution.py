@@ -13,8 +13,8 @@ import cloud_tpu_client
 import pytest
 import tensorflow as tf
 
-from training import distribution
-from training import errors
+from adapter_bert.training import distribution
+from adapter_bert import errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,8 +322,8 @@ _WORKER_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import tensorflow as tf
-    from training import distribution
-    import optimization
+    from adapter_bert.training import distribution
+    from adapter_bert.compute import optimization
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     rng = np.random.RandomState(0)

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from storage import adapter_io
-import adapters
-from storage import checkpoint_io
-from data import glue_processors
-import modeling
-from adapters import multitask
-from training import run_config
-import tokenization
-from training.errors import UserError
+from adapter_bert.model import adapter_io
+from adapter_bert import adapters
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.data import glue_processors
+from adapter_bert.model import modeling
+from adapter_bert.model import multitask
+from adapter_bert.training import run_config
+from adapter_bert.text import tokenization
+from adapter_bert.errors import UserError
 from test_modeling import randomize, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,14 +53,9 @@ SINGLES = ["The cat sat.", "UNBELIEVABLE houses!!", "",
 
 
 def load_script():
-  """Imports scripts/export_saved_model.py (defines its flags once)."""
-  if "export_saved_model" in sys.modules:
-    return sys.modules["export_saved_model"]
-  spec = importlib.util.spec_from_file_location("export_saved_model", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["export_saved_model"] = module
-  spec.loader.exec_module(module)
-  return module
+  """The command line behind scripts/export_saved_model.py (its flags and
+  main, with the library's names: adapter_bert.cli.export)."""
+  return importlib.import_module("adapter_bert.cli.export")
 
 
 def reference_features(pairs, tokenizer, max_seq_length):

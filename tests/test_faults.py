@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from storage import atomic_io
+from adapter_bert.storage import atomic_io
 import tiny_fixtures
 
 _LOG_LINE = re.compile(
@@ -70,7 +70,7 @@ def trained_values(output_dir, step=None):
 
 def keep_only(output_dir, step):
   """Leaves output_dir as a run stopped after saving `step` would."""
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
   kept = [s for s in checkpoint_steps(output_dir) if s <= step]
   for s in checkpoint_steps(output_dir):
     if s > step:
@@ -171,8 +171,8 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(finished, tmp_path):
 def test_no_space_while_saving_is_one_clear_error(tmp_path, monkeypatch):
   # What a full disk does to TensorFlow's checkpoint writer, in process.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.errors import UserError  # pylint: disable=g-import-not-at-top
   prefix = str(tmp_path / "model.ckpt-1")
   checkpoint_io.save_checkpoint(prefix, {"w": tf.ones([3])})
 

@@ -8,15 +8,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import adapters
-from data import frozen_activations
-from data import glue_processors
-from data import input_pipeline
-import modeling
-import optimization
-from storage import checkpoint_io
+from adapter_bert import adapters
+from adapter_bert.data import frozen_activations
+from adapter_bert.data import glue_processors
+from adapter_bert.data import input_pipeline
+from adapter_bert.model import modeling
+from adapter_bert.compute import optimization
+from adapter_bert.storage import checkpoint_io
 import tiny_fixtures as fx
-from training import trainer as trainer_lib
+from adapter_bert.training import trainer as trainer_lib
 
 
 def _setup(tmp_path):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from data import glue_metrics
-from training.errors import UserError
+from adapter_bert.data import glue_metrics
+from adapter_bert.errors import UserError
 
 
 def test_binary_metrics_by_hand():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data import glue_outputs
+from adapter_bert.data import glue_outputs
 
 
 def test_test_results_one_line_per_real_example(tmp_path):

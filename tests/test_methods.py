@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
-from adapters import bottleneck
-from storage import checkpoint_io
-import modeling
-from training.errors import UserError
+from adapter_bert import adapters
+from adapter_bert.adapters import bottleneck
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.model import modeling
+from adapter_bert.errors import UserError
 # The tiny config, batch and weight helpers of the model core's tests (the
 # NumPy reference of each method is below, on its own).
 from test_modeling import features as as_features
@@ -447,7 +447,7 @@ UNION_CASES = {
 def test_only_the_first_adapter_of_a_stack_acts_at_the_embeddings():
   # AdapterHub (MAD-X): in Stack(language, task) the invertible adapter and
   # the prompts are the first adapter's; the others' are not applied.
-  from adapters import composition  # pylint: disable=g-import-not-at-top
+  from adapter_bert.adapters import composition  # pylint: disable=g-import-not-at-top
   model = model_with("pfeiffer+inv")
   model.add_adapter("b", "pfeiffer+inv")
   for name, v in model.adapter_view("b").checkpoint_name_map().items():
@@ -897,7 +897,7 @@ def test_preset_files_are_the_presets():
 
 @pytest.mark.parametrize("case", ["pfeiffer", "lora", "prefix_tuning"])
 def test_fit_trains_only_the_method_and_its_head(case):
-  import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
   model = model_with(case)
   model.add_adapter("other", case)
   trained = {n for n, _ in model.train_adapter("a")}

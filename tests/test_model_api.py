@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
-from adapters import composition
-from adapters import registry
-from data import glue_processors
-from data import input_pipeline
-import modeling
-import optimization
-from storage import checkpoint_io
-from training import trainer as trainer_lib
-from training.errors import UserError
+from adapter_bert import adapters
+from adapter_bert.adapters import composition
+from adapter_bert.adapters import registry
+from adapter_bert.data import glue_processors
+from adapter_bert.data import input_pipeline
+from adapter_bert.model import modeling
+from adapter_bert.compute import optimization
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.training import trainer as trainer_lib
+from adapter_bert.errors import UserError
 import tiny_fixtures
 
 README = os.path.join(tiny_fixtures.REPO_ROOT, "README.md")

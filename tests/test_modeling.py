@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import adapters
-from storage import checkpoint_io
-from compute import kernels
-import modeling
-from training.errors import UserError
+from adapter_bert import adapters
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.compute import kernels
+from adapter_bert.model import modeling
+from adapter_bert.errors import UserError
 
 
 def tiny_config(**overrides):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from storage import adapter_io
-import adapters
-from storage import checkpoint_io
-from data import glue_processors
-import modeling
-from adapters import multitask
-from training import run_config
-from training.errors import UserError
+from adapter_bert.model import adapter_io
+from adapter_bert import adapters
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.data import glue_processors
+from adapter_bert.model import modeling
+from adapter_bert.model import multitask
+from adapter_bert.training import run_config
+from adapter_bert.errors import UserError
 from test_modeling import randomize, tiny_config
 
 # (task, adapter size, train mode): different heads, sizes and modes.

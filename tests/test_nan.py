@@ -92,9 +92,9 @@ def test_nan_stops_with_a_clear_message(runs, name):
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_last_good_checkpoint_loads_and_is_finite(runs, name):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import adapters  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
   proc, flags = runs[name]
   kept = re.search(r"the last good checkpoint (\S+) is kept", proc.stderr)
   assert kept, proc.stderr[-3000:]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import modeling
-from adapters.composition import MultiTask, Parallel
+from adapter_bert.model import modeling
+from adapter_bert.adapters.composition import MultiTask, Parallel
 from test_composition import model_of
 from test_modeling import features as as_features
 from test_modeling import mixed_batch
@@ -81,7 +81,7 @@ def _write_conll(path, n, seed, scheme="IOB1", with_tags=True):
 
 def test_run_ner_trains_evaluates_and_predicts(tmp_path):
   import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
-  from data import conll, conlleval  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import conll, conlleval  # pylint: disable=g-import-not-at-top
   flags = fx.make_job(tmp_path)
   data_dir = tmp_path / "conll"
   data_dir.mkdir()
@@ -137,8 +137,8 @@ def test_without_data_dir_conll2003_comes_from_tensorflow_datasets(
   # tfds' real conll2003 builder with its download replaced by rows made
   # here (the test runs offline); its tags are IOB2.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from data import ner_pipeline  # pylint: disable=g-import-not-at-top
-  from training.errors import UserError  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import ner_pipeline  # pylint: disable=g-import-not-at-top
+  from adapter_bert.errors import UserError  # pylint: disable=g-import-not-at-top
   import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
   names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC",
            "B-MISC", "I-MISC"]
@@ -191,11 +191,11 @@ def test_layer_attention_on_stored_states_trains_as_on_the_encoder(tmp_path):
   (length buckets and grouping on), and bucketed evaluation (windows sorted
   by length, batches trimmed) decodes the tags of unbucketed evaluation."""
   import keras  # pylint: disable=g-import-not-at-top
-  import adapters  # pylint: disable=g-import-not-at-top
-  import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
   import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
-  from data import conll, frozen_activations, ner_pipeline  # pylint: disable=g-import-not-at-top
-  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import conll, frozen_activations, ner_pipeline  # pylint: disable=g-import-not-at-top
+  from adapter_bert.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   flags = fx.make_job(tmp_path)
   _write_conll(tmp_path / "train.txt", 40, 0)
   _write_conll(tmp_path / "valid.txt", 10, 1)
@@ -250,9 +250,9 @@ def test_every_method_tags(method):
   """Each method under a tagging head: one logit row per input token (soft
   prompt tokens and prefixes add none), the head applied to the adapted
   sequence output, and a training step that moves the method's weights."""
-  import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
   from test_methods import batch, model_with  # pylint: disable=g-import-not-at-top
-  import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
   # Presets whose widths do not divide on the tiny config get workable ones.
   config = {"compacter++": adapters.get_preset("compacter++").replace(
       reduction_factor=2),

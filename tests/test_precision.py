@@ -2,7 +2,7 @@
 
 import pytest
 
-from compute import precision
+from adapter_bert.compute import precision
 
 ZEN4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 "
         "avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu "

@@ -1,6 +1,6 @@
 """Resume: a training run killed 5 times ends where an uninterrupted one does.
 
-`scripts/kill_resume.py` runs the tiny job twice: once straight through, and
+`scripts/lab/kill_resume.py` runs the tiny job twice: once straight through, and
 once killed with SIGKILL at 5 seeded random moments and rerun (the same
 command) after each kill. Four kills come while training, each once a chosen
 step was reported plus a random part of a step; the fifth during a rerun's
@@ -42,7 +42,7 @@ def _run_kill_resume(tmp_path_factory, signal_name, kill_seed, **overrides):
   base = tiny_fixtures.make_job(root, num_hidden_layers=1)
   flags = dict(_job_flags(base), **overrides)
   work_dir = os.path.join(root, "kill_resume")
-  cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "kill_resume.py"),
+  cmd = [sys.executable, os.path.join(REPO_ROOT, "scripts", "lab", "kill_resume.py"),
          "--work_dir=" + work_dir, "--kills=%d" % KILLS, "--startup_kills=1",
          "--kill_seed=%d" % kill_seed, "--tolerance=1e-6",
          "--signal=" + signal_name, "--"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from storage import checkpoint_io
+from adapter_bert.storage import checkpoint_io
 import tiny_fixtures as fx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -281,7 +281,7 @@ def test_your_own_files_train_as_the_glue_task_on_the_same_rows(tmp_path):
   # TSV and JSON Lines: the same examples as --task_name=MRPC; the CSV run
   # gives the same dev figures.
   import csv as csv_lib  # pylint: disable=g-import-not-at-top
-  from data import glue_processors, user_data  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import glue_processors, user_data  # pylint: disable=g-import-not-at-top
   flags = fx.make_job(tmp_path)
   flags.update(FAST, do_train=True, do_eval=True, num_train_epochs=1)
   mrpc = glue_processors.get_processor("MRPC")

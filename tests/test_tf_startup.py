@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from compute import tf_startup
+from adapter_bert.compute import tf_startup
 import tiny_fixtures
 
 SAMPLE = """\
@@ -42,7 +42,7 @@ def _stderr_of(code):
 
 def test_import_quietly_in_a_fresh_process():
   stderr = _stderr_of(
-      "import sys\nfrom compute import tf_startup\n"
+      "import sys\nfrom adapter_bert.compute import tf_startup\n"
       "tf = tf_startup.import_quietly()\n"
       "assert 'tensorflow_text' in sys.modules\n"
       "print(tf.constant(2) * 3)\n"
@@ -55,7 +55,7 @@ def test_import_quietly_in_a_fresh_process():
 def test_verbose_keeps_everything():
   """With verbose=True nothing is captured (the notes may then appear)."""
   stderr = _stderr_of(
-      "import sys\nfrom compute import tf_startup\n"
+      "import sys\nfrom adapter_bert.compute import tf_startup\n"
       "tf = tf_startup.import_quietly(verbose=True)\n"
       "sys.stderr.write('done\\n')\n")
   assert stderr.splitlines()[-1] == "done"
@@ -113,7 +113,7 @@ def test_installed_xla_accepts_the_emitter_flag():
   """A fresh process that imports the library compiles with the flag set."""
   proc = _run_fresh(
       "import os\n"
-      "from compute import kernels\n"
+      "from adapter_bert.compute import kernels\n"
       "import tensorflow as tf\n"
       "f = tf.function(lambda x: tf.tanh(x) * 2.0, jit_compile=True)\n"
       "print(float(f(tf.constant(0.5))))\n"

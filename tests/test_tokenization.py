@@ -8,8 +8,8 @@ import unicodedata
 import pytest
 import tensorflow as tf
 
-from training import errors
-import tokenization
+from adapter_bert import errors
+from adapter_bert.text import tokenization
 
 # A tiny vocabulary; the hard-case fixture adds every character it needs.
 _BASE_VOCAB = [

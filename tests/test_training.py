@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from storage import checkpoint_io
-from compute import kernels
-import modeling
+from adapter_bert.storage import checkpoint_io
+from adapter_bert.compute import kernels
+from adapter_bert.model import modeling
 import tiny_fixtures
-from training import trainer as trainer_lib
+from adapter_bert.training import trainer as trainer_lib
 
 
 def _trainer(train_mode, micro_batch_size, jit_compile=True):
@@ -127,7 +127,7 @@ def test_mixed_precision_step_runs_near_float32(policy):
 
 
 def test_bucket_granularity_follows_what_a_width_compiles():
-  from training import runner  # pylint: disable=g-import-not-at-top
+  from adapter_bert.training import runner  # pylint: disable=g-import-not-at-top
   strategy = tf.distribute.get_strategy()
   cpu_only = not tf.config.list_physical_devices("GPU")
   # CPU: only small kernels compile per width -> finer buckets.
@@ -143,7 +143,7 @@ def test_end_of_training_waits_only_for_the_last_checkpoint(tmp_path):
   # (each host loop pauses 0.5 s), enough for such a sleep to show; the
   # training loop must return right after its last checkpoint is written.
   import time  # pylint: disable=g-import-not-at-top
-  from data import glue_processors, input_pipeline  # pylint: disable=g-import-not-at-top
+  from adapter_bert.data import glue_processors, input_pipeline  # pylint: disable=g-import-not-at-top
   vocab_file, _ = tiny_fixtures.write_vocab(str(tmp_path))
   data = input_pipeline.GlueData(
       processor=glue_processors.get_processor("MRPC"),

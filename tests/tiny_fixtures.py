@@ -43,8 +43,8 @@ def tiny_bert_config(vocab_size, **overrides):
 def tiny_classifier(dropout=0.1, num_layers=2):
   """In process: a BertClassifier (vocab 40, hidden 16, 2 heads, 2 labels)
   with adapters of size 4 and `dropout` everywhere, the classifier too."""
-  import adapters  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
   config = modeling.BertConfig(
       vocab_size=40, hidden_size=16, num_hidden_layers=num_layers,
       num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
@@ -62,10 +62,10 @@ def tiny_trainer(model, train_mode="adapters", seed=0, jit_compile=True,
   output directory /tmp (tests that save set trainer.output_dir).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
-  import optimization  # pylint: disable=g-import-not-at-top
-  from training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
+  from adapter_bert.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   for name, v in checkpoint_io.checkpoint_name_map(model).items():
     v.assign((rng.normal(0, 0.2, size=v.shape)
@@ -84,8 +84,8 @@ def write_model(directory, seed=0, **config_overrides):
   Returns:
     dict with vocab_file, bert_config_file, init_checkpoint.
   """
-  from storage import checkpoint_io  # pylint: disable=g-import-not-at-top
-  import modeling  # pylint: disable=g-import-not-at-top
+  from adapter_bert.storage import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   vocab_file, vocab_size = write_vocab(directory)
   config = tiny_bert_config(vocab_size, **config_overrides)

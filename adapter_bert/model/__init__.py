@@ -1,0 +1,1 @@
+"""The model: BERT, adapters and heads as Keras layers, BertAdapterModel, adapter directories, the multi-task model."""

@@ -1,0 +1,1 @@
+"""Serving: SavedModel and TFLite exports that take raw text."""

@@ -1,0 +1,311 @@
+"""PyTorch's tensor files read (and safetensors written) without PyTorch.
+
+- safetensors: an 8-byte little-endian header length, a JSON header
+  ({name: {"dtype", "shape", "data_offsets"}}, optional "__metadata__"),
+  then the raw little-endian bytes.
+- `.bin` (`torch.save`, zip format): `<archive>/data.pkl`, a pickle of a
+  dict of tensors whose storages are the files `<archive>/data/<key>`. It is
+  read with an unpickler that knows only what a dict of plain tensors
+  needs (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`,
+  `_rebuild_parameter`, the typed storages) and refuses every other global,
+  so a planted pickle cannot import or call anything: nothing runs.
+"""
+
+import collections
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+
+from adapter_bert.errors import UserError
+
+# safetensors dtype names -> NumPy ("BF16" is read into float32).
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16,
+              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+# torch typed storages -> NumPy ("BFloat16Storage" read into float32).
+_STORAGES = {"DoubleStorage": np.float64, "FloatStorage": np.float32,
+             "HalfStorage": np.float16, "LongStorage": np.int64,
+             "IntStorage": np.int32, "ShortStorage": np.int16,
+             "CharStorage": np.int8, "ByteStorage": np.uint8,
+             "BoolStorage": np.bool_, "BFloat16Storage": "bfloat16"}
+
+
+def _bfloat16_to_float32(raw):
+  return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+def read_safetensors(path):
+  """{name: NumPy array} of a safetensors file.
+
+  Raises:
+    UserError: for a file that is not one (naming it).
+  """
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+  try:
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size].decode("utf-8"))
+    body = memoryview(data)[8 + size:]
+    out = collections.OrderedDict()
+    for name, info in header.items():
+      if name == "__metadata__":
+        continue
+      begin, end = info["data_offsets"]
+      raw = body[begin:end]
+      if info["dtype"] == "BF16":
+        array = _bfloat16_to_float32(raw)
+      else:
+        array = np.frombuffer(raw, np.dtype(_ST_DTYPES[info["dtype"]]
+                                            ).newbyteorder("<"))
+      out[name] = array.reshape(info["shape"]).copy()
+  except (struct.error, ValueError, KeyError, TypeError,
+          UnicodeDecodeError) as e:
+    raise UserError("%s is not a readable safetensors file (%s)"
+                    % (path, e)) from None
+  return out
+
+
+def write_safetensors(path, tensors, metadata=None):
+  """Writes {name: array} as a safetensors file (names sorted)."""
+  header, chunks, offset = {}, [], 0
+  for name in sorted(tensors):
+    array = np.ascontiguousarray(np.asarray(tensors[name]))
+    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    raw = array.tobytes()
+    header[name] = {"dtype": _ST_NAMES[np.dtype(array.dtype.name)],
+                    "shape": list(array.shape),
+                    "data_offsets": [offset, offset + len(raw)]}
+    chunks.append(raw)
+    offset += len(raw)
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+  text += b" " * (-len(text) % 8)  # The format aligns the body to 8 bytes.
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(text)) + text)
+    for raw in chunks:
+      f.write(raw)
+
+
+class UnsafePickleError(UserError):
+  """A .bin whose pickle names anything but plain tensors."""
+
+
+class _StorageType:
+  """What the pickle's `torch.<X>Storage` global stands for (not callable)."""
+
+  def __init__(self, dtype):
+    self.dtype = dtype
+
+
+class _Storage:
+  def __init__(self, array):
+    self.array = array
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  """torch._utils._rebuild_tensor_v2, on NumPy: a strided view, copied.
+
+  Raises:
+    UserError: for a view reaching outside its storage.
+  """
+  if not isinstance(storage, _Storage):
+    raise UserError("a tensor without a storage")
+  array = storage.array
+  size, stride, offset = tuple(size), tuple(stride), int(offset)
+  if len(size) != len(stride) or offset < 0 or any(
+      int(n) < 0 or int(t) < 0 for n, t in zip(size, stride)):
+    raise UserError("a tensor of size %r, stride %r" % (size, stride))
+  last = offset + sum((int(n) - 1) * int(t) for n, t in zip(size, stride)
+                      if int(n) > 0)
+  if (all(int(n) > 0 for n in size) and last >= len(array)) or (
+      offset > len(array)):
+    raise UserError("a tensor reaching outside its storage (size %r, stride "
+                    "%r, offset %d, storage %d)" % (size, stride, offset,
+                                                     len(array)))
+  itemsize = array.dtype.itemsize
+  if not size:
+    return array[offset:offset + 1].reshape(()).copy()
+  view = np.lib.stride_tricks.as_strided(
+      array[offset:], shape=tuple(size),
+      strides=tuple(s * itemsize for s in stride))
+  return view.copy()
+
+
+def _rebuild_parameter(data, *unused):
+  return data
+
+
+class _TensorUnpickler(pickle.Unpickler):
+  """Unpickles a dict of tensors; any other global is refused."""
+
+  def __init__(self, file, path, load_storage):
+    super().__init__(file)
+    self._path = path
+    self._load_storage = load_storage
+
+  def find_class(self, module, name):
+    if (module, name) == ("collections", "OrderedDict"):
+      return collections.OrderedDict
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return _rebuild_tensor
+    if (module, name) == ("torch._utils", "_rebuild_parameter"):
+      return _rebuild_parameter
+    if module == "torch" and name in _STORAGES:
+      return _StorageType(_STORAGES[name])
+    raise UnsafePickleError(
+        "%s: refused: its pickle names %s.%s; a .bin is read only when it "
+        "holds plain tensors (nothing in it was run)" % (self._path, module,
+                                                         name))
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
+      raise UnsafePickleError("%s: refused: unknown persistent id %r"
+                              % (self._path, pid))
+    return self._load_storage(pid[1], str(pid[2]))
+
+
+def read_torch_bin(path):
+  """{name: NumPy array} of a `torch.save` zip holding a dict of tensors.
+
+  Raises:
+    UnsafePickleError: for anything in the pickle but plain tensors.
+    UserError: for a file that is not such a zip.
+  """
+  try:
+    archive = zipfile.ZipFile(path)
+  except (OSError, zipfile.BadZipFile) as e:
+    raise UserError("%s is not a PyTorch zip checkpoint (%s); legacy (pre-1.6)"
+                    " .bin files are not read" % (path, e)) from None
+  with archive:
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") or
+               n == "data.pkl"]
+    if len(pickles) != 1:
+      raise UserError("%s: expected one data.pkl in the zip, found %d"
+                      % (path, len(pickles)))
+    root = pickles[0][:-len("data.pkl")]
+    byteorder = "little"
+    if root + "byteorder" in names:
+      byteorder = archive.read(root + "byteorder").decode().strip()
+    cache = {}
+
+    def load_storage(storage_type, key):
+      if not isinstance(storage_type, _StorageType):
+        raise UnsafePickleError("%s: refused: a storage of unknown type %r"
+                                % (path, storage_type))
+      if key not in cache:
+        try:
+          raw = archive.read(root + "data/" + key)
+        except KeyError:
+          raise UserError("%s: storage %s is missing from the zip"
+                          % (path, key)) from None
+        if storage_type.dtype == "bfloat16":
+          array = _bfloat16_to_float32(raw)
+        else:
+          dtype = np.dtype(storage_type.dtype).newbyteorder(
+              "<" if byteorder == "little" else ">")
+          array = np.frombuffer(raw, dtype)
+        cache[key] = _Storage(array)
+      return cache[key]
+
+    import io  # pylint: disable=g-import-not-at-top
+    unpickler = _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), path,
+                                 load_storage)
+    try:
+      state = unpickler.load()
+    except UnsafePickleError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError("%s: cannot read its pickle (%s: %s)"
+                      % (path, type(e).__name__, e)) from None
+  if not isinstance(state, dict) or not all(
+      isinstance(k, str) and isinstance(v, np.ndarray)
+      for k, v in state.items()):
+    raise UnsafePickleError("%s: refused: the pickle is not a dict of "
+                            "tensors" % path)
+  return collections.OrderedDict(state)
+
+
+def read_tensors(path):
+  """{name: array} of a .safetensors or .bin file (by its extension)."""
+  if str(path).endswith(".safetensors"):
+    return read_safetensors(path)
+  return read_torch_bin(path)
+
+
+def exists_any(directory, names):
+  """The first of `names` that is a file in `directory`, or None."""
+  for name in names:
+    if os.path.isfile(os.path.join(directory, name)):
+      return os.path.join(directory, name)
+  return None
+
+
+def _pickle_tensor_dict(names_and_keys):
+  """The data.pkl of `torch.save(OrderedDict)` of float32 tensors, written
+  opcode by opcode (protocol 2, as torch writes it): no torch needed, and
+  only the globals read_torch_bin accepts.
+
+  Args:
+    names_and_keys: [(name, storage key, shape)] in order.
+  """
+  out = bytearray(b"\x80\x02")  # PROTO 2
+
+  def text(s):
+    raw = s.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+  def integer(n):
+    return b"J" + struct.pack("<i", int(n))  # BININT
+
+  def global_(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+  def tuple_(items):
+    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
+
+  out += global_("collections", "OrderedDict") + b")R"  # OrderedDict()
+  out += b"("  # MARK for SETITEMS
+  for name, key, shape in names_and_keys:
+    numel = int(np.prod(shape)) if shape else 1
+    strides, step = [], 1
+    for dim in reversed(shape):
+      strides.insert(0, step)
+      step *= int(dim)
+    out += text(name)
+    out += global_("torch._utils", "_rebuild_tensor_v2")
+    storage = tuple_([text("storage"), global_("torch", "FloatStorage"),
+                      text(key), text("cpu"), integer(numel)]) + b"Q"
+    args = [storage, integer(0), tuple_([integer(d) for d in shape]),
+            tuple_([integer(s) for s in strides]), b"\x89",  # NEWFALSE
+            global_("collections", "OrderedDict") + b")R"]
+    out += tuple_(args) + b"R"
+  out += b"u."  # SETITEMS, STOP
+  return bytes(out)
+
+
+def write_torch_bin(path, tensors):
+  """Writes {name: array} (as float32) as a `torch.save` zip that
+  `torch.load(path, weights_only=True)` reads."""
+  archive = os.path.splitext(os.path.basename(path))[0]
+  items, blobs = [], []
+  for i, name in enumerate(tensors):
+    array = np.ascontiguousarray(np.asarray(tensors[name], np.float32))
+    items.append((name, str(i), list(array.shape)))
+    blobs.append((str(i), array.astype("<f4").tobytes()))
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    z.writestr(archive + "/data.pkl", _pickle_tensor_dict(items))
+    z.writestr(archive + "/byteorder", "little")
+    for key, raw in blobs:
+      z.writestr(archive + "/data/" + key, raw)
+    z.writestr(archive + "/version", "3\n")

@@ -1,0 +1,1 @@
+"""Tokenizers: the original FullTokenizer and the in-graph one (tensorflow-text)."""

@@ -1,0 +1,120 @@
+"""Writes tests/data/adapterhub_tiny: AdapterHub's own adapters on a tiny BERT.
+
+Runs in AdapterHub's own Python environment (torch, transformers, adapters
+1.3.0), never in this project's (both import as `adapters`); start it from
+outside this repository:
+
+  cd /tmp && /path/to/ah-venv/bin/python /path/to/repo/scripts/lab/make_adapterhub_fixtures.py \
+      /path/to/repo/tests/data/adapterhub_tiny
+
+It writes the tiny base in Hugging Face layout (`hf/`: config.json,
+model.safetensors, vocab.txt), `inputs.npz` (input_ids, input_mask,
+segment_ids [4, 12]), and for each AdapterHub method name M: `M/` (its
+save_adapter with the head; torch's .bin, and for seq_bn also safetensors
+in `M_safetensors/`) and `M_logits.npy`, AdapterHub's eval-mode logits with
+M and its head active. Every trainable parameter gets seeded noise (std
+0.1) so that adapters and heads matter.
+"""
+
+import json
+import os
+import sys
+
+METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
+           "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
+           "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
+           "unipelt")
+
+
+def main(out):
+  import numpy as np
+  import torch
+  import adapters
+  from adapters import BertAdapterModel
+  from transformers import BertConfig
+  torch.manual_seed(0)
+  os.makedirs(out, exist_ok=True)
+  config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=32,
+                      max_position_embeddings=32, hidden_act="gelu")
+  base = BertAdapterModel(config)
+  hf = os.path.join(out, "hf")
+  base.save_pretrained(hf, safe_serialization=True)
+  for name in os.listdir(hf):
+    if name not in ("config.json", "model.safetensors"):
+      os.remove(os.path.join(hf, name))
+  with open(os.path.join(hf, "vocab.txt"), "w") as f:
+    f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                      + ["w%d" % i for i in range(35)]) + "\n")
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 40, (4, 12))
+  lengths = [12, 7, 3, 10]
+  mask = (np.arange(12)[None] < np.array(lengths)[:, None]).astype(np.int64)
+  ids = ids * mask
+  ids[:, 0] = 2
+  segs = (np.arange(12)[None] >= np.array(lengths)[:, None] // 2) * mask
+  np.savez(os.path.join(out, "inputs.npz"), input_ids=ids, input_mask=mask,
+           segment_ids=segs)
+  summary = {}
+  for method in METHODS:
+    model = BertAdapterModel.from_pretrained(hf)
+    name = method.replace("+", "p")
+    config_arg = method
+    if method.startswith("compacter"):  # Its PHM needs bottleneck % 4 == 0.
+      config_arg = (adapters.CompacterPlusPlusConfig(reduction_factor=2)
+                    if method.endswith("++") else
+                    adapters.CompacterConfig(reduction_factor=2))
+    model.add_adapter(name, config=config_arg)
+    model.add_classification_head(name, num_labels=2)
+    model.train_adapter(name)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+      for p in model.parameters():
+        if p.requires_grad:
+          p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    model.eval()
+    model.set_active_adapters(name)
+    model.save_adapter(os.path.join(out, name), name, with_head=True)
+    if method == "seq_bn":
+      model.save_adapter(os.path.join(out, name + "_safetensors"), name,
+                         with_head=True, use_safetensors=True)
+    print("computing", name, file=sys.stderr, flush=True)
+    with torch.no_grad():
+      logits = model(input_ids=torch.tensor(ids),
+                     attention_mask=torch.tensor(mask),
+                     token_type_ids=torch.tensor(segs)).logits.numpy()
+    np.save(os.path.join(out, name + "_logits.npy"), logits)
+    summary[name] = method
+  # AdapterFusion (dynamic) of two seq_bn adapters, the head of the second.
+  from adapters.composition import Fuse
+  model = BertAdapterModel.from_pretrained(hf)
+  for name in ("f1", "f2"):
+    model.add_adapter(name, config="seq_bn")
+  model.add_classification_head("f2", num_labels=2)
+  model.add_adapter_fusion(Fuse("f1", "f2"), "dynamic")
+  model.train_adapter_fusion(Fuse("f1", "f2"))
+  generator = torch.Generator().manual_seed(2)
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if "adapters." in n or "adapter_fusion" in n or "heads." in n:
+        p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+  model.eval()
+  model.set_active_adapters(Fuse("f1", "f2"))
+  model.active_head = "f2"
+  model.save_adapter(os.path.join(out, "f1"), "f1", with_head=False)
+  model.save_adapter(os.path.join(out, "f2"), "f2", with_head=True)
+  model.save_adapter_fusion(os.path.join(out, "fusion"), "f1,f2")
+  with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids),
+                   attention_mask=torch.tensor(mask),
+                   token_type_ids=torch.tensor(segs)).logits.numpy()
+  np.save(os.path.join(out, "fusion_logits.npy"), logits)
+  summary["fusion"] = "Fuse(f1, f2), dynamic"
+  with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump({"adapters": adapters.__version__, "torch": torch.__version__,
+               "methods": summary}, f, indent=2, sort_keys=True)
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])

@@ -1,1 +1,0 @@
-"""Files: checkpoints by original name, adapter directories, atomic writes."""
