@@ -422,3 +422,89 @@ def test_mirrored_two_cpus_matches_single_device(tmp_path):
   assert result["moved"] > 0.05
   assert result["function"] <= 1e-5
   assert result["eager"] <= 1e-5
+
+
+# One adapter per method family: the bottleneck family (reference and
+# AdapterHub's), Compacter, LoRA, (IA)^3, prefix and prompt tuning, unions,
+# Basirat's layer attention.
+_DECAY_METHODS = ["adapter-bert", "pfeiffer", "houlsby+inv", "parallel",
+                  "compacter", "lora", "ia3", "prefix_tuning",
+                  "prompt_tuning", "mam", "layer_attention"]
+
+
+def _decay_model(method):
+  from adapter_bert import adapters  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
+  config = modeling.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+      type_vocab_size=2)
+  model = modeling.BertAdapterModel(config)
+  if method == "adapter-bert":
+    method = adapters.AdapterConfig(size=4)
+  elif method == "compacter":  # A bottleneck divisible by phm_dim here.
+    method = adapters.get_preset("compacter").replace(reduction_factor=2)
+  elif method == "layer_attention":
+    method = adapters.LayerAttentionConfig(reduced_size=4)
+  model.add_adapter("t", method)
+  model.add_classification_head("t", 2)
+  model.train_adapter("t")
+  return model
+
+
+def _expected_rates(model, adapter_rate, base_rate):
+  """{checkpoint name: rate} as documented: 0 for LayerNorms and biases,
+  the adapter rate for every variable the method owns (its tag), the base
+  rate for the head."""
+  view = model.adapter_view("t")
+  out = {}
+  for name, (variable, tag) in view.checkpoint_variables().items():
+    if not variable.trainable:
+      continue
+    if any(p in name for p in ("LayerNorm", "layer_norm", "bias")):
+      out[name] = 0.0
+    elif tag.kind == "adapter":
+      out[name] = adapter_rate
+    else:
+      out[name] = base_rate
+  return out
+
+
+@pytest.mark.parametrize("method", _DECAY_METHODS)
+def test_adapter_weight_decay_reaches_every_method(method):
+  """--adapter_weight_decay_rate and --weight_decay_rate, chosen from the
+  tags (a method's variables need not have "adapters" in their names), for
+  the command line's optimizer and for compile/fit's."""
+  model = _decay_model(method)
+  want = _expected_rates(model, 0.25, 0.125)
+  assert 0.25 in want.values(), "no decayed adapter variable: %s" % want
+  # The command line: Trainer hands the view's tags to AdamWeightDecay.
+  view = model.adapter_view("t")
+  named = [(n, v) for n, v in view.checkpoint_name_map().items()
+           if v.trainable]
+  rule = optimization.AdamWeightDecay(
+      1e-3, weight_decay_rate=0.125, adapter_weight_decay_rate=0.25)
+  rule.build(named, adapter_names=set(view.adapter_names()))
+  got = dict(zip(rule.variable_names, rule._decay_rates))  # pylint: disable=protected-access
+  assert got == want
+  # compile/fit: the Keras optimizer gets the same tags from the model.
+  keras_opt = optimization.KerasAdamWeightDecay(
+      1e-3, weight_decay_rate=0.125, adapter_weight_decay_rate=0.25)
+  model.compile(optimizer=keras_opt)
+  keras_opt.build(model.trainable_variables)
+  by_key = {keras_opt._var_key(v): n for n, v in named}  # pylint: disable=protected-access
+  got = {by_key[k]: r for k, r in keras_opt._decay_rates.items()}  # pylint: disable=protected-access
+  assert got == want
+
+
+def test_without_tags_decay_is_chosen_by_name_as_the_reference():
+  rule = optimization.AdamWeightDecay(1e-3, weight_decay_rate=0.125,
+                                      adapter_weight_decay_rate=0.25)
+  assert rule.weight_decay_rate_for("bert/encoder/layer_0/lora_A") == 0.125
+  assert rule.weight_decay_rate_for("bert/encoder/layer_0/lora_A",
+                                    is_adapter=True) == 0.25
+  assert rule.weight_decay_rate_for(
+      "bert/encoder/layer_0/attention/output/adapters/weights1") == 0.25
+  assert rule.weight_decay_rate_for(
+      "bert/encoder/layer_0/attention/output/adapters/biases1",
+      is_adapter=True) == 0.0

@@ -114,7 +114,9 @@ flags.DEFINE_enum("train_mode", "adapters", list(run_config.TRAIN_MODES),
 flags.DEFINE_float("weight_decay_rate", 0.01,
                    "Decoupled weight decay of non-adapter weights.")
 flags.DEFINE_float("adapter_weight_decay_rate", 0.01,
-                   "Decoupled weight decay of adapter weights.")
+                   "Decoupled weight decay of the adapter method's weights "
+                   "(every method's, fusion layers too; biases and "
+                   "LayerNorms are not decayed).")
 flags.DEFINE_string("adapter_checkpoint", None,
                     "An adapter directory (output_dir/adapter) to load on top "
                     "of --init_checkpoint.")

@@ -11,7 +11,8 @@ adapter-BERT (Devlin et al. 2018; Houlsby et al. 2019):
   * Adam moments without bias correction, and "decoupled" L2 weight decay
     that is added to the Adam update (not to the loss). Variables whose name
     matches "LayerNorm", "layer_norm" or "bias" are not decayed; adapter
-    variables (name contains "adapters") may use their own decay rate.
+    variables (every method's, as the model's tags say; by name, "adapters",
+    where no tags are given) may use their own decay rate.
 
 The training loop's optimizer (`AdamWeightDecay`) is a `tf.Module` rather
 than a Keras optimizer so that the slot variables have the reference
@@ -144,8 +145,8 @@ class AdamWeightDecay(tf.Module):
       learning_rate: float, or a callable mapping the global step to a scalar
         float32 tensor (e.g. `WarmupLinearDecay`).
       weight_decay_rate: float, decay rate of the non-adapter variables.
-      adapter_weight_decay_rate: float, decay rate of variables whose name
-        contains "adapters".
+      adapter_weight_decay_rate: float, decay rate of the adapter methods'
+        variables (see `build`).
       beta_1: float, decay of the first moment.
       beta_2: float, decay of the second moment.
       epsilon: float, added to sqrt(v) in the denominator.
@@ -173,11 +174,14 @@ class AdamWeightDecay(tf.Module):
   # --------------------------------------------------------------------------
   # Variables.
 
-  def weight_decay_rate_for(self, name):
+  def weight_decay_rate_for(self, name, is_adapter=None):
     """Returns the decay rate that applies to the variable called `name`.
 
     Args:
       name: checkpoint name of the variable.
+      is_adapter: whether it belongs to an adapter method, as the model's
+        tags say (every method's variables, whatever their names); None:
+        decided by the name as in the reference ("adapters" in it).
 
     Returns:
       float, 0.0 when the variable is not decayed.
@@ -185,11 +189,13 @@ class AdamWeightDecay(tf.Module):
     for pattern in self.exclude_from_weight_decay:
       if re.search(pattern, name) is not None:
         return 0.0
-    if _ADAPTER_NAME_PATTERN in name:
+    if is_adapter is None:
+      is_adapter = _ADAPTER_NAME_PATTERN in name
+    if is_adapter:
       return self.adapter_weight_decay_rate
     return self.weight_decay_rate
 
-  def build(self, named_variables):
+  def build(self, named_variables, adapter_names=None):
     """Creates the zero `adam_m` / `adam_v` slots of the trained variables.
 
     Call it under the strategy scope that created the variables (or with no
@@ -199,6 +205,10 @@ class AdamWeightDecay(tf.Module):
       named_variables: list of (checkpoint_name, variable) for the TRAINABLE
         variables, in the order that `apply_gradients` receives gradients.
         Variables may be `tf.Variable`s or Keras 3 variables.
+      adapter_names: the names among them that belong to adapter methods
+        (the model's tags: `ModelView.adapter_names`), decayed at
+        `adapter_weight_decay_rate`; None: chosen by name (see
+        `weight_decay_rate_for`).
 
     Raises:
       ValueError: on a second call, a duplicated name or a non-trainable
@@ -225,7 +235,8 @@ class AdamWeightDecay(tf.Module):
         self._variables.append(variable)
         self._m.append(m)
         self._v.append(v)
-        self._decay_rates.append(self.weight_decay_rate_for(name))
+        self._decay_rates.append(self.weight_decay_rate_for(
+            name, None if adapter_names is None else name in adapter_names))
     self._built = True
 
   def _create_slot(self, variable, slot_name):
@@ -443,11 +454,14 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
         exclude_from_weight_decay=exclude_from_weight_decay,
         clip_norm=clip_norm)
     self._checkpoint_names = {}
+    self._adapter_ids = None
     self._decay_rates = {}
 
-  def set_checkpoint_names(self, names_by_id):
-    """{id(variable): checkpoint name}, read when the slots are built."""
+  def set_checkpoint_names(self, names_by_id, adapter_ids=None):
+    """{id(variable): checkpoint name}, and the ids of the variables of
+    adapter methods (None: chosen by name), read when the slots are built."""
     self._checkpoint_names = dict(names_by_id)
+    self._adapter_ids = None if adapter_ids is None else set(adapter_ids)
 
   def build(self, var_list):
     if self.built:
@@ -456,8 +470,10 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
     self._m, self._v = [], []
     for variable in var_list:
       name = self._checkpoint_names.get(id(variable), variable.path)
+      is_adapter = (None if self._adapter_ids is None else
+                    id(variable) in self._adapter_ids)
       self._decay_rates[self._var_key(variable)] = (
-          self._rule.weight_decay_rate_for(name))
+          self._rule.weight_decay_rate_for(name, is_adapter))
       self._m.append(self.add_variable_from_reference(variable, "adam_m"))
       self._v.append(self.add_variable_from_reference(variable, "adam_v"))
 

@@ -1504,6 +1504,13 @@ class ModelView:
         (name, variable) for name, (variable, _) in
         self.checkpoint_variables().items())
 
+  def adapter_names(self):
+    """Checkpoint names of the branch's adapter-method variables (tags
+    "adapter" and "fusion", whatever the method calls them): those
+    `adapter_weight_decay_rate` decays."""
+    return [name for name, (_, tag) in self.checkpoint_variables().items()
+            if tag.kind in ("adapter", "fusion")]
+
   def trainable_names(self, train_mode):
     """Checkpoint names trained in `train_mode`, chosen by the tags.
 
@@ -2603,7 +2610,8 @@ class BertAdapterModel(keras.Model):
     kwargs.pop("loss", None)
     optimizer = optimization.as_keras_optimizer(optimizer)
     if isinstance(optimizer, optimization.KerasAdamWeightDecay):
-      optimizer.set_checkpoint_names(self._names_by_variable())
+      optimizer.set_checkpoint_names(self._names_by_variable(),
+                                     self._adapter_variable_ids())
     if jit_compile is None:
       jit_compile = self._resolve_auto_jit_compile()
     self._fit_seed = int(seed)
@@ -2632,6 +2640,20 @@ class BertAdapterModel(keras.Model):
       for key, variable, _ in head.checkpoint_variables(None):
         names[id(variable)] = key
     return names
+
+  def _adapter_variable_ids(self):
+    """ids of every adapter method's variables (tags adapter and fusion):
+    those the optimizer decays at its adapter rate."""
+    ids = set()
+    views = [self.adapter_view(n) for n in self.adapter_configs]
+    for view in views:
+      for _, (variable, tag) in view.checkpoint_variables().items():
+        if tag.kind in ("adapter", "fusion"):
+          ids.add(id(variable))
+    for name in self.fusions:
+      for variable in self.fusion_variables(name).values():
+        ids.add(id(variable))
+    return ids
 
   def _loss(self, logits, labels):
     """The mean of the command line's per-example loss (summed over heads;

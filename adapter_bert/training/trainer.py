@@ -215,7 +215,9 @@ class Trainer:
       self.good_steps = tf.Variable(
           0, dtype=tf.int64, trainable=False, name="good_steps",
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    optimizer.build(self.trainable)
+    view = model.view() if hasattr(model, "view") else None
+    optimizer.build(self.trainable, adapter_names=(
+        None if view is None else set(view.adapter_names())))
     self._train_vars = [v for _, v in self.trainable]
     self._train_loop = None
     self._eval_step = None
