@@ -17,6 +17,7 @@ from adapter_bert.data import input_pipeline
 from adapter_bert.model import modeling
 from adapter_bert.compute import optimization
 from adapter_bert.storage import checkpoint_io
+from adapter_bert.text import tokenization
 from adapter_bert.training import trainer as trainer_lib
 from adapter_bert.errors import UserError
 import tiny_fixtures
@@ -389,8 +390,8 @@ def test_api_errors_name_the_culprit(tmp_path):
     model.add_adapter("c", {"kind": "lora2"})
   with pytest.raises(UserError, match="unknown adapter preset"):
     model.add_adapter("c", "no-such-preset")
-  with pytest.raises(UserError, match="compile.. takes no loss"):
-    model.compile(loss="mse")
+  with pytest.raises(UserError, match="compile.loss='no_such_loss'.: "):
+    model.compile(loss="no_such_loss")
   with pytest.raises(UserError, match="vocabulary .* not found"):
     modeling.BertAdapterModel.from_pretrained(
         os.path.join(base, "bert_config.json"), vocab_file="/nonexistent",
@@ -534,3 +535,98 @@ def test_hook_points_at_projections_keys_values_and_embeddings():
     assert np.max(np.abs(seq_hooked.numpy())) > 0.1
   finally:
     registry.METHODS.pop("test_probe", None)
+
+
+def _trained_with_loss(loss, steps=3):
+  """Weights after `steps` fit steps of a seeded tiny classifier compiled
+  with `loss` (None: the default)."""
+  keras.utils.set_random_seed(3)
+  model = tiny_fixtures.tiny_classifier(dropout=0.1)
+  rng = np.random.default_rng(5)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    v.assign((rng.normal(0, 0.2, size=v.shape)
+              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+  model.reset_layer_norms("default")
+  model.train_adapter("default")
+  kwargs = {} if loss is None else {"loss": loss}
+  model.compile(optimizer=optimization.create_optimizer(1e-2, steps, 1),
+                seed=7, **kwargs)
+  batches = _batches(n=steps)
+  data = tf.data.Dataset.from_tensor_slices(
+      {k: np.stack([b[k] for b in batches]) for k in batches[0]})
+  model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+  return {n: v.numpy() for n, v in
+          checkpoint_io.checkpoint_name_map(model).items()}
+
+
+def test_compile_takes_a_keras_loss():
+  """Keras' own spelling of the built-in loss trains bit for bit as the
+  default; another loss (class-weighted) is the one used."""
+  default = _trained_with_loss(None)
+  keras_spelling = _trained_with_loss(
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  assert default.keys() == keras_spelling.keys()
+  for name in default:
+    np.testing.assert_array_equal(keras_spelling[name], default[name],
+                                  err_msg=name)
+
+  def class_weighted(labels, logits):
+    weights = tf.gather(tf.constant([1.0, 5.0]), tf.cast(labels, tf.int32))
+    losses = keras.losses.sparse_categorical_crossentropy(
+        labels, logits, from_logits=True)
+    return tf.reduce_sum(weights * losses) / tf.reduce_sum(weights)
+
+  weighted = _trained_with_loss(class_weighted)
+  moved = [n for n in default if not np.array_equal(weighted[n], default[n])]
+  assert "output_weights" in moved and len(moved) > 10, moved
+
+
+def _reference_features(vocab_file, pairs, max_seq_length):
+  """The original toolkit's features of (text_a, text_b) pairs, by its
+  Python tokenizer and truncation, padded to the longest."""
+  tokenizer = tokenization.FullTokenizer(vocab_file, do_lower_case=True)
+  rows = []
+  for a, b in pairs:
+    ta, tb = tokenizer.tokenize(a), tokenizer.tokenize(b) if b else []
+    budget = max_seq_length - (3 if tb else 2)
+    while len(ta) + len(tb) > budget:
+      (ta if len(ta) > len(tb) else tb).pop()
+    tokens = ["[CLS]"] + ta + ["[SEP]"] + (tb + ["[SEP]"] if tb else [])
+    segments = [0] * (len(ta) + 2) + [1] * (len(tb) + 1 if tb else 0)
+    rows.append((tokenizer.convert_tokens_to_ids(tokens), segments))
+  width = max(len(ids) for ids, _ in rows)
+  pad = lambda v: v + [0] * (width - len(v))  # noqa: E731
+  return {"input_ids": np.array([pad(i) for i, _ in rows], np.int32),
+          "input_mask": np.array([pad([1] * len(i)) for i, _ in rows],
+                                 np.int32),
+          "segment_ids": np.array([pad(s) for _, s in rows], np.int32)}
+
+
+def test_predict_fit_and_evaluate_take_raw_strings(tmp_path):
+  base = tiny_base(tmp_path)
+  model = modeling.BertAdapterModel.from_pretrained(base, max_seq_length=9)
+  model.add_adapter("a")
+  model.add_classification_head("a", 2)
+  model.set_active_adapters("a")
+  model.compile()
+  texts = ["the cat sat", "a dog ran fast!", "happy"]
+  pairs = (["the red sun", "old moon"], ["sad green dogs", "new"])
+  vocab = os.path.join(base, "vocab.txt")
+  want = model.predict(_reference_features(
+      vocab, [(t, "") for t in texts], 9), verbose=0)
+  np.testing.assert_allclose(model.predict(texts, verbose=0), want,
+                             atol=1e-6)
+  want = model.predict(_reference_features(vocab, list(zip(*pairs)), 9),
+                       verbose=0)
+  np.testing.assert_allclose(model.predict(pairs, verbose=0), want,
+                             atol=1e-6)
+  model.train_adapter("a")
+  model.compile(optimizer=optimization.create_optimizer(1e-2, 2, 0))
+  before = all_values(model)
+  model.fit(texts, np.array([0, 1, 1]), epochs=2, verbose=0)
+  after = all_values(model)
+  assert any(not np.array_equal(before[k], after[k]) for k in before)
+  assert np.isfinite(model.evaluate(texts, np.array([0, 1, 1]), verbose=0))
+  bare = modeling.BertAdapterModel(model.config)
+  with pytest.raises(UserError, match="raw text needs a vocabulary"):
+    bare.predict(texts)

@@ -47,6 +47,8 @@ from adapter_bert.adapters import registry
 from adapter_bert.compute import kernels
 from adapter_bert.errors import UserError
 from adapter_bert.storage import huggingface
+from adapter_bert.text import preprocessor as preprocessor_lib
+from adapter_bert.text import tokenization
 from adapter_bert.storage import checkpoint_io
 from adapter_bert.adapters import fusion as fusion_lib
 from adapter_bert.model import adapter_io
@@ -1655,13 +1657,16 @@ class BertAdapterModel(keras.Model):
     self._active_head = None
     self.fusions = {}  # name -> (adapter names, AdapterFusionConfig)
     self._fit_seed = 0
+    self._loss_fn = None  # compile(loss=...); None: the built-in loss.
+    self._preprocessor = None
+    self._text_settings = None  # (vocab, lower case, length), built lazily.
     self.built = True
 
   # ---------------------------------------------------------------- loading
 
   @classmethod
   def from_pretrained(cls, path, vocab_file=None, init_checkpoint=None,
-                      **kwargs):
+                      do_lower_case=None, max_seq_length=128, **kwargs):
     """A model holding a pre-trained base, without adapters or heads.
 
     Args:
@@ -1672,6 +1677,11 @@ class BertAdapterModel(keras.Model):
         `bert_config.json` with `vocab_file` and `init_checkpoint` given.
       vocab_file, init_checkpoint: the other two paths, when `path` is a
         config file.
+      do_lower_case, max_seq_length: how the model's `preprocessor` turns
+        raw text into features (`fit`, `evaluate` and `predict` take
+        strings); do_lower_case None: as the base's name says ("uncased",
+        "cased"), or a Hugging Face directory's tokenizer_config.json;
+        uncased when neither says.
 
     Returns:
       The model; `vocab_file` and `init_checkpoint` hold the paths used.
@@ -1701,6 +1711,10 @@ class BertAdapterModel(keras.Model):
     model.load_base_checkpoint(init_checkpoint)
     model.vocab_file = vocab_file
     model.init_checkpoint = init_checkpoint
+    if vocab_file is not None:
+      if do_lower_case is None:
+        do_lower_case = _base_lower_case(path, init_checkpoint)
+      model.set_preprocessor(vocab_file, do_lower_case, max_seq_length)
     # The base's name, recorded in adapters written in AdapterHub's layout
     # (its `model_name`): a Hugging Face directory's own, else the path.
     model.base_name = os.path.abspath(path)
@@ -1709,6 +1723,39 @@ class BertAdapterModel(keras.Model):
                 encoding="utf-8") as f:
         model.base_name = json.load(f).get("_name_or_path") or model.base_name
     return model
+
+  def set_preprocessor(self, vocab_file, do_lower_case=True,
+                       max_seq_length=128):
+    """How raw text becomes features for `fit`, `evaluate` and `predict`
+    (`preprocessor_lib.BertPreprocessor`, built on first use).
+
+    Raises:
+      UserError: for a missing vocabulary or a max_seq_length below 3.
+    """
+    if not os.path.isfile(vocab_file):
+      raise UserError("vocabulary %s not found" % vocab_file)
+    if int(max_seq_length) < 3:
+      raise UserError("max_seq_length must be at least 3, got %r"
+                      % (max_seq_length,))
+    self._text_settings = (vocab_file, bool(do_lower_case),
+                           int(max_seq_length))
+    self._preprocessor = None
+
+  @property
+  def preprocessor(self):
+    """The BertPreprocessor for raw text, or None (no vocabulary given:
+    `from_pretrained` or `set_preprocessor` give one)."""
+    if self._preprocessor is None and self._text_settings is not None:
+      self._preprocessor = preprocessor_lib.BertPreprocessor(
+          *self._text_settings)
+    return self._preprocessor
+
+  def _text_features(self, x):
+    if self.preprocessor is None:
+      raise UserError("raw text needs a vocabulary: build the model with "
+                      "from_pretrained(...) or call set_preprocessor("
+                      "vocab_file, do_lower_case, max_seq_length)")
+    return self.preprocessor(x)
 
   def load_base_checkpoint(self, path, flag_name="init_checkpoint"):
     """Restores the base from a BERT checkpoint (original names).
@@ -2585,29 +2632,36 @@ class BertAdapterModel(keras.Model):
 
   # ------------------------------------------------------------------ Keras
 
-  def compile(self, optimizer="adam_weight_decay", jit_compile=None, seed=0,
-              adapter_drop=False, **kwargs):
-    """Keras compile with the command line's loss and dropout seeds.
+  def compile(self, optimizer="adam_weight_decay", loss=None,
+              jit_compile=None, seed=0, adapter_drop=False, **kwargs):
+    """Keras compile; the loss defaults to the command line's.
 
     Args:
       optimizer: an optimization.AdamWeightDecay (converted to its Keras
         form), a Keras optimizer, or "adam_weight_decay".
+      loss: None: the command line's loss (cross entropy over the classes,
+        squared error for one output, a tagging head's mean over its
+        labelled tokens; under several heads their sum). Else a Keras loss
+        (an object, a function or a name for `keras.losses.get`) called as
+        `loss(labels, logits)` on each head's rows. A Keras loss that is
+        the built-in one (`SparseCategoricalCrossentropy(from_logits=True)`
+        on a classification head, `MeanSquaredError()` on a regression head,
+        both with their default reduction and no ignore_class) runs the
+        built-in's kernel, so it trains exactly as the default.
       jit_compile: None: as the command line (the whole step compiled by XLA
         on GPU/TPU; on a CPU host only the element-wise kernels).
       seed: base of the dropout seeds (mask = f(seed, step)).
       adapter_drop: AdapterDrop's training recipe: each step of `fit` skips
         the adapters of a random number of the lowest layers (none at
-        evaluate and predict; see training.adapter_drop). With the default
+        evaluate and predict; see model.adapter_drop). With the default
         optimizer a variable a step did not reach keeps its value and
         moments; other Keras optimizers see a zero gradient for it.
-      **kwargs: passed to keras.Model.compile (metrics, ...); a `loss` is
-        refused: the loss is the command line's.
+      **kwargs: passed to keras.Model.compile (metrics, ...).
+
+    Raises:
+      UserError: for a loss Keras does not know.
     """
-    if kwargs.get("loss") is not None:
-      raise UserError("BertAdapterModel trains with the command line's loss "
-                      "(cross entropy, squared error for one output); "
-                      "compile() takes no loss")
-    kwargs.pop("loss", None)
+    self._loss_fn = _as_loss(loss)
     optimizer = optimization.as_keras_optimizer(optimizer)
     if isinstance(optimizer, optimization.KerasAdamWeightDecay):
       optimizer.set_checkpoint_names(self._names_by_variable(),
@@ -2657,16 +2711,24 @@ class BertAdapterModel(keras.Model):
 
   def _loss(self, logits, labels):
     """The mean of the command line's per-example loss (summed over heads;
-    under BatchSplit or MultiTask, each head's mean over its examples)."""
+    under BatchSplit or MultiTask, each head's mean over its examples), or
+    compile's loss on each head's rows."""
     if isinstance(logits, dict):
       return tf.add_n([self._loss(value, labels[name] if isinstance(
           labels, dict) else labels) for name, value in logits.items()])
     num_labels = int(logits.shape[-1])
+    builtin = self._loss_fn is None or _is_builtin_loss(self._loss_fn,
+                                                        num_labels)
     if self.active_setup().split is None:
+      if not builtin:
+        return self._loss_fn(labels, logits)
       return tf.reduce_mean(per_example_loss(logits, labels, num_labels,
                                              num_labels == 1))
     first = tf.reshape(logits, [tf.shape(logits)[0], -1])[:, 0]
     mine = tf.logical_not(tf.math.is_nan(first))  # This head's rows.
+    if not builtin:
+      return self._loss_fn(tf.boolean_mask(labels, mine),
+                           tf.boolean_mask(logits, mine))
     where = tf.reshape(mine, [-1] + [1] * (logits.shape.rank - 1))
     losses = per_example_loss(tf.where(where, logits, 0.0), labels,
                               num_labels, num_labels == 1)
@@ -2733,12 +2795,28 @@ class BertAdapterModel(keras.Model):
     return {m.name: m.result() for m in self.metrics}
 
   def predict(self, x, batch_size=None, **kwargs):
-    """Keras predict; a bare feature dict or (features, labels) works too."""
+    """Keras predict; a bare feature dict or (features, labels) works too,
+    and raw text: a list of strings, or a pair (texts_a, texts_b), through
+    `preprocessor`."""
+    if preprocessor_lib.is_raw_text(x):
+      x = self._text_features(x)
     if isinstance(x, (tuple, list)) and x and isinstance(x[0], dict):
       x = x[0]
     if isinstance(x, dict):
       x = model_inputs(x)
     return super().predict(x, batch_size=batch_size, **kwargs)
+
+  def fit(self, x=None, y=None, **kwargs):
+    """Keras fit; x may also be raw text (see `predict`) with labels y."""
+    if preprocessor_lib.is_raw_text(x):
+      x = self._text_features(x)
+    return super().fit(x, y, **kwargs)
+
+  def evaluate(self, x=None, y=None, **kwargs):
+    """Keras evaluate; x may also be raw text (see `predict`) with labels y."""
+    if preprocessor_lib.is_raw_text(x):
+      x = self._text_features(x)
+    return super().evaluate(x, y, **kwargs)
 
   # ------------------------------------------------------------ adapter I/O
 
@@ -2872,6 +2950,54 @@ class _NamedTask:
 
   def get_labels(self):
     return self._labels
+
+
+def _base_lower_case(path, init_checkpoint):
+  """Whether a base's text is lower-cased: a Hugging Face directory's
+  tokenizer_config.json, else the base's name; uncased when neither says."""
+  config = os.path.join(path, "tokenizer_config.json") if os.path.isdir(
+      path) else None
+  if config and os.path.isfile(config):
+    try:
+      with open(config, encoding="utf-8") as f:
+        value = json.load(f).get("do_lower_case")
+    except (OSError, ValueError) as e:
+      raise UserError("cannot read %s: %s" % (config, e)) from None
+    if isinstance(value, bool):
+      return value
+  for name in (init_checkpoint, path):
+    casing = tokenization.casing_of_checkpoint(name)
+    if casing is not None:
+      return casing == "uncased"
+  return True
+
+
+def _as_loss(loss):
+  """compile's loss: None (the built-in) or a callable(labels, logits)."""
+  if loss is None:
+    return None
+  try:
+    fn = keras.losses.get(loss)
+  except (ValueError, TypeError) as e:
+    raise UserError("compile(loss=%r): %s" % (loss, e)) from None
+  if fn is None or not callable(fn):
+    raise UserError("compile(loss=%r): not a Keras loss" % (loss,))
+  return fn
+
+
+def _is_builtin_loss(loss, num_labels):
+  """Whether a Keras loss object is the built-in loss of a head with
+  `num_labels` outputs (see BertAdapterModel.compile)."""
+  if type(loss) not in (keras.losses.SparseCategoricalCrossentropy,
+                        keras.losses.MeanSquaredError):
+    return False
+  config = loss.get_config()
+  if config.get("reduction") != "sum_over_batch_size":
+    return False
+  if isinstance(loss, keras.losses.MeanSquaredError):
+    return num_labels == 1
+  return (num_labels > 1 and config.get("from_logits") is True
+          and config.get("ignore_class") is None)
 
 
 def _check_name(name, what):

@@ -2,7 +2,7 @@
 
 The SavedModel tokenizes in the graph (tensorflow-text, through
 `tokenization.InGraphTokenizer`), packs `[CLS] a [SEP] b [SEP]` exactly as
-`input_pipeline.pack_pairs` does for training and prediction (longest-first
+`packing.pack_pairs` does for training and prediction (longest-first
 truncation to `max_seq_length`; an empty `text_b` means a single sentence,
 `[CLS] a [SEP]`), and runs the model.
 
@@ -48,12 +48,12 @@ import tensorflow as tf
 
 from adapter_bert import adapters
 from adapter_bert.data import glue_processors
-from adapter_bert.data import input_pipeline
 from adapter_bert.errors import UserError
 from adapter_bert.model import adapter_io
 from adapter_bert.model import modeling
 from adapter_bert.model import multitask
 from adapter_bert.storage import checkpoint_io
+from adapter_bert.text import preprocessor
 from adapter_bert.text import tokenization
 
 DEFAULT_MAX_SEQ_LENGTH = 128
@@ -72,7 +72,9 @@ class ServingModule(tf.Module):
   def __init__(self, model, vocab_file, do_lower_case, max_seq_length):
     super().__init__(name="serving")
     self.model = model
-    self.tokenizer = tokenization.InGraphTokenizer(vocab_file, do_lower_case)
+    self.preprocessor = preprocessor.BertPreprocessor(
+        vocab_file, do_lower_case, max_seq_length)
+    self.tokenizer = self.preprocessor.tokenizer  # Tracked: its table.
     self.vocab_file = tf.saved_model.Asset(vocab_file)
     self.max_seq_length = int(max_seq_length)
     self.do_lower_case = bool(do_lower_case)
@@ -82,14 +84,7 @@ class ServingModule(tf.Module):
     tf.debugging.assert_equal(
         tf.size(text_a), tf.size(text_b),
         message="text_a and text_b must have the same batch size")
-    input_ids, segment_ids = input_pipeline.pack_pairs(
-        self.tokenizer.tokenize(text_a), self.tokenizer.tokenize(text_b),
-        self.max_seq_length, self.tokenizer.cls_id, self.tokenizer.sep_id)
-    return {
-        "input_ids": input_ids.to_tensor(0),  # [batch, seq]
-        "input_mask": tf.ones_like(input_ids).to_tensor(0),  # [batch, seq]
-        "segment_ids": segment_ids.to_tensor(0),  # [batch, seq]
-    }
+    return self.preprocessor.features(text_a, text_b)
 
   def task_outputs(self, branch, logits, prefix=""):
     """Named outputs of one task from its logits [batch, labels]."""

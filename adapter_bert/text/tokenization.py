@@ -221,6 +221,13 @@ def _casing_of_model_name(name):
   return None
 
 
+def casing_of_checkpoint(init_checkpoint):
+  """"uncased", "cased" or None (unknown), read from the checkpoint's
+  directory name as `validate_case_matches_checkpoint` reads it."""
+  name = _checkpoint_model_name(init_checkpoint) if init_checkpoint else None
+  return _casing_of_model_name(name) if name else None
+
+
 def validate_case_matches_checkpoint(do_lower_case, init_checkpoint):
   """Checks that `do_lower_case` agrees with the checkpoint's casing.
 
