@@ -3,14 +3,11 @@
     python scripts/lab/benchmark_vs_adapterhub.py \
         --adapterhub_python=/path/to/adapterhub-venv/bin/python
 
-AdapterHub and this project both import as `adapters`, so AdapterHub runs in
-its own virtual environment, in its own processes:
-
-    python3 -m venv ~/adapterhub-venv
-    ~/adapterhub-venv/bin/pip install torch==2.13.0 adapters
-
-(`--adapterhub_python` defaults to $ADAPTERHUB_PYTHON.) Without it, or when
-that interpreter cannot import torch, transformers and adapters, the
+Each side runs in processes of its own (one per measurement), so that
+neither's thread pools or allocator state touch the other's figures. The
+AdapterHub side runs in `--adapterhub_python` (default $ADAPTERHUB_PYTHON,
+else this Python when it imports torch and AdapterHub's `adapters`, as after
+`pip install "torch==2.13.0+cpu" adapters==1.3.0`). Without one, the
 AdapterHub side is skipped, said so, and only this toolkit's figures are
 printed.
 
@@ -38,6 +35,7 @@ faster) and this toolkit's memory over AdapterHub's. Writes
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -54,12 +52,20 @@ sys.path.insert(0, _HERE)
 import benchmark  # noqa: E402  (scripts/lab/benchmark.py: configs, trainers)
 
 
+def _imports_adapterhub():
+  """Whether this Python has torch and AdapterHub's `adapters`."""
+  return all(importlib.util.find_spec(m) is not None
+             for m in ("torch", "adapters"))
+
+
 def _parse_flags(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--adapterhub_python",
-                      default=os.environ.get("ADAPTERHUB_PYTHON"),
-                      help="Python of a virtual environment with torch and "
-                      "AdapterHub's adapters (default $ADAPTERHUB_PYTHON).")
+                      default=os.environ.get("ADAPTERHUB_PYTHON") or (
+                          sys.executable if _imports_adapterhub() else None),
+                      help="Python of an environment with torch and "
+                      "AdapterHub's adapters (default $ADAPTERHUB_PYTHON, "
+                      "else this Python when it has them).")
   parser.add_argument("--configs", default="minilm,base")
   parser.add_argument("--epoch_configs", default="minilm",
                       help="Configs whose MRPC epoch is timed ('' = none).")
@@ -175,7 +181,6 @@ def run_ours(what, args):
 def run_adapterhub(python, what, args):
   command = [python, os.path.join(_HERE, "adapterhub_side.py"),
              json.dumps(dict(args, what=what))]
-  # Not the repository: its `adapters` package would shadow AdapterHub's.
   with tempfile.TemporaryDirectory() as cwd:
     return _run(command, cwd, "adapterhub " + what)
 
