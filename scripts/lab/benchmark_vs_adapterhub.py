@@ -53,9 +53,18 @@ import benchmark  # noqa: E402  (scripts/lab/benchmark.py: configs, trainers)
 
 
 def _imports_adapterhub():
-  """Whether this Python has torch and AdapterHub's `adapters`."""
-  return all(importlib.util.find_spec(m) is not None
-             for m in ("torch", "adapters"))
+  """Whether this Python has torch and AdapterHub's `adapters` (already
+  imported, or found: find_spec refuses a module imported without a spec,
+  as AdapterHub's lazy package is)."""
+  for name in ("torch", "adapters"):
+    if name in sys.modules:
+      continue
+    try:
+      if importlib.util.find_spec(name) is None:
+        return False
+    except (ImportError, ValueError):
+      return False
+  return True
 
 
 def _parse_flags(argv):
