@@ -338,6 +338,96 @@ def test_a_method_registered_from_a_test_file_trains():
     registry.METHODS.pop("test_scale", None)
 
 
+@dataclasses.dataclass(frozen=True)
+class ValueScaleConfig:
+  kind: str = "test_value_scale"
+  init: float = 1.0
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(**d)
+
+
+class ValueScaleLayer(keras.layers.Layer):
+  """Scales the value projection's output columns; owns its merge."""
+
+  def __init__(self, width, init, **kwargs):
+    super().__init__(**kwargs)
+    self.scale = self.add_weight(
+        name="scale", shape=(width,),
+        initializer=keras.initializers.Constant(init))
+    self.merged = False
+
+  def checkpoint_variables(self):
+    return [("value_scale", self.scale)]
+
+  def call(self, x, projected, training=False, policy=None):
+    if self.merged:
+      return projected
+    return projected * tf.cast(self.scale, projected.dtype)
+
+  def merge_into(self, dense):
+    if not self.merged:
+      dense.kernel.assign(dense.kernel * self.scale)
+      dense.bias.assign(dense.bias * self.scale)
+      self.merged = True
+
+  def reset_from(self, dense):
+    if self.merged:
+      dense.kernel.assign(dense.kernel / self.scale)
+      dense.bias.assign(dense.bias / self.scale)
+      self.merged = False
+
+
+def _value_scale_layers(config, bert_config, where):
+  if where == "embeddings":
+    return {}
+  return {"value": ValueScaleLayer(bert_config.hidden_size, config.init,
+                                   name="value")}
+
+
+def test_a_method_from_a_test_file_declares_its_capabilities():
+  """Merging, fusing and --adapter_size are asked of the method, never
+  decided by its name: a method registered here merges through its own
+  layers, says why it is not fused, and resizes."""
+  registry.register_method(
+      "test_value_scale", ValueScaleConfig, _value_scale_layers,
+      fusion_refusal=lambda config: "value scales are not fused",
+      resize=lambda config, size, bert_config: dataclasses.replace(
+          config, init=float(size)))
+  try:
+    model = make_two_adapter_model(layers=1)
+    model.add_adapter("v", ValueScaleConfig(init=1.5))
+    model.add_adapter("w", ValueScaleConfig(init=0.5))
+    model.add_classification_head("v", 2)
+    model.set_active_adapters("v")
+    features = modeling.model_inputs(_batches(n=1, seq=10)[0])
+    want = model(features).numpy()
+    assert model.can_merge("v") and not model.can_merge("a")
+    model.merge_adapter("v")
+    model.set_active_adapters(None)
+    model.active_head = "v"
+    np.testing.assert_allclose(model(features).numpy(), want, atol=1e-5)
+    model.reset_adapter("v")
+    model.set_active_adapters("v")
+    np.testing.assert_allclose(model(features).numpy(), want, atol=1e-5)
+    with pytest.raises(UserError, match="'v' .* cannot be fused: value "
+                       "scales are not fused"):
+      model.add_adapter_fusion(["v", "w"])
+    assert registry.resize(ValueScaleConfig(), 8, model.config) == (
+        ValueScaleConfig(init=8.0))
+    with pytest.raises(UserError, match="--adapter_size does not apply to a "
+                       "test_scale adapter"):
+      registry.register_method("test_scale", ScaleConfig, _scale_layers)
+      registry.resize(ScaleConfig(), 8, model.config)
+  finally:
+    registry.METHODS.pop("test_value_scale", None)
+    registry.METHODS.pop("test_scale", None)
+
+
 def test_save_and_load_adapter_under_another_name(tmp_path):
   base = tiny_base(tmp_path)
   model = modeling.BertAdapterModel.from_pretrained(base)

@@ -139,8 +139,13 @@ def _layers_for(config, bert_config, where):
   return layers
 
 
-registry.register_method("bottleneck", AdapterConfig, _layers_for,
-                         owns_layer_norms=lambda config: True)
+registry.register_method(
+    "bottleneck", AdapterConfig, _layers_for,
+    owns_layer_norms=lambda config: True,
+    fusion_refusal=lambda config: (
+        "AdapterFusion combines sequential bottleneck adapters (pfeiffer, "
+        "houlsby, compacter, ...); adapter-bert adapters train their own "
+        "LayerNorms"))
 
 
 # ---------------------------------------------------------------------------
@@ -554,8 +559,19 @@ def _bn_layers_for(config, bert_config, where, shared=None):
   return layers
 
 
-registry.register_method("bn", BnConfig, _bn_layers_for,
-                         shared_for=compacter.shared_for)
+def _bn_resize(config, size, bert_config):
+  """--adapter_size=m: AdapterHub's reduction factor hidden_size / m."""
+  if size < 1:
+    raise UserError("a bottleneck needs a size >= 1")
+  return config.replace(reduction_factor=bert_config.hidden_size / size)
+
+
+registry.register_method(
+    "bn", BnConfig, _bn_layers_for, shared_for=compacter.shared_for,
+    resize=_bn_resize,
+    fusion_refusal=lambda config: (
+        "AdapterFusion combines sequential bottleneck adapters, not "
+        "parallel ones" if config.is_parallel else None))
 
 # AdapterHub's presets, under both of its names for each.
 SEQ_BN = BnConfig()

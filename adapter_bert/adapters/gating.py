@@ -22,6 +22,8 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from adapter_bert.adapters import registry
+
 
 class TokenLayout(NamedTuple):
   """How the rows of a [rows, H] tensor map to examples.
@@ -89,6 +91,5 @@ def per_row(gate, tokens, dtype):
 
 def uses_gating(config):
   """Whether an adapter of `config` (or a part of its union) is gated."""
-  if getattr(config, "kind", None) == "union":
-    return any(uses_gating(c) for c in config.configs)
-  return bool(getattr(config, "use_gating", False))
+  return any(bool(getattr(c, "use_gating", False))
+             for c in registry.parts_of(config))

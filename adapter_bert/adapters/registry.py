@@ -104,6 +104,13 @@ class AdapterMethod:
       as saved and served.
     encoder_level: the method also has a layer at `encoder_output`
       (`layers_for` is called with where="encoder").
+    parts: None, or callable(config) -> the configs a config combines
+      (ConfigUnion's); each part is then asked for its own capabilities.
+    resize: None, or callable(config, size, bert_config) -> the config
+      with a bottleneck of `size` (the command line's --adapter_size).
+    fusion_refusal: None (an adapter of this method is never fused), or
+      callable(config) -> None when AdapterFusion can combine an adapter of
+      `config`, else why it cannot.
   """
   kind: str
   config_cls: type
@@ -112,6 +119,9 @@ class AdapterMethod:
   shared_for: Optional[Callable] = None
   serving_config: Optional[Callable] = None
   encoder_level: bool = False
+  fusion_refusal: Optional[Callable] = None
+  parts: Optional[Callable] = None
+  resize: Optional[Callable] = None
 
 
 METHODS = {}
@@ -119,7 +129,8 @@ METHODS = {}
 
 def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
                     shared_for=None, serving_config=None,
-                    encoder_level=False):
+                    encoder_level=False, fusion_refusal=None, parts=None,
+                    resize=None):
   """Registers an adapter method under `kind` (see AdapterMethod).
 
   Returns:
@@ -127,7 +138,8 @@ def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
   """
   method = AdapterMethod(kind, config_cls, layers_for,
                          owns_layer_norms or (lambda config: False),
-                         shared_for, serving_config, encoder_level)
+                         shared_for, serving_config, encoder_level,
+                         fusion_refusal, parts, resize)
   METHODS[kind] = method
   return method
 
@@ -251,9 +263,7 @@ def layers_for(config, bert_config, where, shared=None):
 
 def is_encoder_level(config):
   """Whether an adapter of `config` reads the encoder's hidden states."""
-  if getattr(config, "kind", None) == "union":
-    return any(is_encoder_level(c) for c in config.configs)
-  return method_of(config).encoder_level
+  return any(method_of(c).encoder_level for c in parts_of(config))
 
 
 # Hook points whose layers cannot run several branches side by side in one
@@ -271,3 +281,40 @@ def runs_side_by_side(hook_points):
 
 def owns_layer_norms(config):
   return bool(method_of(config).owns_layer_norms(config))
+
+
+def fusion_refusal(config):
+  """None when AdapterFusion can combine an adapter of `config`, else why
+  it cannot (the method's own answer)."""
+  method = method_of(config)
+  if method.fusion_refusal is None:
+    return ("AdapterFusion combines sequential bottleneck adapters "
+            "(pfeiffer, houlsby, compacter, ...)")
+  return method.fusion_refusal(config)
+
+
+def parts_of(config):
+  """The single-method configs an adapter of `config` is made of: the
+  config itself, or its method's parts (a ConfigUnion's), flattened."""
+  method = method_of(config)
+  if method.parts is None:
+    return [config]
+  return [p for part in method.parts(config) for p in parts_of(part)]
+
+
+def is_combination(config):
+  """Whether `config` combines several methods' configs (a union)."""
+  return method_of(config).parts is not None
+
+
+def resize(config, size, bert_config):
+  """`config` with a bottleneck of `size` (--adapter_size).
+
+  Raises:
+    UserError: for a method without a bottleneck size.
+  """
+  method = method_of(config)
+  if method.resize is None:
+    raise UserError("--adapter_size does not apply to a %s adapter; set its "
+                    "fields in a JSON file" % config.kind)
+  return method.resize(config, size, bert_config)

@@ -147,6 +147,7 @@ def _layers_for(config, bert_config, where, shared=None):
 
 registry.register_method(
     "union", ConfigUnion, _layers_for, encoder_level=False,
+    parts=lambda config: list(config.configs),
     owns_layer_norms=lambda config: any(
         registry.owns_layer_norms(c) for c in config.configs),
     shared_for=_shared_for, serving_config=_serving_config)

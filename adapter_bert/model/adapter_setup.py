@@ -203,7 +203,7 @@ class AdaptersMixin:
       self._active = None
 
   def _mergeable_layers(self, name):
-    """[(LoRA/(IA)^3 layer, base Dense)] of adapter `name`."""
+    """[(layer, base Dense)] of adapter `name` on the projections."""
     pairs = []
     for block in self.bert.blocks:
       for hook, dense in block.projections().values():
@@ -211,6 +211,21 @@ class AdaptersMixin:
         if layer is not None:
           pairs.append((layer, dense))
     return pairs
+
+  def can_merge(self, name):
+    """Whether adapter `name` folds into the base weights: it has layers
+    only on projections, and each owns its merge (`merge_into` and
+    `reset_from`, as LoRA's and (IA)^3's layers do).
+
+    Raises:
+      UserError: for an unknown adapter.
+    """
+    self._check_adapter(name)
+    pairs = self._mergeable_layers(name)
+    return (bool(pairs)
+            and self.hook_points(name) <= set(registry.PROJECTION_HOOKS)
+            and all(hasattr(layer, "merge_into") and hasattr(
+                layer, "reset_from") for layer, _ in pairs))
 
   @property
   def merged_adapters(self):
@@ -230,12 +245,12 @@ class AdaptersMixin:
       UserError: for an unknown adapter, a method that cannot be merged, or
         another adapter merged already.
     """
-    self._check_adapter(name)
+    if not self.can_merge(name):
+      raise UserError("adapter %r (%s) cannot be merged: only adapters whose "
+                      "layers all fold into the projections they sit on (lora, "
+                      "ia3) merge into the base weights"
+                      % (name, self.adapter_configs[name].kind))
     pairs = self._mergeable_layers(name)
-    kind = self.adapter_configs[name].kind
-    if not pairs or kind not in ("lora", "ia3"):
-      raise UserError("adapter %r (%s) cannot be merged: only lora and ia3 "
-                      "adapters fold into the base weights" % (name, kind))
     others = [n for n in self.merged_adapters if n != name]
     if others:
       raise UserError("adapter %r is merged already; reset_adapter(%r) "

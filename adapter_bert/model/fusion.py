@@ -67,13 +67,10 @@ class FusionMixin:
     for n in names:
       self._check_adapter(n)
       c = self.adapter_configs[n]
-      if getattr(c, "kind", None) != "bn" or c.is_parallel:
-        raise UserError(
-            "adapter %r (%s) cannot be fused: AdapterFusion combines "
-            "sequential bottleneck adapters (pfeiffer, houlsby, compacter, "
-            "...)%s" % (n, getattr(c, "kind", "bottleneck"),
-                        "; adapter-bert adapters train their own LayerNorms"
-                        if getattr(c, "kind", None) == "bottleneck" else ""))
+      why = registry.fusion_refusal(c)
+      if why:
+        raise UserError("adapter %r (%s) cannot be fused: %s"
+                        % (n, c.kind, why))
     if name in self.fusions:
       if not overwrite_ok:
         raise UserError("a fusion named %r exists already (overwrite_ok="

@@ -307,8 +307,7 @@ def export_tflite(model, path, max_seq_length):
   base = model.model
   adapter = model.branch(name).adapter_name
   merged = False
-  if adapter in base.adapter_configs and getattr(
-      base.adapter_configs[adapter], "kind", None) in ("lora", "ia3"):
+  if adapter in base.adapter_configs and base.can_merge(adapter):
     try:
       base.merge_adapter(adapter)
       merged = True

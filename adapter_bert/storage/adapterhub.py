@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 
 from adapter_bert import adapters as adapters_lib
+from adapter_bert.adapters import registry
 from adapter_bert.storage import torch_formats
 from adapter_bert.errors import UserError
 from adapter_bert.storage import atomic_io
@@ -215,7 +216,7 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
   except UserError as e:
     raise UserError("%s: %s" % (where, e)) from None
   kind = getattr(config, "kind", None)
-  parts = config.configs if kind == "union" else [config]
+  parts = registry.parts_of(config)
   for part in parts:
     if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
                          "prompt_tuning"):
@@ -401,8 +402,8 @@ def _ah_name(ours, adapter):
 
 def _adapterhub_config(config):
   """A config as AdapterHub's adapter_config.json "config" holds it."""
-  if getattr(config, "kind", None) == "union":
-    return {"architecture": "union",
+  if registry.is_combination(config):
+    return {"architecture": type(config).architecture,
             "configs": [_adapterhub_config(c) for c in config.configs]}
   out = config.to_dict()
   if getattr(type(config), "architecture", None):
@@ -422,7 +423,7 @@ def save(model, directory, name, with_head=True, model_name=None):
   """
   config = model.adapter_configs[name]
   kind = getattr(config, "kind", None)
-  parts = config.configs if kind == "union" else [config]
+  parts = registry.parts_of(config)
   for part in parts:
     if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
                          "prompt_tuning"):

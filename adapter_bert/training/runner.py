@@ -110,17 +110,12 @@ def resolve_adapter_config(cfg, bert_config):
   if cfg.adapter_size is not None:
     if isinstance(config, adapters.AdapterConfig):
       config = dataclasses.replace(config, size=cfg.adapter_size)
-    elif config.kind == "bn":
-      if cfg.adapter_size < 1:
-        raise UserError("--adapter_size=%d with --adapter_config=%s: a "
-                        "bottleneck needs a size >= 1"
-                        % (cfg.adapter_size, cfg.adapter_config))
-      config = config.replace(
-          reduction_factor=bert_config.hidden_size / cfg.adapter_size)
     else:
-      raise UserError("--adapter_size does not apply to --adapter_config=%s "
-                      "(a %s adapter); set its fields in a JSON file"
-                      % (cfg.adapter_config, config.kind))
+      try:
+        config = registry.resize(config, cfg.adapter_size, bert_config)
+      except UserError as e:
+        raise UserError("--adapter_size=%d with --adapter_config=%s: %s"
+                        % (cfg.adapter_size, cfg.adapter_config, e)) from None
   if isinstance(config, adapters.AdapterConfig) and (
       cfg.adapter_init_scale != config.init_scale):
     config = dataclasses.replace(config, init_scale=cfg.adapter_init_scale)
@@ -161,9 +156,9 @@ def describe_adapter_config(config):
   presets = sorted(n for n, c in adapters.PRESETS.items() if c == config)
   if presets:
     return "%s (preset %s)" % (config.kind, " = ".join(presets))
-  if config.kind == "union":
-    return "union of %s" % ", ".join(describe_adapter_config(c)
-                                     for c in config.configs)
+  if registry.is_combination(config):
+    return "%s of %s" % (config.kind, ", ".join(
+        describe_adapter_config(c) for c in config.configs))
   defaults = type(config)().to_dict()
   fields = {k: v for k, v in config.to_dict().items()
             if k != "kind" and v != defaults.get(k)}
