@@ -1,28 +1,7 @@
 """Exports adapter-tuned BERT task(s) as a SavedModel that takes raw text.
 
-The SavedModel tokenizes in the graph (tensorflow-text, through
-`tokenization.InGraphTokenizer`), packs `[CLS] a [SEP] b [SEP]` exactly as
-`input_pipeline.pack_pairs` does for training and prediction (longest-first
-truncation to `max_seq_length`; an empty `text_b` means a single sentence,
-`[CLS] a [SEP]`), and runs the model.
-
-Signatures (TF Serving conventions; every input is a tf.string [batch]):
-
-  inputs:  text_a  the sentence, or the first sentence of a pair;
-           text_b  the second sentence, "" for single-sentence tasks.
-  outputs of a classification task: probabilities float32 [batch, labels],
-           logits float32 [batch, labels], label tf.string [batch] (the
-           predicted label as the task's data files spell it);
-  outputs of a regression task (STS-B): score float32 [batch].
-
-One task (one --adapter_dir, or --checkpoint): `serving_default` and a
-signature named after the task (e.g. `mrpc`) both return that task. Several
---adapter_dir on one base: one signature per task, and `serving_default`
-returns all tasks in one pass, with outputs `<task>_probabilities`,
-`<task>_logits`, `<task>_label` (or `<task>_score`). The vocabulary is
-exported as an asset (`assets/vocab.txt`). Loading the SavedModel needs the
-tensorflow-text ops (`import tensorflow_text` in Python; a TF Serving build
-with TensorFlow Text ops).
+The signatures, inputs and outputs are described in
+adapter_bert/serving/export.py; the flags are adapter_bert.cli.export's.
 
 Usage:
 

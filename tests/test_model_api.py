@@ -339,26 +339,15 @@ def test_a_method_registered_from_a_test_file_trains():
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueScaleConfig:
+class ValueScaleConfig(ScaleConfig):
   kind: str = "test_value_scale"
-  init: float = 1.0
-
-  def to_dict(self):
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d):
-    return cls(**d)
 
 
-class ValueScaleLayer(keras.layers.Layer):
+class ValueScaleLayer(ScaleLayer):
   """Scales the value projection's output columns; owns its merge."""
 
   def __init__(self, width, init, **kwargs):
-    super().__init__(**kwargs)
-    self.scale = self.add_weight(
-        name="scale", shape=(width,),
-        initializer=keras.initializers.Constant(init))
+    super().__init__(width, init, **kwargs)
     self.merged = False
 
   def checkpoint_variables(self):

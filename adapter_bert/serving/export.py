@@ -24,18 +24,7 @@ exported as an asset (`assets/vocab.txt`). Loading the SavedModel needs the
 tensorflow-text ops (`import tensorflow_text` in Python; a TF Serving build
 with TensorFlow Text ops).
 
-The command line is scripts/export_saved_model.py
-(`adapter_bert.cli.export`):
-
-  python scripts/export_saved_model.py \
-    --bert_config_file=$BERT_DIR/bert_config.json \
-    --vocab_file=$BERT_DIR/vocab.txt \
-    --init_checkpoint=$BERT_DIR/bert_model.ckpt \
-    --adapter_dir=/tmp/mrpc/adapter --adapter_dir=/tmp/sst2/adapter \
-    --export_dir=/tmp/serving/glue/1
-
-  python scripts/export_saved_model.py --bert_config_file=... \
-    --vocab_file=... --checkpoint=/tmp/mrpc --export_dir=/tmp/serving/mrpc/1
+The command line is scripts/export_saved_model.py (`adapter_bert.cli.export`).
 """
 
 import json
