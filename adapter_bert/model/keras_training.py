@@ -205,17 +205,17 @@ class KerasTrainingMixin:
       x = model_inputs(x)
     return super().predict(x, batch_size=batch_size, **kwargs)
 
-  def fit(self, x=None, y=None, **kwargs):
+  def fit(self, x=None, y=None, *args, **kwargs):
     """Keras fit; x may also be raw text (see `predict`) with labels y."""
     if preprocessor_lib.is_raw_text(x):
       x = self._text_features(x)
-    return super().fit(x, y, **kwargs)
+    return super().fit(x, y, *args, **kwargs)
 
-  def evaluate(self, x=None, y=None, **kwargs):
+  def evaluate(self, x=None, y=None, *args, **kwargs):
     """Keras evaluate; x may also be raw text (see `predict`) with labels y."""
     if preprocessor_lib.is_raw_text(x):
       x = self._text_features(x)
-    return super().evaluate(x, y, **kwargs)
+    return super().evaluate(x, y, *args, **kwargs)
 
 
 def _as_loss(loss):
