@@ -405,6 +405,14 @@ def test_fusion_script_trains_the_fusion_and_saves_what_reloads(tmp_path):
     import adapter_fusion_glue  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
+  try:
+    _run_fusion_script(adapter_fusion_glue, fx, tmp_path)
+  finally:
+    fx.forget_flags_of("adapter_fusion_glue")
+
+
+def _run_fusion_script(adapter_fusion_glue, fx, tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
   flags = fx.make_job(tmp_path)
   bert_dir = os.path.dirname(flags["bert_config_file"])
   dirs = []

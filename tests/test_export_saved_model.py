@@ -24,6 +24,7 @@ from adapter_bert.model import multitask
 from adapter_bert.training import run_config
 from adapter_bert.text import tokenization
 from adapter_bert.errors import UserError
+import tiny_fixtures
 from test_modeling import randomize, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,9 @@ TEXTS_B = [b for _, b in PAIRS] + [""] * len(SINGLES)
 
 @pytest.fixture(scope="module")
 def script():
-  return load_script()
+  yield load_script()
+  # Its flags (--do_lower_case, ...) go with this file's tests.
+  tiny_fixtures.forget_flags_of("adapter_bert.cli.export")
 
 
 def export_with_flags(script, flags):

@@ -208,3 +208,16 @@ def assert_same_training(plain, stored):
     tolerance = 1e-4 if name.endswith("key/bias") else 1e-5
     np.testing.assert_allclose(stored_values[name], value, atol=tolerance,
                                err_msg=name)
+
+
+def forget_flags_of(module_name):
+  """Removes the absl flags that module `module_name` defined, and the
+  module itself, so that another command line defining flags of the same
+  names (scripts/adapter_fusion_glue.py and the export's both define
+  --do_lower_case) can be imported later in the same test process."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for flag in list(flags.FLAGS.flags_by_module_dict().get(module_name, [])):
+    if flag.name in flags.FLAGS:
+      delattr(flags.FLAGS, flag.name)
+  sys.modules.pop(module_name, None)

@@ -31,6 +31,13 @@ class Tag(NamedTuple):
   kind: str
   owner: str = None
 
+  @property
+  def of_adapter_method(self):
+    """Whether the variable belongs to an adapter method (its layers or a
+    fusion over them), whatever the method calls it: those the optimizer
+    decays at its adapter rate."""
+    return self.kind in ("adapter", "fusion")
+
 
 BASE = Tag("base")
 BASE_LAYER_NORM = Tag("layer_norm")

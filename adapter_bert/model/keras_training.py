@@ -63,8 +63,7 @@ class KerasTrainingMixin:
     self._loss_fn = _as_loss(loss)
     optimizer = optimization.as_keras_optimizer(optimizer)
     if isinstance(optimizer, optimization.KerasAdamWeightDecay):
-      optimizer.set_checkpoint_names(self._names_by_variable(),
-                                     self._adapter_variable_ids())
+      optimizer.set_checkpoint_names(*self._optimizer_names())
     if jit_compile is None:
       jit_compile = self._resolve_auto_jit_compile()
     self._fit_seed = int(seed)
@@ -81,32 +80,24 @@ class KerasTrainingMixin:
     return kernels.KernelPolicy(fused=True, cpu_host=(
         not self.jit_compile and cpu_only_host()))
 
-  def _names_by_variable(self):
-    """{id(variable): checkpoint name} over every adapter's view."""
-    names = {}
+  def _optimizer_names(self):
+    """({id(variable): checkpoint name} over every adapter's view and head,
+    the ids of the adapter methods' variables, fusions' included), read in
+    one pass over the views."""
+    names, adapter_ids = {}, set()
     views = [self.view(composition.Branch())]
     views += [self.adapter_view(n) for n in self.adapter_configs]
     for view in views:
-      for name, variable in view.checkpoint_name_map().items():
+      for name, (variable, tag) in view.checkpoint_variables().items():
         names.setdefault(id(variable), name)
-    for head_name, head in self.heads.items():
+        if tag.of_adapter_method:
+          adapter_ids.add(id(variable))
+    for head in self.heads.values():
       for key, variable, _ in head.checkpoint_variables(None):
         names[id(variable)] = key
-    return names
-
-  def _adapter_variable_ids(self):
-    """ids of every adapter method's variables (tags adapter and fusion):
-    those the optimizer decays at its adapter rate."""
-    ids = set()
-    views = [self.adapter_view(n) for n in self.adapter_configs]
-    for view in views:
-      for _, (variable, tag) in view.checkpoint_variables().items():
-        if tag.kind in ("adapter", "fusion"):
-          ids.add(id(variable))
     for name in self.fusions:
-      for variable in self.fusion_variables(name).values():
-        ids.add(id(variable))
-    return ids
+      adapter_ids.update(id(v) for v in self.fusion_variables(name).values())
+    return names, adapter_ids
 
   def _loss(self, logits, labels):
     """The mean of the command line's per-example loss (summed over heads;

@@ -100,11 +100,7 @@ class PersistenceMixin:
     Raises:
       UserError: for a missing vocabulary or a max_seq_length below 3.
     """
-    if not os.path.isfile(vocab_file):
-      raise UserError("vocabulary %s not found" % vocab_file)
-    if int(max_seq_length) < 3:
-      raise UserError("max_seq_length must be at least 3, got %r"
-                      % (max_seq_length,))
+    preprocessor_lib.check_settings(vocab_file, max_seq_length)
     self._text_settings = (vocab_file, bool(do_lower_case),
                            int(max_seq_length))
     self._preprocessor = None

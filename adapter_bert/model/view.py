@@ -76,11 +76,10 @@ class ModelView:
         self.checkpoint_variables().items())
 
   def adapter_names(self):
-    """Checkpoint names of the branch's adapter-method variables (tags
-    "adapter" and "fusion", whatever the method calls them): those
-    `adapter_weight_decay_rate` decays."""
+    """Checkpoint names of the branch's adapter-method variables
+    (`Tag.of_adapter_method`): those `adapter_weight_decay_rate` decays."""
     return [name for name, (_, tag) in self.checkpoint_variables().items()
-            if tag.kind in ("adapter", "fusion")]
+            if tag.of_adapter_method]
 
   def trainable_names(self, train_mode):
     """Checkpoint names trained in `train_mode`, chosen by the tags.

@@ -65,8 +65,14 @@ class ServingModule(tf.Module):
         vocab_file, do_lower_case, max_seq_length)
     self.tokenizer = self.preprocessor.tokenizer  # Tracked: its table.
     self.vocab_file = tf.saved_model.Asset(vocab_file)
-    self.max_seq_length = int(max_seq_length)
-    self.do_lower_case = bool(do_lower_case)
+
+  @property
+  def max_seq_length(self):
+    return self.preprocessor.max_seq_length
+
+  @property
+  def do_lower_case(self):
+    return self.preprocessor.do_lower_case
 
   def features(self, text_a, text_b):
     """Packs raw texts as input_pipeline does; dense int32 [batch, seq]."""

@@ -7,6 +7,8 @@ the exported SavedModel does for serving, so `model.predict(["a sentence"])`
 gives the logits those paths give.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -50,6 +52,15 @@ def is_raw_text(x):
   return False
 
 
+def check_settings(vocab_file, max_seq_length):
+  """Raises UserError for a missing vocabulary or a max_seq_length below 3."""
+  if not os.path.isfile(vocab_file):
+    raise UserError("vocabulary %s not found" % vocab_file)
+  if int(max_seq_length) < 3:
+    raise UserError("max_seq_length must be at least 3 ([CLS] a [SEP]), "
+                    "got %r" % (max_seq_length,))
+
+
 class BertPreprocessor:
   """Turns raw texts (or pairs) into int32 `input_ids`, `input_mask` and
   `segment_ids` [batch, seq], seq the longest packed example of the batch.
@@ -68,9 +79,7 @@ class BertPreprocessor:
     Raises:
       UserError: for a missing vocabulary or a max_seq_length below 3.
     """
-    if int(max_seq_length) < 3:
-      raise UserError("max_seq_length must be at least 3 ([CLS] a [SEP]), "
-                      "got %r" % (max_seq_length,))
+    check_settings(vocab_file, max_seq_length)
     self.vocab_file = vocab_file
     self.do_lower_case = bool(do_lower_case)
     self.max_seq_length = int(max_seq_length)
