@@ -11,12 +11,14 @@ import tensorflow as tf
 
 from adapter_bert import adapters
 from adapter_bert.adapters import composition
+from adapter_bert.adapters import hub_layout
 from adapter_bert.adapters import registry
 from adapter_bert.data import glue_processors
 from adapter_bert.data import input_pipeline
 from adapter_bert.model import modeling
 from adapter_bert.compute import optimization
 from adapter_bert.storage import checkpoint_io
+from adapter_bert.storage import torch_formats
 from adapter_bert.text import tokenization
 from adapter_bert.training import trainer as trainer_lib
 from adapter_bert.errors import UserError
@@ -342,6 +344,28 @@ def test_a_method_registered_from_a_test_file_trains():
 class ValueScaleConfig(ScaleConfig):
   kind: str = "test_value_scale"
 
+  architecture = "test_value_scale"  # Its name in AdapterHub's files.
+
+  @classmethod
+  def from_dict(cls, d):
+    return cls(**{k: v for k, v in d.items() if k != "architecture"})
+
+
+# Where AdapterHub would keep such a method's vector: as if its own module
+# on the value projection held it as a column [H, 1].
+VALUE_SCALE_LAYOUT = hub_layout.AdapterHubLayout((hub_layout.HubTensor(
+    "bert/encoder/layer_{layer}/attention/self/value/value_scale",
+    "bert.encoder.layer.{layer}.attention.self.value.scales.{adapter}.s",
+    theirs_shape="column"),))
+
+
+def _geometric(config, weights, sources, linear, svd_rank):
+  """A combine strategy of the test method: the weighted geometric mean."""
+  del linear, svd_rank
+  return config, {key: np.exp(sum(w * np.log(src[key])
+                                  for w, src in zip(weights, sources)))
+                  for key in sources[0]}
+
 
 class ValueScaleLayer(ScaleLayer):
   """Scales the value projection's output columns; owns its merge."""
@@ -378,15 +402,24 @@ def _value_scale_layers(config, bert_config, where):
                                    name="value")}
 
 
-def test_a_method_from_a_test_file_declares_its_capabilities():
-  """Merging, fusing and --adapter_size are asked of the method, never
-  decided by its name: a method registered here merges through its own
-  layers, says why it is not fused, and resizes."""
+def adapters_io_tensors(directory):
+  return torch_formats.read_tensors(os.path.join(directory,
+                                                 "adapter.safetensors"))
+
+
+def test_a_method_from_a_test_file_declares_its_capabilities(tmp_path):
+  """Everything method-specific is asked of the method, never decided by
+  its name: a method registered here alone merges through its own layers,
+  says why it is not fused, resizes, trains, names its variables in
+  AdapterHub's files (saved and loaded both ways), and averages by its own
+  strategy."""
   registry.register_method(
       "test_value_scale", ValueScaleConfig, _value_scale_layers,
       fusion_refusal=lambda config: "value scales are not fused",
       resize=lambda config, size, bert_config: dataclasses.replace(
-          config, init=float(size)))
+          config, init=float(size)),
+      adapterhub=VALUE_SCALE_LAYOUT,
+      combine_strategies={"test_geometric": _geometric})
   try:
     model = make_two_adapter_model(layers=1)
     model.add_adapter("v", ValueScaleConfig(init=1.5))
@@ -408,6 +441,50 @@ def test_a_method_from_a_test_file_declares_its_capabilities():
       model.add_adapter_fusion(["v", "w"])
     assert registry.resize(ValueScaleConfig(), 8, model.config) == (
         ValueScaleConfig(init=8.0))
+    # It trains (its vector is the adapter's one trained variable there).
+    names = [n for n, _ in model.train_adapter("v")]
+    assert names[:2] == ["bert/encoder/layer_0/attention/self/value/"
+                         "value_scale"] + HEAD[:1]
+    batch = _batches(n=1, seq=10)[0]
+    model.compile(optimizer=optimization.create_optimizer(5e-2, 3, 0))
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1,
+              steps_per_epoch=3, verbose=0)
+    trained = model(features).numpy()
+    assert np.max(np.abs(trained - want)) > 1e-4
+    # Saved and loaded in this toolkit's layout and in AdapterHub's (its
+    # names from the method's layout: a column there, a vector here).
+    mine = model.save_adapter(str(tmp_path / "mine"), "v")
+    theirs = model.save_adapter(str(tmp_path / "theirs"), "v",
+                                format="adapterhub")
+    saved = adapters_io_tensors(theirs)
+    assert list(saved) == [
+        "bert.encoder.layer.0.attention.self.value.scales.v.s"]
+    assert saved["bert.encoder.layer.0.attention.self.value.scales.v.s"
+                 ].shape == (model.config.hidden_size, 1)
+    for directory, as_name in ((mine, "v1"), (theirs, "v2")):
+      assert model.load_adapter(directory, load_as=as_name,
+                                with_head=False) == as_name
+      assert model.adapters[as_name] == model.adapters["v"]
+      model.set_active_adapters(as_name)
+      model.active_head = "v"
+      np.testing.assert_array_equal(model(features).numpy(), trained)
+    # Averaged by its own strategy; merged through its own layers.
+    model.average_adapter("g", {"v": 0.5, "w": 0.5},
+                          combine_strategy="test_geometric")
+    got = model.adapter_view("g").checkpoint_name_map()[
+        "bert/encoder/layer_0/attention/self/value/value_scale"].numpy()
+    v, w = (model.adapter_view(n).checkpoint_name_map()[
+        "bert/encoder/layer_0/attention/self/value/value_scale"].numpy()
+            for n in ("v", "w"))
+    np.testing.assert_allclose(got, np.sqrt(v * w), rtol=1e-5)
+    with pytest.raises(UserError, match="combine_strategy 'test_geometric' "
+                       "is for test_value_scale adapters"):
+      model.average_adapter("bad", ["a"], combine_strategy="test_geometric")
+    model.set_active_adapters("v")
+    model.merge_adapter("v")
+    model.set_active_adapters(None)
+    np.testing.assert_allclose(model(features).numpy(), trained, atol=1e-5)
+    model.reset_adapter("v")
     with pytest.raises(UserError, match="--adapter_size does not apply to a "
                        "test_scale adapter"):
       registry.register_method("test_scale", ScaleConfig, _scale_layers)

@@ -38,6 +38,8 @@ import tensorflow as tf
 from adapter_bert.adapters import compacter
 from adapter_bert.adapters import gating
 from adapter_bert.adapters import registry
+from adapter_bert.adapters.hub_layout import AdapterHubLayout
+from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import AdapterConfig
 from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
@@ -139,9 +141,15 @@ def _layers_for(config, bert_config, where):
   return layers
 
 
+def _resize(config, size, bert_config):
+  """--adapter_size=m: the bottleneck's width."""
+  del bert_config  # The width is the size itself.
+  return dataclasses.replace(config, size=size)
+
+
 registry.register_method(
     "bottleneck", AdapterConfig, _layers_for,
-    owns_layer_norms=lambda config: True,
+    owns_layer_norms=lambda config: True, resize=_resize, default=True,
     fusion_refusal=lambda config: (
         "AdapterFusion combines sequential bottleneck adapters (pfeiffer, "
         "houlsby, compacter, ...); adapter-bert adapters train their own "
@@ -566,9 +574,44 @@ def _bn_resize(config, size, bert_config):
   return config.replace(reduction_factor=bert_config.hidden_size / size)
 
 
+def _adapterhub_layout():
+  """AdapterHub's names of a bn adapter's variables (see hub_layout)."""
+  places = {"place": {"attention/output": "attention.output",
+                      "output": "output"}}
+  ours = "bert/encoder/layer_{layer}/{place}/adapters/"
+  theirs = "bert.encoder.layer.{layer}.{place}.adapters.{adapter}."
+  tensors = [HubTensor(ours + o, theirs + t, transpose, shape, places)
+             for o, t, transpose, shape in (
+                 ("weights1", "adapter_down.0.weight", True, None),
+                 ("biases1", "adapter_down.0.bias", False, "vector"),
+                 ("weights2", "adapter_up.weight", True, None),
+                 ("biases2", "adapter_up.bias", False, "vector"),
+                 ("scaling", "scaling", False, None),
+                 ("ln_before/gamma", "adapter_norm_before.weight", False,
+                  None),
+                 ("ln_before/beta", "adapter_norm_before.bias", False, None),
+                 ("ln_after/gamma", "adapter_norm_after.weight", False, None),
+                 ("ln_after/beta", "adapter_norm_after.bias", False, None),
+                 ("gate/kernel", "gate.weight", True, None),
+                 ("gate/bias", "gate.bias", False, None))]
+  # The invertible adapter's two subnets: Sequential(Linear, act, Linear).
+  for o, t, transpose in (("weights1", "0.weight", True),
+                          ("biases1", "0.bias", False),
+                          ("weights2", "2.weight", True),
+                          ("biases2", "2.bias", False)):
+    tensors.append(HubTensor(
+        "bert/embeddings/invertible_adapter/{net}/" + o,
+        "bert.invertible_adapters.{adapter}.{net}." + t, transpose,
+        choices={"net": {"F": "F", "G": "G"}}))
+  return AdapterHubLayout(tuple(tensors)) + compacter.adapterhub_layout(
+      ours, theirs, places)
+
+
 registry.register_method(
     "bn", BnConfig, _bn_layers_for, shared_for=compacter.shared_for,
-    resize=_bn_resize,
+    resize=_bn_resize, adapterhub=_adapterhub_layout(),
+    # AdapterHub's bottleneck configs name no architecture.
+    recognizes=lambda d: "reduction_factor" in d or "mh_adapter" in d,
     fusion_refusal=lambda config: (
         "AdapterFusion combines sequential bottleneck adapters, not "
         "parallel ones" if config.is_parallel else None))

@@ -26,7 +26,34 @@ import keras
 import tensorflow as tf
 
 from adapter_bert.adapters import registry
+from adapter_bert.adapters.hub_layout import AdapterHubLayout
+from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.errors import UserError
+
+_PHM_PARTS = ("W", "W_left", "W_right", "b", "phm_rule", "phm_rule_left",
+              "phm_rule_right")
+_RULES = ("phm_rule", "phm_rule_left", "phm_rule_right")
+
+
+def adapterhub_layout(ours, theirs, places):
+  """AdapterHub's names of the PHM layers' variables (the same layout, no
+  transpose) of a bottleneck adapter whose variables are under `ours` and
+  `theirs` (templates) there, and of the shared rule.
+
+  Args:
+    ours, theirs: templates of the adapter's scope, with `places`' choices.
+  """
+  parts = {p: p for p in _PHM_PARTS}
+  choices = dict(places, part=parts)
+  tensors = (
+      HubTensor(ours + "down/{part}", theirs + "adapter_down.0.{part}",
+                choices=choices),
+      HubTensor(ours + "up/{part}", theirs + "adapter_up.{part}",
+                choices=choices),
+      HubTensor("bert/adapters/{rule}",
+                "bert.shared_parameters.{adapter}.{rule}",
+                choices={"rule": {r: r for r in _RULES}}))
+  return AdapterHubLayout(tensors)
 
 
 def _rule_shapes(config):

@@ -20,10 +20,13 @@ import math
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from adapter_bert.adapters import gating
 from adapter_bert.adapters import registry
+from adapter_bert.adapters.hub_layout import AdapterHubLayout
+from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
@@ -295,8 +298,71 @@ def _layers_for(config, bert_config, where):
   return layers
 
 
-registry.register_method("lora", LoRAConfig, _layers_for)
-registry.register_method("ia3", LoRAConfig, _layers_for)
+def _adapterhub_layout(scale):
+  """AdapterHub's names of LoRA's (or, `scale`, (IA)^3's) variables: its
+  LoRA modules hold A [r, in] and B [out, r]; (IA)^3's vector is B [out, 1]."""
+  places = {"place": {p: p.replace("/", ".") for p in (
+      "attention/self/query", "attention/self/key", "attention/self/value",
+      "intermediate/dense", "output/dense")}}
+  ours = "bert/encoder/layer_{layer}/{place}/"
+  theirs = "bert.encoder.layer.{layer}.{place}.loras.{adapter}."
+  if scale:
+    return AdapterHubLayout((HubTensor(
+        ours + "lora_B", theirs + "lora_B", theirs_shape="column",
+        choices=places),))
+  return AdapterHubLayout(tuple(
+      HubTensor(ours + o, theirs + t, transpose, choices=places)
+      for o, t, transpose in (("lora_A", "lora_A", True),
+                              ("lora_B", "lora_B", True),
+                              ("lora_gate/kernel", "gate.weight", True),
+                              ("lora_gate/bias", "gate.bias", False))))
+
+
+def _negate_b(config, weights, sources, linear, svd_rank):
+  """AdapterHub's "lora_linear_only_negate_b": A averaged with |weights|
+  (B with the weights as given), so that negative weights negate the
+  product once."""
+  if svd_rank is not None:
+    raise UserError("svd_rank is for combine_strategy 'lora_delta_w_svd'")
+  return config, {
+      key: sum(abs(w) * src[key] for w, src in zip(weights, sources))
+      for key in linear if key.endswith("/lora_A")}
+
+
+def _delta_w_svd(config, weights, sources, linear, svd_rank):
+  """AdapterHub's "lora_delta_w_svd": the weighted sum of the products
+  A·B·alpha/r, brought back to rank `svd_rank` by a truncated SVD."""
+  if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or (
+      svd_rank < 1):
+    raise UserError("combine_strategy 'lora_delta_w_svd' needs svd_rank, "
+                    "a positive int, got %r" % (svd_rank,))
+  old_scaling = config.alpha / config.r
+  config = dataclasses.replace(config, r=svd_rank)
+  new_scaling = config.alpha / config.r
+  values = {}
+  for key in linear:
+    if not key.endswith("/lora_A"):
+      continue
+    scope = key[:-len("/lora_A")]
+    delta = sum(w * (src[scope + "/lora_A"] @ src[scope + "/lora_B"])
+                for w, src in zip(weights, sources))  # [in, out]
+    delta *= old_scaling / new_scaling
+    u, sv, vt = np.linalg.svd(delta, full_matrices=False)
+    k = min(svd_rank, len(sv))
+    a = np.zeros((delta.shape[0], svd_rank))
+    b = np.zeros((svd_rank, delta.shape[1]))
+    a[:, :k] = u[:, :k] * sv[:k]
+    b[:k] = vt[:k]
+    values[key], values[scope + "/lora_B"] = a, b
+  return config, values
+
+
+registry.register_method(
+    "lora", LoRAConfig, _layers_for, adapterhub=_adapterhub_layout(False),
+    combine_strategies={"lora_linear_only_negate_b": _negate_b,
+                        "lora_delta_w_svd": _delta_w_svd})
+registry.register_method("ia3", LoRAConfig, _layers_for,
+                         adapterhub=_adapterhub_layout(True))
 
 LORA = LoRAConfig()
 IA3 = IA3Config()

@@ -30,11 +30,15 @@ import math
 from typing import Optional, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from adapter_bert.adapters import gating
 from adapter_bert.adapters import registry
 from adapter_bert.adapters.bottleneck import BN_ACTIVATIONS
+from adapter_bert.adapters.hub_layout import AdapterHubLayout
+from adapter_bert.adapters.hub_layout import HubGroup
+from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
@@ -298,9 +302,76 @@ def _serving_config(config):
   return config.replace(flat=True)
 
 
+def _split_flat(value, config, bert_config):
+  """AdapterHub's flat control_trans [P * 2L * H] -> each block's keys and
+  values [P, H] (the keys of the i-th block with prefixes at 2i, its values
+  at 2i + 1, as the MLP's output is laid out).
+
+  Raises:
+    UserError: if the size does not fit the config and the base.
+  """
+  kept = config.layers_with_prefixes(bert_config.num_hidden_layers)
+  length, h = config.prefix_length, bert_config.hidden_size
+  if value.size != length * 2 * len(kept) * h:
+    raise UserError("flat prefixes of %d values; a prefix length %d over %d "
+                    "blocks of width %d needs %d" % (
+                        value.size, length, len(kept), h,
+                        length * 2 * len(kept) * h))
+  grid = value.reshape(length, 2 * len(kept), h)
+  out = {}
+  for i, layer in enumerate(kept):
+    scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
+    out[scope + "keys"] = grid[:, 2 * i]
+    out[scope + "values"] = grid[:, 2 * i + 1]
+  return out
+
+
+def _join_flat(values, config, bert_config):
+  """The inverse of _split_flat."""
+  kept = config.layers_with_prefixes(bert_config.num_hidden_layers)
+  grid = np.zeros((config.prefix_length, 2 * len(kept),
+                   bert_config.hidden_size), np.float32)
+  for i, layer in enumerate(kept):
+    scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
+    grid[:, 2 * i] = values[scope + "keys"]
+    grid[:, 2 * i + 1] = values[scope + "values"]
+  return grid.reshape(-1)
+
+
+def _adapterhub_layout():
+  """AdapterHub's names: its PrefixTuning module (embedding `wte`, MLP
+  `control_trans` = Sequential(Linear, act, Linear), or one flat
+  `control_trans` tensor), each block's gate, and each block's copy of the
+  pool, which is read once, from the model level."""
+  stem = "bert.prefix_tuning.prefix_tunings.{adapter}.self_prefix."
+  mlp = {"dense": {"dense_0": "0", "dense_1": "2"}}
+  return AdapterHubLayout(
+      tensors=(
+          HubTensor("bert/prefix_tuning/wte", stem + "wte.weight"),
+          HubTensor("bert/prefix_tuning/control_trans/{dense}/kernel",
+                    stem + "control_trans.{dense}.weight", transpose=True,
+                    choices=mlp),
+          HubTensor("bert/prefix_tuning/control_trans/{dense}/bias",
+                    stem + "control_trans.{dense}.bias", choices=mlp),
+          HubTensor("bert/encoder/layer_{layer}/attention/self/prefix_tuning/"
+                    "gate/kernel", "bert.encoder.layer.{layer}.attention.self."
+                    "prefix_tuning.prefix_gates.{adapter}.weight",
+                    transpose=True),
+          HubTensor("bert/encoder/layer_{layer}/attention/self/prefix_tuning/"
+                    "gate/bias", "bert.encoder.layer.{layer}.attention.self."
+                    "prefix_tuning.prefix_gates.{adapter}.bias")),
+      skip=(r"^bert\.encoder\.layer\.\d+\.attention\.self\."
+            r"prefix_tuning\.pool\.",),
+      groups=(HubGroup(stem + "control_trans",
+                       r"^bert/encoder/layer_\d+/attention/self/"
+                       r"prefix_tuning/(keys|values)$",
+                       _split_flat, _join_flat),))
+
+
 registry.register_method("prefix_tuning", PrefixTuningConfig, _layers_for,
                          shared_for=_shared_for,
-                         serving_config=_serving_config)
+                         serving_config=_serving_config,
+                         adapterhub=_adapterhub_layout())
 
 PREFIX_TUNING = PrefixTuningConfig()
 PREFIX_TUNING_FLAT = PrefixTuningConfig(flat=True)

@@ -26,6 +26,8 @@ from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
+from adapter_bert.adapters.hub_layout import AdapterHubLayout
+from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.errors import UserError
 
 
@@ -122,7 +124,12 @@ def _layers_for(config, bert_config, where):
                                  name="prompt_tuning")}
 
 
-registry.register_method("prompt_tuning", PromptTuningConfig, _layers_for)
+registry.register_method(
+    "prompt_tuning", PromptTuningConfig, _layers_for,
+    adapterhub=AdapterHubLayout((HubTensor(
+        "bert/embeddings/prompt_tuning/prompt_embedding",
+        "bert.prompt_tuning.prompt_tunings.{adapter}.prompt_embedding."
+        "weight"),)))
 
 PROMPT_TUNING = PromptTuningConfig()
 register_preset("prompt_tuning", PROMPT_TUNING)

@@ -52,7 +52,8 @@ branch uses): what it returns goes into LayerNorm(. + residual).
 """
 
 import dataclasses
-from typing import Callable, Optional
+import json
+from typing import Callable, Mapping, Optional
 
 from adapter_bert.errors import UserError
 
@@ -111,6 +112,18 @@ class AdapterMethod:
     fusion_refusal: None (an adapter of this method is never fused), or
       callable(config) -> None when AdapterFusion can combine an adapter of
       `config`, else why it cannot.
+    adapterhub: None (AdapterHub's files do not hold this method), or the
+      hub_layout.AdapterHubLayout naming its variables there.
+    combine_strategies: {name: callable(config, weights, sources, linear,
+      svd_rank) -> (config of the average, {checkpoint name: value})}: the
+      method's ways of averaging adapters besides "linear" (the weighted sum
+      of every variable, which every method has). `sources` are the
+      adapters' {checkpoint name: float64 array}, `linear` their weighted
+      sum; names the strategy leaves out take the linear value.
+    recognizes: None, or callable(config dict) -> whether a dict without
+      `kind` or `architecture` is this method's (AdapterHub's bottleneck
+      configs carry neither).
+    default: dicts no method recognizes are this method's (one method).
   """
   kind: str
   config_cls: type
@@ -122,24 +135,32 @@ class AdapterMethod:
   fusion_refusal: Optional[Callable] = None
   parts: Optional[Callable] = None
   resize: Optional[Callable] = None
+  adapterhub: Optional[object] = None
+  combine_strategies: Mapping[str, Callable] = dataclasses.field(
+      default_factory=dict)
+  recognizes: Optional[Callable] = None
+  default: bool = False
 
 
 METHODS = {}
 
 
 def register_method(kind, config_cls, layers_for, owns_layer_norms=None,
-                    shared_for=None, serving_config=None,
-                    encoder_level=False, fusion_refusal=None, parts=None,
-                    resize=None):
-  """Registers an adapter method under `kind` (see AdapterMethod).
+                    **capabilities):
+  """Registers an adapter method under `kind`.
+
+  Args:
+    kind, config_cls, layers_for, owns_layer_norms: see AdapterMethod.
+    **capabilities: AdapterMethod's other fields (shared_for,
+      serving_config, encoder_level, fusion_refusal, parts, resize,
+      adapterhub, combine_strategies, recognizes, default).
 
   Returns:
     The AdapterMethod.
   """
   method = AdapterMethod(kind, config_cls, layers_for,
                          owns_layer_norms or (lambda config: False),
-                         shared_for, serving_config, encoder_level,
-                         fusion_refusal, parts, resize)
+                         **capabilities)
   METHODS[kind] = method
   return method
 
@@ -176,6 +197,11 @@ def config_from_dict(d, source="adapter config"):
     raise UserError("%s: %s" % (source, e)) from None
 
 
+def config_to_json(config):
+  """A method's config as JSON text (what config_from_dict reads back)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
 def config_from_json_file(path):
   """The config in a JSON file: a config object, or AdapterHub's
   adapter_config.json (the config under "config").
@@ -184,7 +210,6 @@ def config_from_json_file(path):
     UserError: naming the file, if it cannot be read, is not JSON or holds
       no valid config.
   """
-  import json  # pylint: disable=g-import-not-at-top
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
@@ -198,16 +223,24 @@ def config_from_json_file(path):
 
 
 def kind_of_dict(d):
-  """The method `kind` a config dict is for: its `kind`, else what
-  AdapterHub's `architecture` (or its bottleneck fields) say."""
+  """The method `kind` a config dict is for: its `kind`, else the first
+  method whose config class has AdapterHub's `architecture` (its config's
+  from_dict then tells its kinds apart), else the method that recognizes
+  it, else the default method."""
   if "kind" in d:
     return d["kind"]
   architecture = d.get("architecture")
-  if architecture is not None:  # "lora": LoRAConfig tells lora from ia3.
-    return architecture
-  if "reduction_factor" in d or "mh_adapter" in d:
-    return "bn"  # AdapterHub's bottleneck configs carry no architecture.
-  return "bottleneck"
+  if architecture is not None:
+    for kind, method in METHODS.items():
+      cls = method.config_cls
+      if architecture in ((getattr(cls, "architecture", None),)
+                          + tuple(getattr(cls, "architecture_aliases", ()))):
+        return kind
+    return architecture  # Refused by get_method, naming the known ones.
+  for kind, method in METHODS.items():
+    if method.recognizes is not None and method.recognizes(d):
+      return kind
+  return next((k for k, m in METHODS.items() if m.default), None)
 
 
 class LayerRef:
@@ -305,6 +338,45 @@ def parts_of(config):
 def is_combination(config):
   """Whether `config` combines several methods' configs (a union)."""
   return method_of(config).parts is not None
+
+
+def adapterhub_layout(config):
+  """The AdapterHubLayout of an adapter of `config` (its parts' together).
+
+  Raises:
+    UserError: naming the first part whose method AdapterHub's files do not
+      hold.
+  """
+  layout = None
+  for part in parts_of(config):
+    method = method_of(part)
+    if method.adapterhub is None:
+      raise UserError("AdapterHub's files hold no %s adapters" % part.kind)
+    layout = method.adapterhub if layout is None else (
+        layout + method.adapterhub)
+  return layout
+
+
+def combine_strategy(config, name):
+  """The averaging `name` of adapters of `config` (None for "linear").
+
+  Raises:
+    UserError: for a strategy of another method, or an unknown one.
+  """
+  if name == "linear":
+    return None
+  strategies = method_of(config).combine_strategies
+  if name in strategies:
+    return strategies[name]
+  owners = sorted(k for k, m in METHODS.items()
+                  if name in m.combine_strategies)
+  if owners:
+    raise UserError("combine_strategy %r is for %s adapters; this one is %s"
+                    % (name, " and ".join(owners), config.kind))
+  known = sorted({"linear"}.union(*(m.combine_strategies
+                                    for m in METHODS.values())))
+  raise UserError("unknown combine_strategy %r; expected one of %s"
+                  % (name, ", ".join(known)))
 
 
 def resize(config, size, bert_config):

@@ -45,10 +45,8 @@ METADATA_FILE = "adapter_metadata.json"
 FORMAT_VERSION = 1
 FINGERPRINT_VERSION = b"adapter-bert base fingerprint v1\n"
 GLOBAL_STEP = "global_step"
-# AdapterConfig fields that change the variables or the function computed;
-# `init_scale` only matters before training.
-_STRUCTURAL_ADAPTER_FIELDS = ("size", "activation", "locations", "kind")
-# Fields of the other methods' configs that only matter before training.
+# Config fields that only matter before training (every other field changes
+# the variables or the function computed).
 _INIT_ONLY_FIELDS = {"init_weights", "init_weights_seed", "init_scale"}
 
 
@@ -219,7 +217,7 @@ def save_adapter(model, trainable, directory, adapter_config, run_config,
     checkpoint_io.save_checkpoint(os.path.join(tmp, ADAPTER_CHECKPOINT),
                                   {n: name_map[n] for n in names})
     atomic_write_text(os.path.join(tmp, ADAPTER_CONFIG_FILE),
-                      adapter_config.to_json_string())
+                      registry.config_to_json(adapter_config))
     atomic_write_text(os.path.join(tmp, METADATA_FILE),
                       json.dumps(metadata, indent=2, sort_keys=True) + "\n")
   size = directory_bytes(directory)
@@ -337,17 +335,13 @@ def check_compatible(model, directory, metadata, adapter_config,
   """Raises UserError unless `model` can hold this adapter directory's task."""
   where = "--%s=%s" % (flag_name, directory)
   check_base_config(model.config, directory, metadata, flag_name)
-  mine = model.adapter_config.to_dict()
-  theirs = adapter_config.to_dict()
-  if mine.get("kind", "bottleneck") != theirs.get("kind", "bottleneck"):
+  if model.adapter_config.kind != adapter_config.kind:
     raise UserError("%s holds %s adapters, this model has %s adapters; check "
-                    "--adapter_config" % (where, theirs.get("kind"),
-                                          mine.get("kind")))
-  if mine.get("kind", "bottleneck") == "bottleneck":
-    keys = _STRUCTURAL_ADAPTER_FIELDS
-  else:
-    mine, theirs = _without_init_fields(mine), _without_init_fields(theirs)
-    keys = sorted(set(mine) | set(theirs))
+                    "--adapter_config" % (where, adapter_config.kind,
+                                          model.adapter_config.kind))
+  mine = _without_init_fields(model.adapter_config.to_dict())
+  theirs = _without_init_fields(adapter_config.to_dict())
+  keys = sorted(set(mine) | set(theirs))
   diff = _differences(mine, theirs, keys)
   if diff:
     raise UserError("%s holds adapters of another configuration (%s); check "

@@ -3,8 +3,6 @@ merge and reset; the active setup (composition, AdapterDrop's skipped
 layers); views; which variables train.
 """
 
-import dataclasses
-
 from adapter_bert.compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 import numpy as np
 
@@ -80,7 +78,8 @@ class AdaptersMixin:
       adapter_name: the new adapter's name.
       adapter_list: names of adapters of one config, or {name: weight}.
       weights: one per adapter (default: equal).
-      combine_strategy: "linear"; for LoRA also "lora_linear_only_negate_b"
+      combine_strategy: "linear", or one the adapters' method declares
+        (registry.combine_strategy); LoRA's: "lora_linear_only_negate_b"
         (lora_A averaged with |weight|) and "lora_delta_w_svd" (the products
         lora_A·lora_B averaged, then split again by SVD at rank `svd_rank`;
         the new adapter's scaling alpha / svd_rank is taken into account,
@@ -120,25 +119,20 @@ class AdaptersMixin:
         raise UserError("average_adapter: adapters %r and %r have different "
                         "configs; only adapters of one config average"
                         % (names[0], name))
-    strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
-    if combine_strategy not in strategies:
-      raise UserError("unknown combine_strategy %r; expected one of %s"
-                      % (combine_strategy, ", ".join(strategies)))
-    is_lora = config.kind == "lora"
-    if combine_strategy != "linear" and not is_lora:
-      raise UserError("combine_strategy %r is for lora adapters; %r is %s"
-                      % (combine_strategy, names[0], config.kind))
-    old_scaling = new_scaling = None
-    if combine_strategy == "lora_delta_w_svd":
-      if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or (
-          svd_rank < 1):
-        raise UserError("combine_strategy 'lora_delta_w_svd' needs svd_rank, "
-                        "a positive int, got %r" % (svd_rank,))
-      old_scaling = config.alpha / config.r
-      config = dataclasses.replace(config, r=svd_rank)
-      new_scaling = config.alpha / config.r
-    elif svd_rank is not None:
-      raise UserError("svd_rank is for combine_strategy 'lora_delta_w_svd'")
+    strategy = registry.combine_strategy(config, combine_strategy)
+    if strategy is None and svd_rank is not None:
+      raise UserError("svd_rank is not used by combine_strategy 'linear'")
+    sources = [
+        {key: variable.numpy().astype(np.float64) for key, (variable, tag)
+         in self.adapter_view(n).checkpoint_variables().items()
+         if tag.kind not in ("base", "head") and tag.owner == n}
+        for n in names]
+    linear = {key: sum(w * src[key] for w, src in zip(weights, sources))
+              for key in sources[0]}
+    values = dict(linear)
+    if strategy is not None:
+      config, special = strategy(config, weights, sources, linear, svd_rank)
+      values.update(special)
     if adapter_name in self.adapter_configs:
       if not overwrite_ok or adapter_name in names:
         raise UserError("an adapter named %r exists already; choose another "
@@ -146,40 +140,10 @@ class AdaptersMixin:
       self.delete_adapter(adapter_name)
     self.add_adapter(adapter_name, config)
     try:
-      sources = [self.adapter_view(n).checkpoint_variables() for n in names]
       for key, (variable, tag) in self.adapter_view(
           adapter_name).checkpoint_variables().items():
-        if tag.kind == "base" or tag.owner != adapter_name:
-          continue
-        values = [src[key][0].numpy().astype(np.float64) for src in sources]
-        if combine_strategy == "lora_delta_w_svd" and key.endswith(
-            ("/lora_A", "/lora_B")):
-          continue  # Below, by pairs.
-        signs = ([abs(w) for w in weights]
-                 if combine_strategy == "lora_linear_only_negate_b"
-                 and key.endswith("/lora_A") else weights)
-        variable.assign(sum(w * v for w, v in zip(signs, values)).astype(
-            np.float32))
-      if combine_strategy == "lora_delta_w_svd":
-        view = self.adapter_view(adapter_name).checkpoint_variables()
-        for key in view:
-          if not key.endswith("/lora_A"):
-            continue
-          scope = key[:-len("/lora_A")]
-          delta = sum(
-              w * (src[scope + "/lora_A"][0].numpy().astype(np.float64)
-                   @ src[scope + "/lora_B"][0].numpy().astype(np.float64))
-              for w, src in zip(weights, sources))  # [in, out]
-          delta *= old_scaling / new_scaling
-          u, sv, vt = np.linalg.svd(delta, full_matrices=False)
-          r = config.r
-          a = np.zeros(view[key][0].shape)
-          b = np.zeros(view[scope + "/lora_B"][0].shape)
-          k = min(r, len(sv))
-          a[:, :k] = u[:, :k] * sv[:k]
-          b[:k] = vt[:k]
-          view[key][0].assign(a.astype(np.float32))
-          view[scope + "/lora_B"][0].assign(b.astype(np.float32))
+        if tag.kind != "base" and tag.owner == adapter_name:
+          variable.assign(values[key].astype(np.float32))
     except BaseException:
       self.delete_adapter(adapter_name)
       raise

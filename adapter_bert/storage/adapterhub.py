@@ -5,15 +5,11 @@ method's config, "hidden_size", "model_name", "model_type", "name", ...}),
 `pytorch_adapter.bin` or `adapter.safetensors`, and with its head
 `head_config.json` and `pytorch_model_head.bin` or `model_head.safetensors`.
 The config loads as this toolkit's config of the same method (AdapterHub's
-field names); each tensor is renamed to this model's checkpoint name
-(torch's Linear weights [out, in] transposed) and every variable of the
-adapter must be covered, with its shape, before anything is assigned.
-
-Methods read: the bottleneck family (sequential and parallel, with their
-LayerNorms, scaling, gates, Compacter's PHM layers and invertible
-adapters), LoRA, (IA)^3, prefix tuning (its reparametrisation pool),
-prompt tuning and their unions (mam, unipelt). Flat prefix tuning is
-refused by name.
+field names); each tensor is renamed to this model's checkpoint name by
+the method's own AdapterHubLayout (adapters.hub_layout: names, transposes,
+reshapes), and every variable of the adapter must be covered, with its
+shape, before anything is assigned. A method whose registration has no
+layout is refused by name.
 Heads: AdapterHub's classification heads (`layers`, `activation_function`,
 `use_pooler`).
 """
@@ -32,7 +28,6 @@ from adapter_bert.errors import UserError
 from adapter_bert.storage import atomic_io
 
 CONFIG_FILE = "adapter_config.json"
-FLAT = "<flat prefixes>"
 WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
 HEAD_CONFIG_FILE = "head_config.json"
 HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
@@ -59,119 +54,33 @@ def _read_json(path):
     raise UserError("%s: cannot read: %s" % (path, e)) from None
 
 
-def _our_name(ah_name, adapter):
-  """This model's checkpoint name of an AdapterHub adapter tensor, and
-  whether the value is transposed (a Linear weight); "skip" for a copy
-  AdapterHub saves more than once; None for a name not read here."""
-  a = re.escape(adapter)
-  # Model-level: prefix tuning's pool, prompts, invertible adapters,
-  # Compacter's shared PHM rule.
-  if re.match(r"^bert\.prefix_tuning\.prefix_tunings\.%s\.self_prefix\."
-              r"control_trans$" % a, ah_name):
-    return FLAT, False  # Flat prefixes, [P * 2L * H]: split in load().
-  m = re.match(r"^bert\.prefix_tuning\.prefix_tunings\.%s\.self_prefix\."
-               r"(wte\.weight|control_trans\.(0|2)\.(weight|bias))$" % a,
-               ah_name)
-  if m:
-    if m.group(1) == "wte.weight":
-      return "bert/prefix_tuning/wte", False
-    dense = "dense_%d" % (0 if m.group(2) == "0" else 1)
-    return ("bert/prefix_tuning/control_trans/%s/%s" % (
-        dense, "kernel" if m.group(3) == "weight" else "bias"),
-            m.group(3) == "weight")
-  if re.match(r"^bert\.encoder\.layer\.\d+\.attention\.self\."
-              r"prefix_tuning\.pool\.", ah_name):
-    return "skip"  # Each layer's copy of the one pool above.
-  m = re.match(r"^bert\.prompt_tuning\.prompt_tunings\.%s\."
-               r"prompt_embedding\.weight$" % a, ah_name)
-  if m:
-    return "bert/embeddings/prompt_tuning/prompt_embedding", False
-  m = re.match(r"^bert\.invertible_adapters\.%s\.(F|G)\.(0|2)\."
-               r"(weight|bias)$" % a, ah_name)
-  if m:
-    net, index, what = m.groups()
-    part = {("0", "weight"): "weights1", ("0", "bias"): "biases1",
-            ("2", "weight"): "weights2", ("2", "bias"): "biases2"}[
-                (index, what)]
-    return ("bert/embeddings/invertible_adapter/%s/%s" % (net, part),
-            what == "weight")
-  m = re.match(r"^bert\.shared_parameters\.%s\.(phm_rule|phm_rule_left|"
-               r"phm_rule_right)$" % a, ah_name)
-  if m:
-    return "bert/adapters/" + m.group(1), False
-  m = re.match(r"^(?:bert\.)?encoder\.layer\.(\d+)\.(.+)$", ah_name)
-  if not m:
-    return None
-  layer, rest = m.groups()
-  prefix = "bert/encoder/layer_%s/" % layer
-  m = re.match(r"^(attention\.output|output)\.adapters\.%s\.(.+)$" % a,
-               rest)
-  if m:
-    place = m.group(1).replace(".", "/")
-    part = m.group(2)
-    table = {"adapter_down.0.weight": ("weights1", True),
-             "adapter_down.0.bias": ("biases1", False),
-             "adapter_up.weight": ("weights2", True),
-             "adapter_up.bias": ("biases2", False),
-             "scaling": ("scaling", False),
-             "adapter_norm_before.weight": ("ln_before/gamma", False),
-             "adapter_norm_before.bias": ("ln_before/beta", False),
-             "adapter_norm_after.weight": ("ln_after/gamma", False),
-             "adapter_norm_after.bias": ("ln_after/beta", False),
-             "gate.weight": ("gate/kernel", True),
-             "gate.bias": ("gate/bias", False)}
-    phm = re.match(r"^adapter_(down\.0|up)\.(W|W_left|W_right|b|phm_rule|"
-                   r"phm_rule_left|phm_rule_right)$", part)
-    if phm:  # Compacter's PHM layers: the same layout, no transpose.
-      return prefix + place + "/adapters/%s/%s" % (
-          "down" if phm.group(1) == "down.0" else "up", phm.group(2)), False
-    if part not in table:
-      return None
-    name, transpose = table[part]
-    return prefix + place + "/adapters/" + name, transpose
-  m = re.match(r"^(attention\.self\.(?:query|key|value)|intermediate\.dense|"
-               r"output\.dense)\.loras\.%s\.(lora_A|lora_B|gate\.weight|"
-               r"gate\.bias)$" % a, rest)
-  if m:
-    scope = m.group(1).replace(".", "/")
-    part = {"gate.weight": "lora_gate/kernel",
-            "gate.bias": "lora_gate/bias"}.get(m.group(2), m.group(2))
-    return prefix + scope + "/" + part, True
-  m = re.match(r"^attention\.self\.prefix_tuning\.prefix_gates\.%s\."
-               r"(weight|bias)$" % a, rest)
-  if m:
-    return (prefix + "attention/self/prefix_tuning/gate/" + (
-        "kernel" if m.group(1) == "weight" else "bias"),
-            m.group(1) == "weight")
-  return None
+def _tensors_to_ours(tensors, layout, config, bert_config, adapter, where):
+  """{our checkpoint name: value} of an AdapterHub adapter's tensors.
 
-
-def _flat_layers(parts, bert_config):
-  """The blocks with prefixes of a config's (flat) prefix tuning, and P."""
-  prefix = next(p for p in parts if p.kind == "prefix_tuning")
-  kept = [i for i in range(bert_config.num_hidden_layers)
-          if i not in prefix.leave_out]
-  return kept, prefix.prefix_length
-
-
-def _split_flat(value, parts, bert_config):
-  """AdapterHub's flat control_trans [P * 2L * H] -> each block's keys and
-  values [P, H] (the keys of the i-th block with prefixes at 2i, its values
-  at 2i + 1, as its prefix MLP's output is viewed)."""
-  kept, length = _flat_layers(parts, bert_config)
-  h = bert_config.hidden_size
-  if value.size != length * 2 * len(kept) * h:
-    raise UserError("flat prefixes of %d values; a prefix length %d over %d "
-                    "blocks of width %d needs %d" % (
-                        value.size, length, len(kept), h,
-                        length * 2 * len(kept) * h))
-  grid = value.reshape(length, 2 * len(kept), h)
-  out = {}
-  for i, layer in enumerate(kept):
-    scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
-    out[scope + "keys"] = grid[:, 2 * i]
-    out[scope + "values"] = grid[:, 2 * i + 1]
-  return out
+  Raises:
+    UserError: naming a tensor the layout has no place for.
+  """
+  values = {}
+  for key, value in tensors.items():
+    # A base model's adapter (AdapterHub's BertModel) names its tensors
+    # without the "bert." that a model with heads puts in front.
+    key = key if key.startswith("bert.") else "bert." + key
+    if layout.skips(key, adapter):
+      continue
+    group = layout.group_for_theirs(key, adapter)
+    if group is not None:
+      try:
+        values.update(group.split(value, config, bert_config))
+      except UserError as e:
+        raise UserError("%s: %s: %s" % (where, key, e)) from None
+      continue
+    found = layout.tensor_for_theirs(key, adapter)
+    if found is None:
+      raise UserError("%s: tensor %s has no place in a %s adapter here"
+                      % (where, key, config.kind))
+    ours, tensor = found
+    values[ours] = tensor.value_to_ours(value)
+  return values
 
 
 def _head_names(layers):
@@ -215,13 +124,10 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
     config = adapters_lib.config_from_dict(record["config"])
   except UserError as e:
     raise UserError("%s: %s" % (where, e)) from None
-  kind = getattr(config, "kind", None)
-  parts = registry.parts_of(config)
-  for part in parts:
-    if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
-                         "prompt_tuning"):
-      raise UserError("%s: AdapterHub %s adapters are not read here"
-                      % (where, part.kind))
+  try:
+    layout = registry.adapterhub_layout(config)
+  except UserError as e:
+    raise UserError("%s: %s" % (where, e)) from None
   name = load_as or record.get("name") or os.path.basename(
       os.path.normpath(where))
   ah_name = record.get("name") or name
@@ -246,22 +152,8 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
     targets = {k: v for k, (v, tag) in model.adapter_view(
         name).checkpoint_variables().items() if tag.owner == name
                and tag.kind == "adapter"}
-    ia3 = any(p.kind == "ia3" for p in parts)
-    values = {}
-    for key, value in tensors.items():
-      mapped = _our_name(key, ah_name)
-      if mapped == "skip":
-        continue
-      if mapped is None:
-        raise UserError("%s: tensor %s has no place in a %s adapter here"
-                        % (where, key, kind))
-      ours, transpose = mapped
-      if ours == FLAT:
-        values.update(_split_flat(value, parts, model.config))
-        continue
-      if ia3 and ours.endswith("/lora_B") and value.shape[-1] == 1:
-        value, transpose = value.reshape(-1), False  # [out, 1] -> [out].
-      values[ours] = value.T if transpose else value
+    values = _tensors_to_ours(tensors, layout, config, model.config, ah_name,
+                              where)
     _assign(targets, values, where)
     if head_record is not None:
       c = head_record["config"]
@@ -328,76 +220,28 @@ def _assign(targets, values, where):
 VERSION = "adapters.1.3.0"  # The AdapterHub version whose layout this is.
 
 
-def _ah_name(ours, adapter):
-  """The inverse of _our_name: (AdapterHub name, transposed) of one of this
-  model's adapter checkpoint names, or None."""
-  m = re.match(r"^bert/prefix_tuning/(wte|control_trans/dense_(0|1)/"
-               r"(kernel|bias))$", ours)
-  if m:
-    stem = "bert.prefix_tuning.prefix_tunings.%s.self_prefix." % adapter
-    if m.group(1) == "wte":
-      return stem + "wte.weight", False
-    return (stem + "control_trans.%s.%s" % (
-        "0" if m.group(2) == "0" else "2",
-        "weight" if m.group(3) == "kernel" else "bias"),
-            m.group(3) == "kernel")
-  if ours == "bert/embeddings/prompt_tuning/prompt_embedding":
-    return ("bert.prompt_tuning.prompt_tunings.%s.prompt_embedding.weight"
-            % adapter), False
-  m = re.match(r"^bert/embeddings/invertible_adapter/(F|G)/(weights|biases)"
-               r"(1|2)$", ours)
-  if m:
-    net, what, index = m.groups()
-    return ("bert.invertible_adapters.%s.%s.%s.%s" % (
-        adapter, net, "0" if index == "1" else "2",
-        "weight" if what == "weights" else "bias"), what == "weights")
-  m = re.match(r"^bert/adapters/(phm_rule|phm_rule_left|phm_rule_right)$",
-               ours)
-  if m:
-    return "bert.shared_parameters.%s.%s" % (adapter, m.group(1)), False
-  m = re.match(r"^bert/encoder/layer_(\d+)/(.+)$", ours)
-  if not m:
-    return None
-  layer, rest = m.groups()
-  prefix = "bert.encoder.layer.%s." % layer
-  m = re.match(r"^(attention/output|output)/adapters/(down|up)/(W|W_left|"
-               r"W_right|b|phm_rule|phm_rule_left|phm_rule_right)$", rest)
-  if m:
-    return "%s%s.adapters.%s.adapter_%s.%s" % (
-        prefix, m.group(1).replace("/", "."), adapter,
-        "down.0" if m.group(2) == "down" else "up", m.group(3)), False
-  m = re.match(r"^(attention/output|output)/adapters/(.+)$", rest)
-  if m:
-    table = {"weights1": ("adapter_down.0.weight", True),
-             "biases1": ("adapter_down.0.bias", False),
-             "weights2": ("adapter_up.weight", True),
-             "biases2": ("adapter_up.bias", False),
-             "scaling": ("scaling", False),
-             "ln_before/gamma": ("adapter_norm_before.weight", False),
-             "ln_before/beta": ("adapter_norm_before.bias", False),
-             "ln_after/gamma": ("adapter_norm_after.weight", False),
-             "ln_after/beta": ("adapter_norm_after.bias", False),
-             "gate/kernel": ("gate.weight", True),
-             "gate/bias": ("gate.bias", False)}
-    if m.group(2) not in table:
-      return None
-    part, transpose = table[m.group(2)]
-    return "%s%s.adapters.%s.%s" % (prefix, m.group(1).replace("/", "."),
-                                    adapter, part), transpose
-  m = re.match(r"^(attention/self/(?:query|key|value)|intermediate/dense|"
-               r"output/dense)/(lora_A|lora_B|lora_gate/kernel|"
-               r"lora_gate/bias)$", rest)
-  if m:
-    part = {"lora_gate/kernel": "gate.weight",
-            "lora_gate/bias": "gate.bias"}.get(m.group(2), m.group(2))
-    return "%s%s.loras.%s.%s" % (prefix, m.group(1).replace("/", "."),
-                                 adapter, part), True
-  m = re.match(r"^attention/self/prefix_tuning/gate/(kernel|bias)$", rest)
-  if m:
-    return ("%sattention.self.prefix_tuning.prefix_gates.%s.%s" % (
-        prefix, adapter, "weight" if m.group(1) == "kernel" else "bias"),
-            m.group(1) == "kernel")
-  return None
+def _tensors_to_theirs(values, layout, config, bert_config, adapter):
+  """{AdapterHub name: value} of an adapter's {our name: value}.
+
+  Raises:
+    UserError: naming a variable the layout has no place for.
+  """
+  tensors, grouped = {}, {}
+  for key, value in values.items():
+    group = layout.group_for_ours(key)
+    if group is not None:
+      grouped.setdefault(group, {})[key] = value
+      continue
+    found = layout.tensor_for_ours(key, adapter)
+    if found is None:
+      raise UserError("adapter %r: %s has no place in AdapterHub's layout"
+                      % (adapter, key))
+    theirs, tensor = found
+    tensors[theirs] = tensor.value_to_theirs(value)
+  for group, members in grouped.items():
+    tensors[group.theirs.format(adapter=adapter)] = group.join(
+        members, config, bert_config)
+  return tensors
 
 
 def _adapterhub_config(config):
@@ -422,46 +266,14 @@ def save(model, directory, name, with_head=True, model_name=None):
     UserError: for a method or head AdapterHub's layout is not written for.
   """
   config = model.adapter_configs[name]
-  kind = getattr(config, "kind", None)
-  parts = registry.parts_of(config)
-  for part in parts:
-    if part.kind not in ("bn", "lora", "ia3", "prefix_tuning",
-                         "prompt_tuning"):
-      raise UserError("adapter %r (%s): AdapterHub's layout is written for "
-                      "its methods (bottleneck, Compacter, invertible, LoRA, "
-                      "(IA)^3, prefix and prompt tuning, unions), not %s"
-                      % (name, kind, part.kind))
-  ia3 = any(p.kind == "ia3" for p in parts)
-  tensors, flat = {}, {}
-  for key, (variable, tag) in model.adapter_view(
-      name).checkpoint_variables().items():
-    if tag.kind != "adapter" or tag.owner != name:
-      continue
-    if key.endswith(("/prefix_tuning/keys", "/prefix_tuning/values")):
-      flat[key] = variable.numpy()  # Joined below, as AdapterHub's flat.
-      continue
-    mapped = _ah_name(key, name)
-    if mapped is None:
-      raise UserError("adapter %r: %s has no place in AdapterHub's layout"
-                      % (name, key))
-    ah, transpose = mapped
-    value = variable.numpy()
-    if len(value.shape) == 2 and value.shape[0] == 1 and key.endswith(
-        ("biases1", "biases2")):
-      value = value[0]
-    if ia3 and key.endswith("/lora_B") and len(value.shape) == 1:
-      value, transpose = value.reshape(-1, 1), False  # [out] -> [out, 1].
-    tensors[ah] = value.T if transpose else value
-  if flat:
-    kept, length = _flat_layers(parts, model.config)
-    grid = np.zeros((length, 2 * len(kept), model.config.hidden_size),
-                    np.float32)
-    for i, layer in enumerate(kept):
-      scope = "bert/encoder/layer_%d/attention/self/prefix_tuning/" % layer
-      grid[:, 2 * i] = flat[scope + "keys"]
-      grid[:, 2 * i + 1] = flat[scope + "values"]
-    tensors["bert.prefix_tuning.prefix_tunings.%s.self_prefix.control_trans"
-            % name] = grid.reshape(-1)
+  try:
+    layout = registry.adapterhub_layout(config)
+  except UserError as e:
+    raise UserError("adapter %r (%s): %s" % (name, config.kind, e)) from None
+  values = {key: variable.numpy() for key, (variable, tag) in
+            model.adapter_view(name).checkpoint_variables().items()
+            if tag.kind == "adapter" and tag.owner == name}
+  tensors = _tensors_to_theirs(values, layout, config, model.config, name)
   config_dict = _adapterhub_config(config)
   record = {"config": config_dict, "hidden_size": model.config.hidden_size,
             "model_class": "BertAdapterModel", "model_name": model_name,

@@ -108,14 +108,11 @@ def resolve_adapter_config(cfg, bert_config):
                                   init_scale=cfg.adapter_init_scale)
   config = adapter_config_from_flag(cfg.adapter_config)
   if cfg.adapter_size is not None:
-    if isinstance(config, adapters.AdapterConfig):
-      config = dataclasses.replace(config, size=cfg.adapter_size)
-    else:
-      try:
-        config = registry.resize(config, cfg.adapter_size, bert_config)
-      except UserError as e:
-        raise UserError("--adapter_size=%d with --adapter_config=%s: %s"
-                        % (cfg.adapter_size, cfg.adapter_config, e)) from None
+    try:
+      config = registry.resize(config, cfg.adapter_size, bert_config)
+    except UserError as e:
+      raise UserError("--adapter_size=%d with --adapter_config=%s: %s"
+                      % (cfg.adapter_size, cfg.adapter_config, e)) from None
   if isinstance(config, adapters.AdapterConfig) and (
       cfg.adapter_init_scale != config.init_scale):
     config = dataclasses.replace(config, init_scale=cfg.adapter_init_scale)
@@ -336,7 +333,7 @@ def write_run_files(cfg, bert_config, adapter_config, identity,
   atomic_write_text(os.path.join(out, "bert_config.json"),
                     bert_config.to_json_string())
   atomic_write_text(os.path.join(out, "adapter_config.json"),
-                    adapter_config.to_json_string())
+                    registry.config_to_json(adapter_config))
   changes = list(previous.get("hyperparameter_changes") or [])
   training_flags = previous.get("training")
   hyperparameters = previous.get("hyperparameters")
