@@ -2,8 +2,6 @@
 loss and optimizer by default, fit/evaluate/predict steps, raw text in.
 """
 
-import dataclasses
-
 from adapter_bert.compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 import keras
 import tensorflow as tf
@@ -12,7 +10,7 @@ from adapter_bert.adapters import composition
 from adapter_bert.compute import kernels
 from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
-from adapter_bert.model import adapter_drop
+from adapter_bert.model import training_step
 from adapter_bert.model.view import cpu_only_host
 from adapter_bert.model.view import model_inputs
 from adapter_bert.model.view import per_example_loss
@@ -131,38 +129,26 @@ class KerasTrainingMixin:
     if labels is None:
       raise UserError("fit needs labels: (features, labels) pairs or "
                       "features with label_ids")
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    seed = tf.stack([tf.constant(self._fit_seed, tf.int64), step])
     variables = self.trainable_variables
-    inputs = model_inputs(features)
-
-    def loss_and_grads(skip_layers=None):
-      setup = None
-      if skip_layers is not None:
-        setup = dataclasses.replace(self.active_setup(),
-                                    skip_layers=skip_layers)
-      with tf.GradientTape() as tape:
-        logits = self(inputs, training=True, dropout_seed=seed,
-                      policy=self._keras_policy(), setup=setup)
-        loss = self._loss(logits, labels)
-        if self.fusions:
-          loss += self.fusion_regularization_loss()
-      return loss, tape.gradient(loss, variables), logits
-
-    if getattr(self, "_adapter_drop", False):
-      layers = self.config.num_hidden_layers
-      loss, grads, present, logits = adapter_drop.switch(
-          adapter_drop.layers_to_skip(self._fit_seed, step, layers), layers,
-          loss_and_grads, variables)
-      if hasattr(self.optimizer, "set_present"):
-        self.optimizer.set_present(variables, present)
-      self.optimizer.apply_gradients(zip(grads, variables))
-      if hasattr(self.optimizer, "set_present"):
-        self.optimizer.set_present(variables, None)
-      return self._metrics_result(loss, labels, logits)
-    loss, grads, logits = loss_and_grads()
+    step = training_step.TrainingStep(
+        self, variables, self._loss_with_regularization,
+        self._keras_policy(), seed=self._fit_seed,
+        adapter_drop=getattr(self, "_adapter_drop", False))
+    loss, grads, present, logits = step(
+        model_inputs(features), labels,
+        tf.cast(self.optimizer.iterations, tf.int64))
+    if present is not None and hasattr(self.optimizer, "set_present"):
+      self.optimizer.set_present(variables, present)
     self.optimizer.apply_gradients(zip(grads, variables))
+    if present is not None and hasattr(self.optimizer, "set_present"):
+      self.optimizer.set_present(variables, None)
     return self._metrics_result(loss, labels, logits)
+
+  def _loss_with_regularization(self, logits, labels):
+    loss = self._loss(logits, labels)
+    if self.fusions:
+      loss += self.fusion_regularization_loss()
+    return loss
 
   def test_step(self, data):
     features, labels = split_features(data)

@@ -8,7 +8,6 @@ the latest checkpoint when the same command is run again.
 """
 
 import collections
-import dataclasses
 import os
 import time
 
@@ -20,7 +19,7 @@ import tensorflow as tf
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from adapter_bert.compute import kernels
-from adapter_bert.model import adapter_drop
+from adapter_bert.model import training_step
 from adapter_bert.training import distribution
 from adapter_bert.training import preemption
 from adapter_bert.training import run_config
@@ -219,17 +218,25 @@ class Trainer:
     optimizer.build(self.trainable, adapter_names=(
         None if view is None else set(view.adapter_names())))
     self._train_vars = [v for _, v in self.trainable]
+    self._step = None  # Built with the loop (from the settings then).
     self._train_loop = None
     self._eval_step = None
 
   # -------------------------------------------------------------- training
 
   def _dropout_seed(self, step):
-    seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+    seed = self._step.dropout_seed(step)
     if self.strategy.num_replicas_in_sync > 1:
       replica = tf.distribute.get_replica_context().replica_id_in_sync_group
       seed = tf.random.experimental.stateless_fold_in(seed, replica)
     return seed
+
+  def _loss(self, logits, label_ids):
+    # Divided by the global batch: summing over replicas (and
+    # micro-batches) gives the mean.
+    losses = per_example_loss(logits, label_ids, self.num_labels,
+                              self.is_regression)
+    return tf.reduce_sum(losses) / self.global_batch_size
 
   def _loss_and_grads(self, features, step, skip_layers=None):
     seed = self._dropout_seed(step)
@@ -258,22 +265,8 @@ class Trainer:
     return loss, grads
 
   def _slice_loss_and_grads(self, features, seed, skip_layers=None):
-    setup = None
-    if skip_layers is not None:
-      setup = dataclasses.replace(self.model.active_setup(),
-                                  skip_layers=skip_layers)
-    with tf.GradientTape() as tape:
-      logits = self.model(features, training=True, dropout_seed=seed,
-                          policy=self.policy, setup=setup)
-      losses = per_example_loss(logits, features["label_ids"],
-                                self.num_labels, self.is_regression)
-      # Divided by the global batch: summing over replicas (and
-      # micro-batches) gives the mean.
-      loss = tf.reduce_sum(losses) / self.global_batch_size
-      scaled = loss * self.loss_scale if self.loss_scale is not None else loss
-    grads = tape.gradient(scaled, self._train_vars)
-    if self.loss_scale is not None:
-      grads = [g / self.loss_scale if g is not None else None for g in grads]
+    loss, grads, _ = self._step.loss_and_grads(
+        features, features["label_ids"], seed, skip_layers)
     return loss, grads
 
   def _replica_step(self, features):
@@ -282,15 +275,8 @@ class Trainer:
     # optimizer update (which may reduce across replicas) runs after it.
     compute = (self._compiled_loss_and_grads if self._whole_step_xla
                else self._loss_and_grads)
-    present = None
-    if self.adapter_drop:
-      layers = self.model.config.num_hidden_layers
-      loss, grads, present, _ = adapter_drop.switch(
-          adapter_drop.layers_to_skip(self.seed, step, layers), layers,
-          lambda skip: compute(features, step, skip) + ((),),
-          self._train_vars)
-    else:
-      loss, grads = compute(features, step)
+    loss, grads, present, _ = self._step.run(
+        step, lambda skip: compute(features, step, skip) + ((),))
     if self.loss_scale is not None:
       finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
                               for g in grads if g is not None])
@@ -317,6 +303,11 @@ class Trainer:
     return kernel_policy(self.jit_compile, self.strategy)
 
   def _build_train_loop(self):
+    # The step shared with Keras' fit: forward, loss, gradients, AdapterDrop.
+    self._step = training_step.TrainingStep(
+        self.model, self._train_vars, self._loss, self.policy,
+        seed=self.seed, adapter_drop=self.adapter_drop,
+        loss_scale=self.loss_scale)
     self._whole_step_xla = compiles_whole_step(self.jit_compile, self.strategy)
     self._compiled_loss_and_grads = tf.function(
         self._loss_and_grads, jit_compile=True, reduce_retracing=True)
