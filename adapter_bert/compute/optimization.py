@@ -342,13 +342,15 @@ class AdamWeightDecay(tf.Module):
       # global batch size, so the sum is the gradient of the global mean.
       summed = replica_context.all_reduce(tf.distribute.ReduceOp.SUM,
                                           dense_grads)
-      clipped = self._clip(summed)
+      clipped = self.clip(summed)
       replica_context.merge_call(
           self._distributed_apply,
           args=(indices, clipped, learning_rate, flags))
     return learning_rate
 
-  def _clip(self, grads):
+  def clip(self, grads):
+    """The gradients clipped to `clip_norm` by their global norm (None
+    entries stay None)."""
     if self.clip_norm is None:
       return grads
     clipped, _ = tf.clip_by_global_norm(grads, clip_norm=self.clip_norm)
@@ -356,7 +358,7 @@ class AdamWeightDecay(tf.Module):
 
   def _clip_and_apply(self, strategy, indices, grads, learning_rate,
                       flags=None):
-    clipped = self._clip(grads)
+    clipped = self.clip(grads)
     flags = flags or [None] * len(indices)
     if strategy is None:
       for i, grad, flag in zip(indices, clipped, flags):
@@ -388,21 +390,39 @@ class AdamWeightDecay(tf.Module):
     return update_fn
 
   def _apply_one(self, index, variable, grad, learning_rate, present=None):
-    """The reference update of one variable (and its two slots)."""
     m = self._m[index]
     v = self._v[index]
-    next_param, next_m, next_v = adam_weight_decay_update(
+    next_param, next_m, next_v = self.update(
         variable.read_value(), grad, m.read_value(), v.read_value(),
-        learning_rate, self.beta_1, self.beta_2, self.epsilon,
-        self._decay_rates[index])
-    if present is not None:  # AdapterDrop: not reached this step.
-      next_param, next_m, next_v = keep_unless(
-          present, (next_param, next_m, next_v),
-          (variable.read_value(), m.read_value(), v.read_value()))
+        learning_rate, self._decay_rates[index], present)
     return tf.group(
         variable.assign(tf.cast(next_param, variable.dtype)),
         m.assign(next_m),
         v.assign(next_v))
+
+  def update(self, param, grad, m, v, learning_rate, decay_rate,
+             present=None):
+    """The reference update of one variable and its two slots (after
+    clipping): Adam without bias correction, decoupled weight decay at
+    `decay_rate`. What both this optimizer and its Keras face
+    (KerasAdamWeightDecay) apply.
+
+    Args:
+      present: None, or a bool scalar: where False (AdapterDrop did not
+        reach the variable this step), everything keeps its value.
+
+    Returns:
+      float32 (next param, next m, next v).
+    """
+    next_param, next_m, next_v = adam_weight_decay_update(
+        param, grad, m, v, learning_rate, self.beta_1, self.beta_2,
+        self.epsilon, decay_rate)
+    if present is not None:
+      next_param, next_m, next_v = keep_unless(
+          present, (next_param, next_m, next_v),
+          (tf.convert_to_tensor(param), tf.convert_to_tensor(m),
+           tf.convert_to_tensor(v)))
+    return next_param, next_m, next_v
 
 
 def keep_unless(present, new, old):
@@ -431,13 +451,15 @@ def adam_weight_decay_update(param, grad, m, v, learning_rate, beta_1,
 
 
 class KerasAdamWeightDecay(keras.optimizers.Optimizer):
-  """AdamWeightDecay as a Keras optimizer, for `compile` and `fit`.
+  """AdamWeightDecay's Keras face, for `compile` and `fit` (what
+  `as_keras_optimizer` makes of an AdamWeightDecay).
 
-  The same update (`adam_weight_decay_update`), global-norm clipping and
-  learning rate schedule as the training loop's optimizer; the decay rate
-  of each variable is chosen by its checkpoint name (the model hands the
-  names over in `compile`; a variable without one is matched by its Keras
-  path).
+  It holds no rule of its own: the clipping (`AdamWeightDecay.clip`), the
+  update (`AdamWeightDecay.update`), the learning rate schedule and each
+  variable's decay rate (`weight_decay_rate_for`) are its AdamWeightDecay's;
+  Keras owns the slots and the step count. The decay rate of a variable is
+  chosen by the model's tags and its checkpoint name (handed over in
+  `compile`; a variable without one is matched by its Keras path).
   """
 
   def __init__(self, learning_rate, weight_decay_rate=0.01,
@@ -484,20 +506,18 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
     self._present = None if present is None else {
         self._var_key(v): p for v, p in zip(variables, present)}
 
+  def _clip_gradients(self, grads):
+    # Keras' hook for clipping, given the rule's (None entries kept).
+    return self._rule.clip(grads)
+
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     m, v = self._m[index], self._v[index]
-    next_param, next_m, next_v = adam_weight_decay_update(
-        variable, gradient, m, v, tf.cast(learning_rate, tf.float32),
-        self._rule.beta_1, self._rule.beta_2, self._rule.epsilon,
-        self._decay_rates[self._var_key(variable)])
     present = (getattr(self, "_present", None) or {}).get(
         self._var_key(variable))
-    if present is not None:
-      next_param, next_m, next_v = keep_unless(
-          present, (next_param, next_m, next_v),
-          (tf.convert_to_tensor(variable), tf.convert_to_tensor(m),
-           tf.convert_to_tensor(v)))
+    next_param, next_m, next_v = self._rule.update(
+        variable, gradient, m, v, tf.cast(learning_rate, tf.float32),
+        self._decay_rates[self._var_key(variable)], present)
     self.assign(m, next_m)
     self.assign(v, next_v)
     self.assign(variable, tf.cast(next_param, variable.dtype))
