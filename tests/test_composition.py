@@ -394,21 +394,16 @@ def test_train_save_and_load_a_fusion(tmp_path):
 
 
 def test_fusion_script_trains_the_fusion_and_saves_what_reloads(tmp_path):
-  """scripts/adapter_fusion_glue.py: two adapters saved on a tiny base are
+  """scripts/adapter_fusion_glue.py (adapter_bert.cli.fusion_glue): two
+  adapters saved on a tiny base are
   fused for MRPC; only the fusion and the head move, the results file is
   written, and the saved fusion (with its head) predicts what was trained."""
-  import os  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   import tiny_fixtures as fx  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(fx.REPO_ROOT, "scripts"))
+  from adapter_bert.cli import fusion_glue  # pylint: disable=g-import-not-at-top
   try:
-    import adapter_fusion_glue  # pylint: disable=g-import-not-at-top
+    _run_fusion_script(fusion_glue, fx, tmp_path)
   finally:
-    sys.path.pop(0)
-  try:
-    _run_fusion_script(adapter_fusion_glue, fx, tmp_path)
-  finally:
-    fx.forget_flags_of("adapter_fusion_glue")
+    fx.forget_flags_of("adapter_bert.cli.fusion_glue")
 
 
 def _run_fusion_script(adapter_fusion_glue, fx, tmp_path):

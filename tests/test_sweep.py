@@ -1,13 +1,12 @@
-"""scripts/sweep.py: dry-run commands, a real sweep on a tiny BERT, bad input.
+"""scripts/sweep.py (adapter_bert.cli.sweep): dry-run commands, a real sweep on a tiny BERT, bad input.
 
 The sweep runs as a command line (its own process, as a user runs it); its
-helpers are imported from the script for the unit checks. The real sweep
+helpers are imported from adapter_bert.cli.sweep for the unit checks. The real sweep
 trains four tiny runs (2 learning rates x 2 seeds, one epoch of 8 steps),
 then is run again and must skip all four without touching their folders.
 """
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -20,9 +19,7 @@ import tiny_fixtures
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "sweep.py")
 
-_SPEC = importlib.util.spec_from_file_location("sweep_script", SCRIPT)
-sweep = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(sweep)
+from adapter_bert.cli import sweep  # noqa: E402  (the script's command line)
 
 # Small, fast run_classifier.py settings (as tests/test_run_classifier.py).
 EXTRA_FLAGS = ("--max_seq_length=24 --train_batch_size=8 --eval_batch_size=8 "
