@@ -65,7 +65,9 @@ class HubTensor:
   choices: Mapping[str, Mapping[str, str]] = dataclasses.field(
       default_factory=dict)
 
-  def _convert(self, name, adapter, side):
+  def convert(self, name, adapter, side):
+    """The name on the other side of `name` (side 0: ours, 1: AdapterHub's),
+    or None if `name` is not of this kind."""
     m = re.match(_pattern((self.ours, self.theirs)[side], self.choices,
                           side, adapter), name)
     if not m:
@@ -78,14 +80,6 @@ class HubTensor:
         pairs = self.choices[key].items()
         values[key] = next(p[1 - side] for p in pairs if p[side] == value)
     return (self.theirs, self.ours)[side].format(**values)
-
-  def to_theirs(self, ours, adapter):
-    """AdapterHub's name of our `ours`, or None if this is not its kind."""
-    return self._convert(ours, adapter, 0)
-
-  def to_ours(self, theirs, adapter):
-    """Our name of AdapterHub's `theirs`, or None."""
-    return self._convert(theirs, adapter, 1)
 
   def value_to_theirs(self, value):
     value = np.asarray(value)
@@ -141,18 +135,17 @@ class AdapterHubLayout:
 
   def tensor_for_theirs(self, theirs, adapter):
     """(our name, HubTensor) of AdapterHub's `theirs`, or None."""
-    for tensor in self.tensors:
-      ours = tensor.to_ours(theirs, adapter)
-      if ours is not None:
-        return ours, tensor
-    return None
+    return self._find(theirs, adapter, 1)
 
   def tensor_for_ours(self, ours, adapter):
     """(AdapterHub's name, HubTensor) of our `ours`, or None."""
+    return self._find(ours, adapter, 0)
+
+  def _find(self, name, adapter, side):
     for tensor in self.tensors:
-      theirs = tensor.to_theirs(ours, adapter)
-      if theirs is not None:
-        return theirs, tensor
+      other = tensor.convert(name, adapter, side)
+      if other is not None:
+        return other, tensor
     return None
 
   def skips(self, theirs, adapter):
