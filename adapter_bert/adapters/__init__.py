@@ -7,9 +7,7 @@ one file here that registers itself; `adapters.composition` holds the
 blocks that combine several adapters.
 """
 
-from adapter_bert.adapters.config import LOCATIONS
 from adapter_bert.adapters.config import PRESETS
-from adapter_bert.adapters.config import AdapterConfig
 from adapter_bert.adapters.config import get_preset
 from adapter_bert.adapters.config import register_preset
 from adapter_bert.adapters.registry import HOOK_SCOPES
@@ -18,6 +16,8 @@ from adapter_bert.adapters.registry import config_from_dict
 from adapter_bert.adapters.registry import config_from_json_file
 from adapter_bert.adapters.registry import get_method
 from adapter_bert.adapters.registry import register_method
+from adapter_bert.adapters.bottleneck import LOCATIONS
+from adapter_bert.adapters.bottleneck import AdapterConfig  # adapter-bert's.
 from adapter_bert.adapters.bottleneck import BottleneckAdapter  # Registers "bottleneck".
 from adapter_bert.adapters.bottleneck import BnAdapter  # Registers "bn" and its presets.
 from adapter_bert.adapters.bottleneck import BnConfig

@@ -29,6 +29,7 @@ s is `scaling` (a number, or a learned scalar or per-channel vector).
 """
 
 import dataclasses
+import json
 import math
 from typing import Any, Optional, Tuple, Union
 
@@ -40,7 +41,6 @@ from adapter_bert.adapters import gating
 from adapter_bert.adapters import registry
 from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
-from adapter_bert.adapters.config import AdapterConfig
 from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
@@ -48,6 +48,75 @@ from adapter_bert.adapters.config import register_preset
 from adapter_bert.compute import kernels
 from adapter_bert.compute.activations import get_activation
 from adapter_bert.errors import UserError
+
+
+# Named places in a transformer block where an adapter can sit (Houlsby et al.
+# 2019, Fig. 2): after the attention output projection and after the
+# feed-forward output projection, each before its residual LayerNorm.
+LOCATIONS = ("attention_output", "ffn_output")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """How adapters are added to BERT.
+
+  Attributes:
+    size: bottleneck width m; 0 means no adapters at all (plain BERT).
+    init_scale: stddev of the truncated-normal init of both projections.
+    activation: activation in the bottleneck (a name from activations.py).
+    locations: where adapters are inserted, a subset of LOCATIONS.
+    kind: the registered method ("bottleneck": this file's).
+  """
+  size: int = 64
+  init_scale: float = 1e-3
+  activation: str = "gelu"
+  locations: tuple = LOCATIONS
+  kind: str = "bottleneck"
+
+  def __post_init__(self):
+    # Lists from JSON become tuples so the config stays hashable.
+    object.__setattr__(self, "locations", tuple(self.locations))
+    if not isinstance(self.size, int) or self.size < 0:
+      raise UserError("adapter size must be an integer >= 0, got %r" % (self.size,))
+    if not self.init_scale > 0:
+      raise UserError("adapter init_scale must be > 0, got %r" % (self.init_scale,))
+    unknown = [loc for loc in self.locations if loc not in LOCATIONS]
+    if unknown:
+      raise UserError("unknown adapter location(s) %s; expected a subset of %s"
+                      % (", ".join(unknown), ", ".join(LOCATIONS)))
+    get_activation(self.activation)
+
+  @property
+  def enabled(self):
+    return self.size > 0 and bool(self.locations)
+
+  def to_dict(self):
+    d = dataclasses.asdict(self)
+    d["locations"] = list(self.locations)
+    return d
+
+  def to_json_string(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+  @classmethod
+  def from_dict(cls, d):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise UserError("unknown adapter config key(s): %s" % ", ".join(unknown))
+    return cls(**d)
+
+  @classmethod
+  def from_json_file(cls, path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    except OSError as e:
+      raise UserError("cannot read adapter config %s: %s" % (path, e.strerror))
+    except ValueError as e:
+      raise UserError("adapter config %s is not valid JSON: %s" % (path, e))
+    return cls.from_dict(d)
+
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -154,6 +223,16 @@ registry.register_method(
         "AdapterFusion combines sequential bottleneck adapters (pfeiffer, "
         "houlsby, compacter, ...); adapter-bert adapters train their own "
         "LayerNorms"))
+
+# The reference (adapter-bert) at the paper's sizes (Houlsby et al. 2019
+# sweep {8, 64, 256}); 64 is the reference code's default. AdapterHub's
+# names ("houlsby", "pfeiffer", "lora", ...) are registered below and by
+# the files of their methods.
+register_preset("adapter-bert", AdapterConfig())
+register_preset("adapter-bert-8", AdapterConfig(size=8))
+register_preset("adapter-bert-64", AdapterConfig(size=64))
+register_preset("adapter-bert-256", AdapterConfig(size=256))
+register_preset("none", AdapterConfig(size=0))
 
 
 # ---------------------------------------------------------------------------
