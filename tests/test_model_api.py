@@ -202,17 +202,21 @@ def _batches(n=3, batch=8, seq=12, seed=0):
   return out
 
 
-def test_fit_and_the_command_line_loop_give_the_same_weights():
-  def build():
-    keras.utils.set_random_seed(3)
-    model = tiny_fixtures.tiny_classifier(dropout=0.1)
-    rng = np.random.default_rng(5)
-    for name, v in checkpoint_io.checkpoint_name_map(model).items():
-      v.assign((rng.normal(0, 0.2, size=v.shape)
-                + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
-    model.reset_layer_norms("default")
-    return model
+def _seeded_tiny_classifier():
+  """A tiny classifier with seeded random weights (gammas near 1) and its
+  "default" adapter's LayerNorm copies taken from them."""
+  keras.utils.set_random_seed(3)
+  model = tiny_fixtures.tiny_classifier(dropout=0.1)
+  rng = np.random.default_rng(5)
+  for name, v in checkpoint_io.checkpoint_name_map(model).items():
+    v.assign((rng.normal(0, 0.2, size=v.shape)
+              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
+  model.reset_layer_norms("default")
+  return model
 
+
+def test_fit_and_the_command_line_loop_give_the_same_weights():
+  build = _seeded_tiny_classifier
   batches = _batches(n=5)
 
   def dataset(start_step=0):
@@ -696,13 +700,7 @@ def test_hook_points_at_projections_keys_values_and_embeddings():
 def _trained_with_loss(loss, steps=3):
   """Weights after `steps` fit steps of a seeded tiny classifier compiled
   with `loss` (None: the default)."""
-  keras.utils.set_random_seed(3)
-  model = tiny_fixtures.tiny_classifier(dropout=0.1)
-  rng = np.random.default_rng(5)
-  for name, v in checkpoint_io.checkpoint_name_map(model).items():
-    v.assign((rng.normal(0, 0.2, size=v.shape)
-              + (1.0 if name.endswith("gamma") else 0.0)).astype(np.float32))
-  model.reset_layer_norms("default")
+  model = _seeded_tiny_classifier()
   model.train_adapter("default")
   kwargs = {} if loss is None else {"loss": loss}
   model.compile(optimizer=optimization.create_optimizer(1e-2, steps, 1),

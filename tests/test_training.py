@@ -172,32 +172,3 @@ def test_end_of_training_waits_only_for_the_last_checkpoint(tmp_path):
       "train() returned %.2f s after its last checkpoint"
       % (returned_at - saved_at[-1]))
 
-
-def test_fit_and_the_command_line_loop_take_the_same_steps():
-  """One training step and one update rule for both: Keras' fit with the
-  command line's optimizer moves the weights as the Trainer's loop does,
-  step for step (the same dropout masks, clipping, decay and schedule)."""
-  from adapter_bert.compute import optimization  # pylint: disable=g-import-not-at-top
-  looped = tiny_fixtures.tiny_classifier(dropout=0.2)
-  trainer = tiny_fixtures.tiny_trainer(looped, jit_compile=False)
-  fitted = tiny_fixtures.tiny_classifier(dropout=0.2)
-  fitted.set_weights(looped.get_weights())
-  modeling.set_train_mode(fitted, "adapters")
-  start = {n: v.numpy() for n, v in
-           checkpoint_io.checkpoint_name_map(looped).items()}
-  trainer._build_train_loop()
-  trainer._train_loop(iter(_batches()), tf.constant(2))  # Step 0: lr 0.
-  fitted.compile(optimizer=optimization.create_optimizer(5e-2, 6, 1),
-                 seed=trainer.seed, jit_compile=False)
-  fitted.fit(_batches(), epochs=1, verbose=0)
-  want = checkpoint_io.checkpoint_name_map(looped)
-  got = checkpoint_io.checkpoint_name_map(fitted)
-  moved = 0
-  for name, _ in trainer.trainable:
-    np.testing.assert_allclose(got[name].numpy(), want[name].numpy(),
-                               atol=2e-6, err_msg=name)
-    moved += np.max(np.abs(want[name].numpy() - start[name])) > 1e-4
-  assert moved == len(trainer.trainable)
-  for name, variable in want.items():  # The frozen base stays.
-    if name not in dict(trainer.trainable):
-      np.testing.assert_array_equal(got[name].numpy(), start[name])
