@@ -158,9 +158,13 @@ def test_batch_split_and_multitask_run_each_slice_alone():
                                        and tag.owner == name)}
   assert ids == want
   model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[2, 2]))
-  with pytest.raises(tf.errors.InvalidArgumentError,
-                     match=r"needs batches of 4 examples"):
+  # The toolkit's error, eagerly and from inside predict's graph (where the
+  # batch size is known only when it runs).
+  with pytest.raises(UserError, match=r"needs batches of 4 examples"):
     model(feats)
+  with pytest.raises(UserError, match=r"needs batches of 4 examples"):
+    model.predict({k: v.numpy() for k, v in feats.items()}, batch_size=5,
+                  verbose=0)
 
 
 def identity_at_layer_0(model, name):

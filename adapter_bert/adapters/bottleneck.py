@@ -42,6 +42,7 @@ from adapter_bert.adapters import registry
 from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import MethodConfig
+from adapter_bert.adapters.config import check_field_types
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
@@ -74,6 +75,7 @@ class AdapterConfig:
   kind: str = "bottleneck"
 
   def __post_init__(self):
+    check_field_types(self)
     # Lists from JSON become tuples so the config stays hashable.
     object.__setattr__(self, "locations", tuple(self.locations))
     if not isinstance(self.size, int) or self.size < 0:
@@ -321,6 +323,7 @@ class BnConfig(MethodConfig):
   architecture_aliases = ("bottleneck",)
 
   def __post_init__(self):
+    check_field_types(self)
     object.__setattr__(self, "leave_out", tuple(self.leave_out))
     if isinstance(self.reduction_factor, dict):
       object.__setattr__(self, "reduction_factor",

@@ -4,8 +4,10 @@ config class lives in its method's file."""
 
 import dataclasses
 import json
+import typing
 
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 
 PRESETS = {}
 
@@ -92,8 +94,9 @@ class MethodConfig:
 def check_choice(config, field, choices):
   value = getattr(config, field)
   if value not in choices:
-    raise UserError("%s adapter config: %s=%r is not one of %s" % (
-        config.kind, field, value, ", ".join(repr(c) for c in choices)))
+    raise UserError("%s adapter config: %s=%s is not one of %s" % (
+        config.kind, field, clip_value(repr(value)),
+        ", ".join(repr(c) for c in choices)))
 
 
 def check_range(config, field, low, high=None, low_open=False):
@@ -103,6 +106,63 @@ def check_range(config, field, low, high=None, low_open=False):
     ok = value > low if low_open else value >= low
     ok = ok and (high is None or value <= high)
   if not ok:
-    raise UserError("%s adapter config: %s=%r is out of range (%s %s%s)" % (
-        config.kind, field, value, ">" if low_open else ">=", low,
+    raise UserError("%s adapter config: %s=%s is out of range (%s %s%s)" % (
+        config.kind, field, clip_value(repr(value)), ">" if low_open else ">=", low,
         "" if high is None else ", <= %s" % high))
+
+
+def _matches(value, annotation):
+  """Whether `value` (as JSON or Python gives it) is of a field's declared
+  type; bool is never an int or a float, a list stands for a tuple."""
+  if annotation is typing.Any or isinstance(annotation, str):
+    return True
+  origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+  if origin is typing.Union:
+    return any(_matches(value, a) for a in args)
+  if annotation is type(None):
+    return value is None
+  if annotation is bool:
+    return isinstance(value, bool)
+  if annotation is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if annotation is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if annotation is str:
+    return isinstance(value, str)
+  if annotation is tuple:
+    return isinstance(value, (list, tuple))
+  if origin is tuple:  # Tuple[X, ...]
+    return isinstance(value, (list, tuple)) and all(
+        _matches(item, args[0]) for item in value)
+  return True
+
+
+def _describe(annotation):
+  origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+  if origin is typing.Union:
+    return " or ".join(_describe(a) for a in args)
+  if origin is tuple:
+    return "a list of " + {int: "integers", float: "numbers",
+                           str: "strings"}.get(args[0], str(args[0]))
+  return {bool: "true or false", int: "an integer", float: "a number",
+          str: "a string", tuple: "a list", type(None): "null"}.get(
+              annotation, str(annotation))
+
+
+def check_field_types(config):
+  """Refuses a field whose value is not of its declared type.
+
+  Called first in a config's __post_init__, so that JSON's "false" (a
+  string) or "0,1" for a list is refused rather than read as true or as
+  characters.
+
+  Raises:
+    UserError: naming the config, the field, its value (cut to
+      errors.VALUE_LIMIT characters) and what is allowed.
+  """
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if not _matches(value, field.type):
+      raise UserError("%s adapter config: %s=%s (%s) is not %s" % (
+          getattr(config, "kind", type(config).__name__), field.name,
+          clip_value(value), type(value).__name__, _describe(field.type)))

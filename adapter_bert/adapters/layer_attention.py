@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from adapter_bert.adapters import registry
 from adapter_bert.adapters.config import MethodConfig
+from adapter_bert.adapters.config import check_field_types
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
 from adapter_bert.compute import kernels
@@ -70,6 +71,7 @@ class LayerAttentionConfig(MethodConfig):
   architecture = "layer_attention"
 
   def __post_init__(self):
+    check_field_types(self)
     object.__setattr__(self, "aggregation_layers",
                        tuple(self.aggregation_layers))
     for field in ("num_heads",) + (("reduced_size",) if self.reduced_size

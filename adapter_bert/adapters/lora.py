@@ -28,6 +28,7 @@ from adapter_bert.adapters import registry
 from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import MethodConfig
+from adapter_bert.adapters.config import check_field_types
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
@@ -79,6 +80,7 @@ class LoRAConfig(MethodConfig):
   architecture = "lora"
 
   def __post_init__(self):
+    check_field_types(self)
     object.__setattr__(self, "leave_out", tuple(self.leave_out))
     object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
     check_choice(self, "kind", ("lora", "ia3"))

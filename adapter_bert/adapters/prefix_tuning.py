@@ -40,6 +40,7 @@ from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubGroup
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.config import MethodConfig
+from adapter_bert.adapters.config import check_field_types
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
@@ -80,6 +81,7 @@ class PrefixTuningConfig(MethodConfig):
   architecture = "prefix_tuning"
 
   def __post_init__(self):
+    check_field_types(self)
     object.__setattr__(self, "leave_out", tuple(self.leave_out))
     check_choice(self, "kind", ("prefix_tuning",))
     check_choice(self, "non_linearity", sorted(BN_ACTIVATIONS))

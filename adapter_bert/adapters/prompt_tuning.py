@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from adapter_bert.adapters import registry
 from adapter_bert.adapters.config import MethodConfig
+from adapter_bert.adapters.config import check_field_types
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
@@ -55,6 +56,7 @@ class PromptTuningConfig(MethodConfig):
   architecture = "prompt_tuning"
 
   def __post_init__(self):
+    check_field_types(self)
     check_choice(self, "kind", ("prompt_tuning",))
     check_choice(self, "combine", ("prefix", "prefix_after_bos"))
     if self.prompt_init == "from_string":

@@ -56,6 +56,7 @@ import json
 from typing import Callable, Mapping, Optional
 
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 
 # Hook point -> checkpoint scope of the layers placed there, relative to the
 # block (`bert/encoder/layer_<i>/`) or, for the embeddings, to `bert/`.
@@ -333,6 +334,22 @@ def parts_of(config):
   if method.parts is None:
     return [config]
   return [p for part in method.parts(config) for p in parts_of(part)]
+
+
+def check_fits(config, bert_config):
+  """Refuses a config naming a layer the model lacks (AdapterHub's
+  `leave_out`, in any part of a union).
+
+  Raises:
+    UserError: naming the field, the layer and the model's layers.
+  """
+  layers = bert_config.num_hidden_layers
+  for part in parts_of(config):
+    bad = [i for i in getattr(part, "leave_out", ()) if not 0 <= i < layers]
+    if bad:
+      raise UserError("%s adapter config: leave_out names layer(s) %s; this "
+                      "model's layers are 0..%d" % (
+                          part.kind, clip_value(bad), layers - 1))
 
 
 def is_combination(config):

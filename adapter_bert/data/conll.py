@@ -136,9 +136,14 @@ def in_scheme(tags, scheme):
 
 
 def label_list(sentences):
-  """The IOB2 labels of sentences, sorted, "O" first."""
-  labels = {t for s in sentences for t in to_iob2(s.tags)}
-  return ["O"] + sorted(labels - {"O"})
+  """The IOB2 labels of sentences' entity types, sorted, "O" first.
+
+  Closed over types: a type seen at all has both its B- and its I- label
+  (training data whose LOC entities are all one word still lets a dev file
+  hold I-LOC); only a type never seen is unknown to a model.
+  """
+  types = {t[2:] for s in sentences for t in s.tags if t != "O"}
+  return ["O"] + sorted(p + t for t in types for p in ("B-", "I-"))
 
 
 class Window(NamedTuple):

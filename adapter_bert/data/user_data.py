@@ -14,9 +14,11 @@ one error naming the file and line.
 import csv
 import json
 import os
+import sys
 
 from adapter_bert.data import glue_processors
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 
 NAME = "CSV"
 EXTENSIONS = (".csv", ".tsv", ".jsonl")
@@ -115,7 +117,7 @@ class TableProcessor(glue_processors.DataProcessor):
   def _field(row, column, where):
     if column not in row:
       raise UserError("%s: no column %r (columns: %s)"
-                      % (where, column, ", ".join(sorted(row))))
+                      % (where, column, clip_value(", ".join(sorted(row)))))
     value = row[column]
     value = "" if value is None else str(value)
     if not value.strip():
@@ -123,10 +125,37 @@ class TableProcessor(glue_processors.DataProcessor):
     return value
 
 
-def _rows(path):
-  """[(where, {column: value})] of a CSV, TSV or JSON Lines file."""
+def _lift_csv_field_limit():
+  """The csv module refuses fields over 128 KiB; a user's text may be longer.
+  Raised to the largest the platform's C long takes."""
+  limit = sys.maxsize
+  while True:
+    try:
+      csv.field_size_limit(limit)
+      return
+    except OverflowError:
+      limit //= 2
+
+
+def _next_csv_row(reader, path):
+  """The next row of a csv.reader (None at the end).
+
+  Raises:
+    UserError: for a row the csv module cannot parse (naming the line).
+  """
   try:
-    with open(path, encoding="utf-8", newline="") as f:
+    return next(reader, None)
+  except csv.Error as e:
+    raise UserError("%s line %d: %s" % (path, reader.line_num + 1, e)
+                    ) from None
+
+
+def _rows(path):
+  """[(where, {column: value})] of a CSV, TSV or JSON Lines file (UTF-8,
+  with or without a byte-order mark, as Excel's "CSV UTF-8" writes)."""
+  _lift_csv_field_limit()
+  try:
+    with open(path, encoding="utf-8-sig", newline="") as f:
       if path.endswith(".jsonl"):
         out = []
         for number, line in enumerate(f, start=1):
@@ -144,11 +173,14 @@ def _rows(path):
         return out
       reader = csv.reader(f, delimiter="\t" if path.endswith(".tsv")
                           else ",")
-      header = next(reader, None)
+      out = []
+      header = _next_csv_row(reader, path)
       if not header:
         raise UserError("%s is empty (expected a header row)" % path)
-      out = []
-      for fields in reader:
+      while True:
+        fields = _next_csv_row(reader, path)
+        if fields is None:
+          break
         number = reader.line_num
         if not fields:
           continue

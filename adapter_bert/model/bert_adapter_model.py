@@ -16,7 +16,9 @@ from adapter_bert import adapters as adapters_lib
 from adapter_bert.adapters import composition
 from adapter_bert.adapters import gating
 from adapter_bert.compute import kernels
+from adapter_bert.errors import IN_GRAPH_MARK
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 from adapter_bert.model.adapter_setup import AdaptersMixin
 from adapter_bert.model.bert_model import BertModel
 from adapter_bert.model.config import CLASSIFIER_DROPOUT
@@ -147,10 +149,15 @@ class BertAdapterModel(AdaptersMixin, HeadsMixin, FusionMixin, PersistenceMixin,
     batch = tf.shape(features["input_ids"])[0]
     if setup.split == "sizes":
       sizes = tf.constant(setup.batch_sizes, tf.int32)
-      tf.debugging.assert_equal(
-          tf.reduce_sum(sizes), batch,
-          message="BatchSplit(batch_sizes=%s) needs batches of %d examples"
-          % (list(setup.batch_sizes), sum(setup.batch_sizes)))
+      message = ("BatchSplit(batch_sizes=%s) needs batches of %d examples"
+                 % (list(setup.batch_sizes), sum(setup.batch_sizes)))
+      static = features["input_ids"].shape[0]
+      if static is not None and static != sum(setup.batch_sizes):
+        raise UserError("%s; this batch has %d" % (message, static))
+      # A batch size known only when the graph runs: composition_errors
+      # (keras_training) turns the failed assertion into a UserError.
+      tf.debugging.assert_equal(tf.reduce_sum(sizes), batch,
+                                message=IN_GRAPH_MARK + message)
       order = tf.range(batch)
     else:
       if "task_ids" not in features:
@@ -158,11 +165,15 @@ class BertAdapterModel(AdaptersMixin, HeadsMixin, FusionMixin, PersistenceMixin,
                         "feature (int [batch], 0..%d); the features have "
                         "none" % (n - 1))
       task_ids = tf.cast(features["task_ids"], tf.int32)
-      tf.debugging.assert_less(
-          task_ids, n, message="task_ids must be 0..%d (one per element of "
-          "the MultiTask)" % (n - 1))
-      tf.debugging.assert_non_negative(
-          task_ids, message="task_ids must be 0..%d" % (n - 1))
+      message = "MultiTask: task_ids must be 0..%d (one per element)" % (n - 1)
+      if tf.executing_eagerly() and not all(
+          0 <= int(t) < n for t in task_ids.numpy().reshape(-1)):
+        raise UserError("%s; got %s" % (message, clip_value(
+            sorted(set(task_ids.numpy().reshape(-1).tolist())))))
+      tf.debugging.assert_less(task_ids, n,
+                               message=IN_GRAPH_MARK + message)
+      tf.debugging.assert_non_negative(task_ids,
+                                       message=IN_GRAPH_MARK + message)
       order = tf.argsort(task_ids, stable=True)
       sizes = tf.math.bincount(task_ids, minlength=n, maxlength=n,
                                dtype=tf.int32)

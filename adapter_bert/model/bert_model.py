@@ -64,6 +64,7 @@ class BertModel(keras.layers.Layer):
     # shared by its layers in every block; see adapters.registry).
     self.shared = {}
     for name, adapter_config in items:
+      registry.check_fits(adapter_config, self.config)
       layer = registry.shared_for(adapter_config, self.config)
       if layer is not None:
         self.shared[name] = layer
@@ -87,6 +88,7 @@ class BertModel(keras.layers.Layer):
       getattr(self, point).add(name, layer)
 
   def add_adapter(self, name, adapter_config):
+    registry.check_fits(adapter_config, self.config)
     shared = registry.shared_for(adapter_config, self.config)
     if shared is not None:
       with unlocked(self):

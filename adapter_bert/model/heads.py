@@ -200,7 +200,7 @@ class HeadsMixin:
       raise UserError("unknown head %r; this model has %s"
                       % (name, ", ".join(sorted(self.heads)) or "no heads"))
     with unlocked(self):
-      del self.heads[name]
+      self.heads.pop(name)  # pop, not del: Keras untracks the variables.
     if self._active_head == name:
       self._active_head = None
 

@@ -2,6 +2,8 @@
 loss and optimizer by default, fit/evaluate/predict steps, raw text in.
 """
 
+import contextlib
+
 from adapter_bert.compute import tf_startup  # noqa: F401  (first: picks oneDNN kernels before TensorFlow loads)
 import keras
 import tensorflow as tf
@@ -10,6 +12,7 @@ from adapter_bert.adapters import composition
 from adapter_bert.compute import kernels
 from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
+from adapter_bert.errors import from_graph_message
 from adapter_bert.model import training_step
 from adapter_bert.model.view import cpu_only_host
 from adapter_bert.model.view import model_inputs
@@ -180,19 +183,35 @@ class KerasTrainingMixin:
       x = x[0]
     if isinstance(x, dict):
       x = model_inputs(x)
-    return super().predict(x, batch_size=batch_size, **kwargs)
+    with _user_errors_from_graph():
+      return super().predict(x, batch_size=batch_size, **kwargs)
 
   def fit(self, x=None, y=None, *args, **kwargs):
     """Keras fit; x may also be raw text (see `predict`) with labels y."""
     if preprocessor_lib.is_raw_text(x):
       x = self._text_features(x)
-    return super().fit(x, y, *args, **kwargs)
+    with _user_errors_from_graph():
+      return super().fit(x, y, *args, **kwargs)
 
   def evaluate(self, x=None, y=None, *args, **kwargs):
     """Keras evaluate; x may also be raw text (see `predict`) with labels y."""
     if preprocessor_lib.is_raw_text(x):
       x = self._text_features(x)
-    return super().evaluate(x, y, *args, **kwargs)
+    with _user_errors_from_graph():
+      return super().evaluate(x, y, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _user_errors_from_graph():
+  """An assertion on the user's input that failed inside a graph (marked
+  with errors.IN_GRAPH_MARK) is raised as that UserError."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as e:
+    error = from_graph_message(e.message)
+    if error is None:
+      raise
+    raise error from None
 
 
 def _as_loss(loss):

@@ -25,6 +25,7 @@ from adapter_bert import adapters as adapters_lib
 from adapter_bert.adapters import registry
 from adapter_bert.storage import torch_formats
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 from adapter_bert.storage import atomic_io
 
 CONFIG_FILE = "adapter_config.json"
@@ -92,6 +93,57 @@ def _head_names(layers):
   return out
 
 
+def _weights_file(directory, names, what):
+  """The path of the first of `names` in `directory`.
+
+  Raises:
+    UserError: when there is none.
+  """
+  path = torch_formats.exists_any(directory, names)
+  if path is None:
+    raise UserError("%s: no %s weights (expected %s)"
+                    % (directory, what, " or ".join(names)))
+  return path
+
+
+def _read_head_config(directory):
+  """The fields of an AdapterHub head_config.json read here, checked.
+
+  Returns:
+    {"head_type", "num_labels", "layers", "activation_function",
+     "use_pooler"}, with AdapterHub's defaults filled in.
+
+  Raises:
+    UserError: for a head type or field this toolkit does not read.
+  """
+  path = os.path.join(directory, HEAD_CONFIG_FILE)
+  record = _read_json(path)
+  config = record.get("config") if isinstance(record, dict) else None
+  if not isinstance(config, dict):
+    raise UserError("%s: no \"config\" object" % path)
+  head_type = config.get("head_type")
+  if head_type not in ("classification", "tagging"):
+    raise UserError("%s: AdapterHub %s heads are not read (classification "
+                    "and tagging heads are)" % (path, clip_value(head_type)))
+  if config.get("bias", True) is not True:
+    raise UserError("%s: a head without bias is not read" % path)
+  out = {"head_type": head_type,
+         "num_labels": config.get("num_labels"),
+         "layers": config.get("layers", 1 if head_type == "tagging" else 2),
+         "activation_function": config.get("activation_function", "tanh"),
+         "use_pooler": config.get("use_pooler", False)}
+  for field, ok, wanted in (
+      ("num_labels", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+      ("layers", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+      ("activation_function", lambda v: isinstance(v, str), "a string"),
+      ("use_pooler", lambda v: isinstance(v, bool), "true or false")):
+    value = out[field]
+    if isinstance(value, bool) and field != "use_pooler" or not ok(value):
+      raise UserError("%s: %s=%s is not %s"
+                      % (path, field, clip_value(value), wanted))
+  return out
+
+
 def load(model, directory, load_as=None, with_head=True, set_active=False):
   """Loads an AdapterHub adapter directory into `model`.
 
@@ -104,11 +156,20 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
   """
   where = str(directory)
   record = _read_json(os.path.join(directory, CONFIG_FILE))
+  if not isinstance(record, dict) or not isinstance(record.get("config"),
+                                                    dict):
+    raise UserError("%s: %s has no \"config\" object"
+                    % (where, CONFIG_FILE))
   if record.get("model_type", "bert") != "bert":
-    raise UserError("%s: an AdapterHub adapter for model_type %r; this "
-                    "model is a BERT" % (where, record.get("model_type")))
+    raise UserError("%s: an AdapterHub adapter for model_type %s; this "
+                    "model is a BERT" % (where,
+                                         clip_value(record.get("model_type"))))
   hidden = record.get("hidden_size")
-  if hidden is not None and int(hidden) != model.config.hidden_size:
+  if hidden is not None and (isinstance(hidden, bool)
+                             or not isinstance(hidden, int)):
+    raise UserError("%s: %s: hidden_size=%s is not an integer"
+                    % (where, CONFIG_FILE, clip_value(hidden)))
+  if hidden is not None and hidden != model.config.hidden_size:
     raise UserError("%s: the adapter was trained on %s (hidden size %s); "
                     "this base has hidden size %d" % (
                         where, record.get("model_name") or "another model",
@@ -132,21 +193,15 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
       os.path.normpath(where))
   ah_name = record.get("name") or name
   tensors = torch_formats.read_tensors(
-      torch_formats.exists_any(directory, WEIGHTS))
-  head_record = None
-  head_path = os.path.join(directory, HEAD_CONFIG_FILE)
-  if with_head and os.path.isfile(head_path):
-    head_record = _read_json(head_path)
-    head_config = head_record.get("config") or {}
-    if head_config.get("head_type") not in ("classification", "tagging"):
-      raise UserError("%s: AdapterHub %r heads are not read (classification "
-                      "and tagging heads are)"
-                      % (where, head_config.get("head_type")))
-    if not head_config.get("bias", True):
-      raise UserError("%s: a head without bias is not read" % where)
+      _weights_file(directory, WEIGHTS, "adapter"))
+  head_record = head_tensors = None
+  if with_head and os.path.isfile(os.path.join(directory, HEAD_CONFIG_FILE)):
+    head_record = _read_head_config(directory)
     if name in model.heads:
       raise UserError("a head named %r exists already; load the adapter "
                       "under another name (load_as=...)" % name)
+    head_tensors = torch_formats.read_tensors(
+        _weights_file(directory, HEAD_WEIGHTS, "head"))
   model.add_adapter(name, config)
   try:
     targets = {k: v for k, (v, tag) in model.adapter_view(
@@ -156,20 +211,17 @@ def load(model, directory, load_as=None, with_head=True, set_active=False):
                               where)
     _assign(targets, values, where)
     if head_record is not None:
-      c = head_record["config"]
+      c = head_record
       if c["head_type"] == "tagging":
         model.add_tagging_head(
-            name, int(c["num_labels"]), layers=int(c.get("layers", 1)),
-            activation_function=c.get("activation_function", "tanh"))
+            name, c["num_labels"], layers=c["layers"],
+            activation_function=c["activation_function"])
       else:
         model.add_classification_head(
-            name, int(c["num_labels"]), layers=int(c.get("layers", 2)),
-            activation_function=c.get("activation_function", "tanh"),
-            use_pooler=bool(c.get("use_pooler", False)))
-      head_tensors = torch_formats.read_tensors(
-          torch_formats.exists_any(directory, HEAD_WEIGHTS))
-      table = _head_names(int(c.get("layers", 1 if c["head_type"] ==
-                                    "tagging" else 2)))
+            name, c["num_labels"], layers=c["layers"],
+            activation_function=c["activation_function"],
+            use_pooler=c["use_pooler"])
+      table = _head_names(c["layers"])
       head_values = {}
       for key, value in head_tensors.items():
         m = re.match(r"^heads\.[^.]+\.(\d+)\.(weight|bias)$", key)

@@ -20,6 +20,7 @@ import numpy as np
 
 from adapter_bert.storage import torch_formats
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -49,21 +50,30 @@ def bert_config_dict(hf, source):
   Raises:
     UserError: for another model type or a setting this model lacks.
   """
+  if not isinstance(hf, dict):
+    raise UserError("%s: expected a JSON object, got %s"
+                    % (source, type(hf).__name__))
   if hf.get("model_type", "bert") != "bert":
-    raise UserError("%s: model_type %r is not a BERT (this toolkit runs BERT "
-                    "encoders)" % (source, hf.get("model_type")))
+    raise UserError("%s: model_type %s is not a BERT (this toolkit runs BERT "
+                    "encoders)"
+                    % (source, clip_value(repr(hf.get("model_type")))))
   eps = hf.get("layer_norm_eps", 1e-12)
-  if abs(float(eps) - 1e-12) > 1e-15:
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    raise UserError("%s: layer_norm_eps is %s; expected a number (this "
+                    "BERT's LayerNorms use 1e-12)" % (source, clip_value(eps)))
+  if abs(eps - 1e-12) > 1e-15:
     raise UserError("%s: layer_norm_eps=%g; this BERT's LayerNorms use 1e-12"
                     % (source, eps))
   if hf.get("position_embedding_type", "absolute") != "absolute":
-    raise UserError("%s: position_embedding_type %r is not supported "
-                    "(absolute only)" % (source,
-                                         hf.get("position_embedding_type")))
-  act = str(hf.get("hidden_act", "gelu"))
-  if act not in ACTIVATIONS:
-    raise UserError("%s: hidden_act %r has no counterpart here (known: %s)"
-                    % (source, act, ", ".join(sorted(ACTIVATIONS))))
+    raise UserError("%s: position_embedding_type %s is not supported "
+                    "(absolute only)" % (
+                        source,
+                        clip_value(repr(hf.get("position_embedding_type")))))
+  act = hf.get("hidden_act", "gelu")
+  if not isinstance(act, str) or act not in ACTIVATIONS:
+    raise UserError("%s: hidden_act %s has no counterpart here (known: %s)"
+                    % (source, clip_value(repr(act)),
+                       ", ".join(sorted(ACTIVATIONS))))
   keys = ("vocab_size", "hidden_size", "num_hidden_layers",
           "num_attention_heads", "intermediate_size", "hidden_dropout_prob",
           "attention_probs_dropout_prob", "max_position_embeddings",

@@ -2,7 +2,8 @@
 
 - safetensors: an 8-byte little-endian header length, a JSON header
   ({name: {"dtype", "shape", "data_offsets"}}, optional "__metadata__"),
-  then the raw little-endian bytes.
+  then the raw little-endian bytes. Read and written through the
+  `safetensors` package, whose checks of the whole file come first.
 - `.bin` (`torch.save`, zip format): `<archive>/data.pkl`, a pickle of a
   dict of tensors whose storages are the files `<archive>/data/<key>`. It is
   read with an unpickler that knows only what a dict of plain tensors
@@ -19,14 +20,16 @@ import struct
 import zipfile
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from adapter_bert.errors import UserError
+from adapter_bert.errors import clip_value
 
 # safetensors dtype names -> NumPy ("BF16" is read into float32).
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
               "I64": np.int64, "I32": np.int32, "I16": np.int16,
               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 # torch typed storages -> NumPy ("BFloat16Storage" read into float32).
 _STORAGES = {"DoubleStorage": np.float64, "FloatStorage": np.float32,
@@ -40,11 +43,27 @@ def _bfloat16_to_float32(raw):
   return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
 
 
+def _refuse_duplicate_keys(pairs):
+  """A JSON object hook: a key listed twice is an error, not "last wins"."""
+  seen = set()
+  for key, _ in pairs:
+    if key in seen:
+      raise ValueError("its header lists %s twice" % clip_value(key))
+    seen.add(key)
+  return dict(pairs)
+
+
 def read_safetensors(path):
   """{name: NumPy array} of a safetensors file.
 
+  The `safetensors` package checks the whole file before any value is used
+  (header length and JSON, known dtypes, shape x dtype = byte length,
+  offsets in range, sorted, contiguous and covering the body); names listed
+  twice, which its JSON reader would let the last one win, are refused here.
+
   Raises:
-    UserError: for a file that is not one (naming it).
+    UserError: for a file that is not one, or holds a dtype NumPy cannot
+      hold (naming the file and what is wrong).
   """
   try:
     with open(path, "rb") as f:
@@ -52,48 +71,44 @@ def read_safetensors(path):
   except OSError as e:
     raise UserError("%s: cannot read: %s" % (path, e.strerror or e)) from None
   try:
+    if len(data) < 8:
+      raise ValueError("shorter than its 8-byte header length")
     (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size].decode("utf-8"))
-    body = memoryview(data)[8 + size:]
-    out = collections.OrderedDict()
-    for name, info in header.items():
-      if name == "__metadata__":
-        continue
-      begin, end = info["data_offsets"]
-      raw = body[begin:end]
-      if info["dtype"] == "BF16":
-        array = _bfloat16_to_float32(raw)
-      else:
-        array = np.frombuffer(raw, np.dtype(_ST_DTYPES[info["dtype"]]
-                                            ).newbyteorder("<"))
-      out[name] = array.reshape(info["shape"]).copy()
-  except (struct.error, ValueError, KeyError, TypeError,
-          UnicodeDecodeError) as e:
-    raise UserError("%s is not a readable safetensors file (%s)"
-                    % (path, e)) from None
+    json.loads(data[8:8 + size].decode("utf-8"),
+               object_pairs_hook=_refuse_duplicate_keys)
+    tensors = safetensors.deserialize(data)
+  except (ValueError, UnicodeDecodeError,
+          safetensors.SafetensorError) as e:
+    raise UserError("%s is not a valid safetensors file: %s"
+                    % (path, clip_value(str(e)))) from None
+  out = collections.OrderedDict()
+  for name, info in sorted(tensors, key=lambda item: item[0]):
+    dtype = info["dtype"]
+    if dtype == "BF16":
+      array = _bfloat16_to_float32(info["data"])
+    elif dtype in _ST_DTYPES:
+      array = np.frombuffer(info["data"],
+                            np.dtype(_ST_DTYPES[dtype]).newbyteorder("<"))
+    else:
+      raise UserError("%s: tensor %s has dtype %s, which is not read (known: "
+                      "%s)" % (path, clip_value(name), dtype,
+                               ", ".join(sorted(_ST_DTYPES) + ["BF16"])))
+    out[name] = array.reshape(info["shape"]).copy()
   return out
 
 
 def write_safetensors(path, tensors, metadata=None):
-  """Writes {name: array} as a safetensors file (names sorted)."""
-  header, chunks, offset = {}, [], 0
-  for name in sorted(tensors):
-    array = np.ascontiguousarray(np.asarray(tensors[name]))
-    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    raw = array.tobytes()
-    header[name] = {"dtype": _ST_NAMES[np.dtype(array.dtype.name)],
-                    "shape": list(array.shape),
-                    "data_offsets": [offset, offset + len(raw)]}
-    chunks.append(raw)
-    offset += len(raw)
-  if metadata:
-    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-  text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-  text += b" " * (-len(text) % 8)  # The format aligns the body to 8 bytes.
+  """Writes {name: array} as a safetensors file (by the `safetensors` package).
+  """
+  arrays = {}
+  for name, value in tensors.items():
+    array = np.ascontiguousarray(np.asarray(value))
+    arrays[name] = array.astype(array.dtype.newbyteorder("<"), copy=False)
+  data = safetensors.numpy.save(
+      arrays, metadata={str(k): str(v) for k, v in (metadata or {}).items()}
+      or None)
   with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(text)) + text)
-    for raw in chunks:
-      f.write(raw)
+    f.write(data)
 
 
 class UnsafePickleError(UserError):
@@ -171,7 +186,11 @@ class _TensorUnpickler(pickle.Unpickler):
     if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"):
       raise UnsafePickleError("%s: refused: unknown persistent id %r"
                               % (self._path, pid))
-    return self._load_storage(pid[1], str(pid[2]))
+    numel = pid[4] if len(pid) >= 5 else None
+    if numel is not None and not isinstance(numel, int):
+      raise UserError("%s: storage %s has a size of %s"
+                      % (self._path, clip_value(pid[2]), clip_value(numel)))
+    return self._load_storage(pid[1], str(pid[2]), numel)
 
 
 def read_torch_bin(path):
@@ -199,7 +218,7 @@ def read_torch_bin(path):
       byteorder = archive.read(root + "byteorder").decode().strip()
     cache = {}
 
-    def load_storage(storage_type, key):
+    def load_storage(storage_type, key, numel):
       if not isinstance(storage_type, _StorageType):
         raise UnsafePickleError("%s: refused: a storage of unknown type %r"
                                 % (path, storage_type))
@@ -215,6 +234,9 @@ def read_torch_bin(path):
           dtype = np.dtype(storage_type.dtype).newbyteorder(
               "<" if byteorder == "little" else ">")
           array = np.frombuffer(raw, dtype)
+        if numel is not None and int(numel) != len(array):
+          raise UserError("%s: storage %s holds %d elements; its pickle says "
+                          "%s" % (path, key, len(array), clip_value(numel)))
         cache[key] = _Storage(array)
       return cache[key]
 
@@ -223,7 +245,7 @@ def read_torch_bin(path):
                                  load_storage)
     try:
       state = unpickler.load()
-    except UnsafePickleError:
+    except UserError:  # UnsafePickleError too: its own line, as raised.
       raise
     except Exception as e:  # pylint: disable=broad-except
       raise UserError("%s: cannot read its pickle (%s: %s)"
