@@ -35,10 +35,10 @@ HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
 
 
 def is_adapterhub_dir(directory):
-  """Whether `directory` looks like AdapterHub's `save_adapter` output."""
+  """Whether `directory` looks like AdapterHub's `save_adapter` output (its
+  adapter_config.json; a missing weights file is then load's error)."""
   path = os.path.join(str(directory), CONFIG_FILE)
-  if not (os.path.isfile(path)
-          and torch_formats.exists_any(directory, WEIGHTS)):
+  if not os.path.isfile(path):
     return False
   try:
     with open(path, encoding="utf-8") as f:
