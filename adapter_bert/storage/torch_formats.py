@@ -13,11 +13,13 @@
 """
 
 import collections
+import io
 import json
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 import safetensors
@@ -193,62 +195,32 @@ class _TensorUnpickler(pickle.Unpickler):
     return self._load_storage(pid[1], str(pid[2]), numel)
 
 
+# What the zipfile module raises for a damaged archive.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+               zlib.error, NotImplementedError, ValueError, RuntimeError,
+               struct.error)
+
+
 def read_torch_bin(path):
   """{name: NumPy array} of a `torch.save` zip holding a dict of tensors.
 
   Raises:
     UnsafePickleError: for anything in the pickle but plain tensors.
-    UserError: for a file that is not such a zip.
+    UserError: for a file that is not such a zip, or a damaged one (a bad
+      CRC, a truncated member, a storage of the wrong size).
   """
   try:
     archive = zipfile.ZipFile(path)
-  except (OSError, zipfile.BadZipFile) as e:
+  except _ZIP_ERRORS as e:
     raise UserError("%s is not a PyTorch zip checkpoint (%s); legacy (pre-1.6)"
                     " .bin files are not read" % (path, e)) from None
   with archive:
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith("/data.pkl") or
-               n == "data.pkl"]
-    if len(pickles) != 1:
-      raise UserError("%s: expected one data.pkl in the zip, found %d"
-                      % (path, len(pickles)))
-    root = pickles[0][:-len("data.pkl")]
-    byteorder = "little"
-    if root + "byteorder" in names:
-      byteorder = archive.read(root + "byteorder").decode().strip()
-    cache = {}
-
-    def load_storage(storage_type, key, numel):
-      if not isinstance(storage_type, _StorageType):
-        raise UnsafePickleError("%s: refused: a storage of unknown type %r"
-                                % (path, storage_type))
-      if key not in cache:
-        try:
-          raw = archive.read(root + "data/" + key)
-        except KeyError:
-          raise UserError("%s: storage %s is missing from the zip"
-                          % (path, key)) from None
-        if storage_type.dtype == "bfloat16":
-          array = _bfloat16_to_float32(raw)
-        else:
-          dtype = np.dtype(storage_type.dtype).newbyteorder(
-              "<" if byteorder == "little" else ">")
-          array = np.frombuffer(raw, dtype)
-        if numel is not None and int(numel) != len(array):
-          raise UserError("%s: storage %s holds %d elements; its pickle says "
-                          "%s" % (path, key, len(array), clip_value(numel)))
-        cache[key] = _Storage(array)
-      return cache[key]
-
-    import io  # pylint: disable=g-import-not-at-top
-    unpickler = _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), path,
-                                 load_storage)
     try:
-      state = unpickler.load()
+      state = _read_archive(archive, path)
     except UserError:  # UnsafePickleError too: its own line, as raised.
       raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserError("%s: cannot read its pickle (%s: %s)"
+    except _ZIP_ERRORS + (KeyError,) as e:
+      raise UserError("%s: a damaged PyTorch zip (%s: %s)"
                       % (path, type(e).__name__, e)) from None
   if not isinstance(state, dict) or not all(
       isinstance(k, str) and isinstance(v, np.ndarray)
@@ -256,6 +228,56 @@ def read_torch_bin(path):
     raise UnsafePickleError("%s: refused: the pickle is not a dict of "
                             "tensors" % path)
   return collections.OrderedDict(state)
+
+
+def _read_archive(archive, path):
+  """The unpickled state of an open torch zip (zip errors pass through)."""
+  names = archive.namelist()
+  pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+  if len(pickles) != 1:
+    raise UserError("%s: expected one data.pkl in the zip, found %d"
+                    % (path, len(pickles)))
+  root = pickles[0][:-len("data.pkl")]
+  byteorder = "little"
+  if root + "byteorder" in names:
+    byteorder = archive.read(root + "byteorder").decode(
+        "ascii", "replace").strip()
+    if byteorder not in ("little", "big"):
+      raise UserError("%s: byteorder %s is not little or big"
+                      % (path, clip_value(byteorder)))
+  cache = {}
+
+  def load_storage(storage_type, key, numel):
+    if not isinstance(storage_type, _StorageType):
+      raise UnsafePickleError("%s: refused: a storage of unknown type %r"
+                              % (path, storage_type))
+    if key not in cache:
+      try:
+        raw = archive.read(root + "data/" + key)
+      except KeyError:
+        raise UserError("%s: storage %s is missing from the zip"
+                        % (path, clip_value(key))) from None
+      if storage_type.dtype == "bfloat16":
+        array = _bfloat16_to_float32(raw)
+      else:
+        dtype = np.dtype(storage_type.dtype).newbyteorder(
+            "<" if byteorder == "little" else ">")
+        array = np.frombuffer(raw, dtype)
+      if numel is not None and int(numel) != len(array):
+        raise UserError("%s: storage %s holds %d elements; its pickle says "
+                        "%s" % (path, key, len(array), clip_value(numel)))
+      cache[key] = _Storage(array)
+    return cache[key]
+
+  unpickler = _TensorUnpickler(io.BytesIO(archive.read(pickles[0])), path,
+                               load_storage)
+  try:
+    return unpickler.load()
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError("%s: cannot read its pickle (%s: %s)"
+                    % (path, type(e).__name__, clip_value(str(e)))) from None
 
 
 def read_tensors(path):
