@@ -107,7 +107,8 @@ def check_range(config, field, low, high=None, low_open=False):
     ok = ok and (high is None or value <= high)
   if not ok:
     raise UserError("%s adapter config: %s=%s is out of range (%s %s%s)" % (
-        config.kind, field, clip_value(repr(value)), ">" if low_open else ">=", low,
+        config.kind, field, clip_value(repr(value)),
+        ">" if low_open else ">=", low,
         "" if high is None else ", <= %s" % high))
 
 

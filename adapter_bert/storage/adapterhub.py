@@ -132,9 +132,12 @@ def _read_head_config(directory):
          "layers": config.get("layers", 1 if head_type == "tagging" else 2),
          "activation_function": config.get("activation_function", "tanh"),
          "use_pooler": config.get("use_pooler", False)}
+  def positive(v):
+    return isinstance(v, int) and v >= 1
+
   for field, ok, wanted in (
-      ("num_labels", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-      ("layers", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+      ("num_labels", positive, "an integer >= 1"),
+      ("layers", positive, "an integer >= 1"),
       ("activation_function", lambda v: isinstance(v, str), "a string"),
       ("use_pooler", lambda v: isinstance(v, bool), "true or false")):
     value = out[field]
