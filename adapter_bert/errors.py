@@ -33,11 +33,7 @@ class UserError(Exception):
   """A problem with the user's input, reported as one clear line."""
 
   def __init__(self, message):
-    message = str(message)
-    if len(message) > 4 * _MESSAGE_LIMIT:
-      message = (message[:_MESSAGE_LIMIT // 2] + " ... " +
-                 message[-_MESSAGE_LIMIT // 2:])
-    message = " ".join(message.split())  # One line, always.
+    message = " ".join(str(message).split())  # One line, always.
     if len(message) > _MESSAGE_LIMIT:
       message = (message[:_MESSAGE_LIMIT // 2] + " ... " +
                  message[-_MESSAGE_LIMIT // 2:])

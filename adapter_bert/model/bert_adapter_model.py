@@ -166,10 +166,10 @@ class BertAdapterModel(AdaptersMixin, HeadsMixin, FusionMixin, PersistenceMixin,
                         "none" % (n - 1))
       task_ids = tf.cast(features["task_ids"], tf.int32)
       message = "MultiTask: task_ids must be 0..%d (one per element)" % (n - 1)
-      if tf.executing_eagerly() and not all(
-          0 <= int(t) < n for t in task_ids.numpy().reshape(-1)):
-        raise UserError("%s; got %s" % (message, clip_value(
-            sorted(set(task_ids.numpy().reshape(-1).tolist())))))
+      if tf.executing_eagerly():
+        seen = set(task_ids.numpy().reshape(-1).tolist())
+        if not all(0 <= t < n for t in seen):
+          raise UserError("%s; got %s" % (message, clip_value(sorted(seen))))
       tf.debugging.assert_less(task_ids, n,
                                message=IN_GRAPH_MARK + message)
       tf.debugging.assert_non_negative(task_ids,
