@@ -254,6 +254,9 @@ def test_changed_training_flags_on_resume(finished, tmp_path):
   proc = tiny_fixtures.run_cli(dict(flags, learning_rate=5e-3))
   one_line(proc, 1, "learning_rate was 0.01, now 0.005",
            "--allow_hyperparameter_change=true")
+  proc = tiny_fixtures.run_cli(dict(flags, optimizer="adamw"))
+  one_line(proc, 1, "optimizer was 'adam_weight_decay', now 'adamw'",
+           "--allow_hyperparameter_change=true")
   assert sorted(os.listdir(out)) == before
   # With the explicit flag it continues, says so and records the change.
   proc = tiny_fixtures.run_cli(dict(flags, learning_rate=5e-3,
@@ -266,6 +269,14 @@ def test_changed_training_flags_on_resume(finished, tmp_path):
   assert record["hyperparameters"]["learning_rate"] == 5e-3
   assert record["hyperparameter_changes"] == [
       {"step": 8, "changes": ["learning_rate was 0.01, now 0.005"]}]
+  # A record written before --optimizer existed trained with the
+  # reference's update: the same flags resume without a change.
+  del record["hyperparameters"]["optimizer"]
+  with open(os.path.join(out, "run_config.json"), "w") as f:
+    json.dump(record, f)
+  proc = tiny_fixtures.run_cli(dict(flags, learning_rate=5e-3))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "changed hyperparameters" not in proc.stderr
   # An evaluation-only rerun with other (unused) training flags is fine and
   # keeps the record of the training run.
   proc = tiny_fixtures.run_cli(dict(flags, do_train=False, do_eval=True,

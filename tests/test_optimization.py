@@ -336,7 +336,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         variables = [tf.Variable(v, name=n.replace("/", "_")) for n, v in INIT]
         optimizer = optimization.create_optimizer(
             0.1, num_train_steps=10, num_warmup_steps=2,
-            weight_decay_rate=0.05, adapter_weight_decay_rate=0.2)
+            weight_decay_rate=0.05, adapter_weight_decay_rate=0.2,
+            optimizer=sys.argv[2])
         optimizer.build([(n, v) for (n, _), v in zip(INIT, variables)])
       return variables, optimizer
 
@@ -405,12 +406,13 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_mirrored_two_cpus_matches_single_device(tmp_path):
+@pytest.mark.parametrize("name", ["adam_weight_decay", "adamw"])
+def test_mirrored_two_cpus_matches_single_device(tmp_path, name):
   script = tmp_path / "mirrored_check.py"
   script.write_text(_MIRRORED_SCRIPT)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
-      [sys.executable, str(script), REPO_ROOT], capture_output=True,
+      [sys.executable, str(script), REPO_ROOT, name], capture_output=True,
       text=True, timeout=300, env=env, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[
@@ -508,3 +510,143 @@ def test_without_tags_decay_is_chosen_by_name_as_the_reference():
   assert rule.weight_decay_rate_for(
       "bert/encoder/layer_0/attention/output/adapters/biases1",
       is_adapter=True) == 0.0
+
+
+# ----------------------------------------------------------------------------
+# "adamw": AdapterHub's and the Hugging Face Trainer's update.
+
+
+def hf_learning_rate(step, init_lr, num_train_steps, num_warmup_steps):
+  """Hugging Face's get_linear_schedule_with_warmup, written out."""
+  if step < num_warmup_steps:
+    return init_lr * step / max(1, num_warmup_steps)
+  return init_lr * max(0.0, (num_train_steps - step) /
+                       max(1, num_train_steps - num_warmup_steps))
+
+
+def adamw_train(params, grads_per_step, names, clip_norm=1.0):
+  """torch's AdamW step by step in float64 (its documented algorithm:
+  decay the parameter by lr * wd, then the bias-corrected Adam step)."""
+  params = [p.astype(np.float64) for p in params]
+  m = [np.zeros_like(p) for p in params]
+  v = [np.zeros_like(p) for p in params]
+  for step, grads in enumerate(grads_per_step):
+    grads = [g.astype(np.float64) for g in grads]
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+    grads = [g * clip_norm / max(norm, clip_norm) for g in grads]
+    lr = hf_learning_rate(step, INIT_LR, NUM_TRAIN_STEPS, NUM_WARMUP_STEPS)
+    t = step + 1
+    for i, name in enumerate(names):
+      params[i] = params[i] * (1.0 - lr * reference_decay_rate(name))
+      m[i] = 0.9 * m[i] + 0.1 * grads[i]
+      v[i] = 0.999 * v[i] + 0.001 * grads[i] ** 2
+      m_hat = m[i] / (1.0 - 0.9 ** t)
+      v_hat = v[i] / (1.0 - 0.999 ** t)
+      params[i] = params[i] - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+  return params, m, v
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_adamw_matches_torch_adamw_written_out(mode):
+  params, grads_per_step = make_problem(seed=1)
+  names = [name for name, _ in VARIABLE_SPECS]
+  want_params, want_m, want_v = adamw_train(params, grads_per_step, names)
+  optimizer = optimization.create_optimizer(
+      INIT_LR, NUM_TRAIN_STEPS, NUM_WARMUP_STEPS,
+      weight_decay_rate=WEIGHT_DECAY,
+      adapter_weight_decay_rate=ADAPTER_WEIGHT_DECAY, optimizer="adamw")
+  assert optimizer.bias_correction and optimizer.epsilon == 1e-8
+  variables = build(params, optimizer)
+  step_fn = optimizer.apply_gradients
+  if mode == "jit":
+    step_fn = tf.function(step_fn, jit_compile=True)
+  for step, grads in enumerate(grads_per_step):
+    lr = step_fn([tf.constant(g) for g in grads], tf.constant(step, tf.int64))
+    np.testing.assert_allclose(
+        float(lr), hf_learning_rate(step, INIT_LR, NUM_TRAIN_STEPS,
+                                    NUM_WARMUP_STEPS), rtol=1e-6, atol=1e-9)
+  slots = optimizer.slot_variables()
+  for i, name in enumerate(names):
+    np.testing.assert_allclose(variables[i].numpy(), want_params[i],
+                               atol=2e-6, err_msg=name)
+    np.testing.assert_allclose(slots[name + "/adam_m"].numpy(), want_m[i],
+                               atol=1e-6)
+    np.testing.assert_allclose(slots[name + "/adam_v"].numpy(), want_v[i],
+                               atol=1e-6)
+  # The two updates differ by much more than the tolerance.
+  reference, _, _, _ = reference_train(params, grads_per_step, names)
+  assert max(np.max(np.abs(a - b)) for a, b in
+             zip(reference, want_params)) > 0.05
+
+
+def test_adamw_matches_torch_itself():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  params, grads_per_step = make_problem(seed=2)
+  names = [name for name, _ in VARIABLE_SPECS]
+  tensors = [torch.nn.Parameter(torch.tensor(p, dtype=torch.float64))
+             for p in params]
+  groups = [{"params": [t], "weight_decay": reference_decay_rate(n)}
+            for t, n in zip(tensors, names)]
+  torch_opt = torch.optim.AdamW(groups, lr=INIT_LR, betas=(0.9, 0.999),
+                                eps=1e-8)
+  schedule = transformers.get_linear_schedule_with_warmup(
+      torch_opt, NUM_WARMUP_STEPS, NUM_TRAIN_STEPS)
+  optimizer = optimization.create_optimizer(
+      INIT_LR, NUM_TRAIN_STEPS, NUM_WARMUP_STEPS,
+      weight_decay_rate=WEIGHT_DECAY,
+      adapter_weight_decay_rate=ADAPTER_WEIGHT_DECAY, optimizer="adamw")
+  variables = build(params, optimizer)
+  for step, grads in enumerate(grads_per_step):
+    for t, g in zip(tensors, grads):
+      t.grad = torch.tensor(g, dtype=torch.float64)
+    torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+    torch_opt.step()
+    schedule.step()
+    optimizer.apply_gradients([tf.constant(g) for g in grads],
+                              tf.constant(step, tf.int64))
+  for name, t, variable in zip(names, tensors, variables):
+    np.testing.assert_allclose(variable.numpy(), t.detach().numpy(),
+                               atol=2e-6, err_msg=name)
+
+
+def test_linear_warmup_then_decay_is_hugging_faces_schedule():
+  schedule = optimization.LinearWarmupThenDecay(2.0, 10, 4)
+  for step in range(14):
+    np.testing.assert_allclose(float(schedule(step)),
+                               hf_learning_rate(step, 2.0, 10, 4), rtol=1e-6)
+  no_warmup = optimization.LinearWarmupThenDecay(1.0, 4, 0)
+  assert [float(no_warmup(s)) for s in range(5)] == [1.0, 0.75, 0.5, 0.25,
+                                                     0.0]
+  # The reference decays from step 0: after the warmup it starts lower.
+  assert float(optimization.WarmupLinearDecay(2.0, 10, 4)(4)) < float(
+      schedule(4)) == 2.0
+
+
+def test_unknown_optimizer_is_one_user_error():
+  from adapter_bert.errors import UserError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match="'adam' is not one of "
+                     "adam_weight_decay, adamw"):
+    optimization.create_optimizer(1e-3, 10, 1, optimizer="adam")
+
+
+def test_keras_face_applies_the_bias_corrected_update():
+  """compile/fit with "adamw": the Keras face takes its step count from
+  Keras' iterations and gives the module's update."""
+  import keras  # pylint: disable=g-import-not-at-top
+  params, grads_per_step = make_problem(seed=3)
+  names = [name for name, _ in VARIABLE_SPECS]
+  want_params, _, _ = adamw_train(params, grads_per_step[:4], names)
+  keras_opt = optimization.as_keras_optimizer(optimization.create_optimizer(
+      INIT_LR, NUM_TRAIN_STEPS, NUM_WARMUP_STEPS,
+      weight_decay_rate=WEIGHT_DECAY,
+      adapter_weight_decay_rate=ADAPTER_WEIGHT_DECAY, optimizer="adamw"))
+  assert keras_opt.get_config()["bias_correction"] is True
+  variables = [keras.Variable(p) for p in params]
+  keras_opt.set_checkpoint_names({id(v): n for v, n in zip(variables, names)})
+  for grads in grads_per_step[:4]:
+    keras_opt.apply_gradients(
+        [(tf.constant(g), v) for g, v in zip(grads, variables)])
+  for name, variable, want in zip(names, variables, want_params):
+    np.testing.assert_allclose(variable.numpy(), want, atol=2e-6,
+                               err_msg=name)

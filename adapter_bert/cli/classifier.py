@@ -108,6 +108,14 @@ flags.DEFINE_float("adapter_weight_decay_rate", 0.01,
                    "Decoupled weight decay of the adapter method's weights "
                    "(every method's, fusion layers too; biases and "
                    "LayerNorms are not decayed).")
+flags.DEFINE_enum("optimizer", "adam_weight_decay",
+                  list(run_config.OPTIMIZERS),
+                  "The update: adam_weight_decay (the reference: Adam without "
+                  "bias correction, epsilon 1e-6, linear decay from step 0) "
+                  "or adamw (AdapterHub's and the Hugging Face Trainer's: "
+                  "torch's AdamW, bias-corrected, epsilon 1e-8, linear decay "
+                  "from the end of the warmup). Both clip to norm 1.0 and "
+                  "decay neither LayerNorms nor biases.")
 flags.DEFINE_string("adapter_checkpoint", None,
                     "An adapter directory (output_dir/adapter) to load on top "
                     "of --init_checkpoint.")

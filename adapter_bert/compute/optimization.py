@@ -14,6 +14,15 @@ adapter-BERT (Devlin et al. 2018; Houlsby et al. 2019):
     variables (every method's, as the model's tags say; by name, "adapters",
     where no tags are given) may use their own decay rate.
 
+`create_optimizer(..., optimizer="adamw")` gives instead the update that
+AdapterHub's and the Hugging Face Trainer's runs use (torch's `AdamW` with
+`get_linear_schedule_with_warmup`): bias-corrected Adam moments, epsilon
+1e-8, and a decay that starts from the end of the warmup. The weight decay
+(decoupled, the same exclusions) and the clipping are the same. Without bias
+correction the first updates are about 3x larger (0.1 / sqrt(0.001)) and
+are still 1.5x larger after 500 steps, so a rate tuned for one is too large
+or too small for the other.
+
 The training loop's optimizer (`AdamWeightDecay`) is a `tf.Module` rather
 than a Keras optimizer so that the slot variables have the reference
 checkpoint names `<variable>/adam_m` and `<variable>/adam_v`, and so that the
@@ -99,6 +108,53 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     }
 
 
+class LinearWarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup, then linear decay to zero from the END of the warmup
+  (Hugging Face's `get_linear_schedule_with_warmup`, which AdapterHub's
+  training uses):
+
+    lr(step) = init_lr * step / num_warmup_steps                 if step < W
+    lr(step) = init_lr * max(0, (T - step) / (T - W))            otherwise
+
+  where T is `num_train_steps` and W `num_warmup_steps`. `WarmupLinearDecay`
+  (the reference) decays from step 0 instead, so after its warmup it starts
+  at init_lr * (1 - W / T).
+  """
+
+  def __init__(self, init_lr, num_train_steps, num_warmup_steps):
+    """Creates the schedule (same arguments and checks as WarmupLinearDecay).
+
+    Raises:
+      errors.UserError: if a step count is out of range.
+    """
+    reference = WarmupLinearDecay(init_lr, num_train_steps, num_warmup_steps)
+    self.init_lr = reference.init_lr
+    self.num_train_steps = reference.num_train_steps
+    self.num_warmup_steps = min(reference.num_warmup_steps,
+                                reference.num_train_steps)
+
+  def __call__(self, step):
+    """Returns the learning rate for `step` as a float32 scalar tensor."""
+    with tf.name_scope("linear_warmup_then_decay"):
+      step_float = tf.cast(tf.cast(step, tf.int64), tf.float32)
+      init_lr = tf.constant(self.init_lr, dtype=tf.float32)
+      warmup = float(self.num_warmup_steps)
+      total = float(self.num_train_steps)
+      decay = init_lr * tf.maximum(
+          0.0, (total - step_float) / max(total - warmup, 1.0))
+      if not self.num_warmup_steps:
+        return decay
+      rising = init_lr * step_float / warmup
+      return tf.where(step_float < warmup, rising, decay)
+
+  def get_config(self):
+    return {
+        "init_lr": self.init_lr,
+        "num_train_steps": self.num_train_steps,
+        "num_warmup_steps": self.num_warmup_steps,
+    }
+
+
 def _as_tf_variable(variable):
   """Returns the `tf.Variable` behind `variable` (unwrapping Keras 3)."""
   if isinstance(variable, tf.Variable):
@@ -112,7 +168,8 @@ def _as_tf_variable(variable):
 
 
 class AdamWeightDecay(tf.Module):
-  """Adam with decoupled weight decay and global-norm clipping (no bias fix).
+  """Adam with decoupled weight decay and global-norm clipping (the
+  reference: no bias correction; `bias_correction=True`: torch's AdamW).
 
   Usage:
 
@@ -138,7 +195,8 @@ class AdamWeightDecay(tf.Module):
                epsilon=1e-6,
                exclude_from_weight_decay=("LayerNorm", "layer_norm", "bias"),
                clip_norm=1.0,
-               name="AdamWeightDecay"):
+               name="AdamWeightDecay",
+               bias_correction=False):
     """Creates the optimizer (no variables until `build`).
 
     Args:
@@ -154,6 +212,9 @@ class AdamWeightDecay(tf.Module):
         matches any of them (`re.search`) is not decayed.
       clip_norm: float or None, the global norm the gradients are clipped to.
       name: name of the module.
+      bias_correction: bool; True divides the moments by (1 - beta^t) at
+        the t-th update (t = step + 1), as Adam, torch's AdamW and the
+        Hugging Face Trainer do; False (the reference) does not.
     """
     super(AdamWeightDecay, self).__init__(name=name)
     self.learning_rate = learning_rate
@@ -164,6 +225,7 @@ class AdamWeightDecay(tf.Module):
     self.epsilon = float(epsilon)
     self.exclude_from_weight_decay = tuple(exclude_from_weight_decay or ())
     self.clip_norm = None if clip_norm is None else float(clip_norm)
+    self.bias_correction = bool(bias_correction)
     self._names = []
     self._variables = []
     self._m = []
@@ -331,11 +393,12 @@ class AdamWeightDecay(tf.Module):
       dense_grads.append(tf.cast(grad, self._variables[i].dtype))
 
     if not tf.distribute.has_strategy():
-      self._clip_and_apply(None, indices, dense_grads, learning_rate, flags)
+      self._clip_and_apply(None, indices, dense_grads, learning_rate, flags,
+                           step)
     elif tf.distribute.in_cross_replica_context():
       # Gradients given in cross-replica context are taken as already reduced.
       self._clip_and_apply(tf.distribute.get_strategy(), indices, dense_grads,
-                           learning_rate, flags)
+                           learning_rate, flags, step)
     else:
       replica_context = tf.distribute.get_replica_context()
       # Sum over replicas: each replica's loss is already divided by the
@@ -345,7 +408,7 @@ class AdamWeightDecay(tf.Module):
       clipped = self.clip(summed)
       replica_context.merge_call(
           self._distributed_apply,
-          args=(indices, clipped, learning_rate, flags))
+          args=(indices, clipped, learning_rate, flags, step))
     return learning_rate
 
   def clip(self, grads):
@@ -357,18 +420,19 @@ class AdamWeightDecay(tf.Module):
     return clipped
 
   def _clip_and_apply(self, strategy, indices, grads, learning_rate,
-                      flags=None):
+                      flags=None, step=None):
     clipped = self.clip(grads)
     flags = flags or [None] * len(indices)
     if strategy is None:
       for i, grad, flag in zip(indices, clipped, flags):
-        self._apply_one(i, self._variables[i], grad, learning_rate, flag)
+        self._apply_one(i, self._variables[i], grad, learning_rate, flag,
+                        step)
     else:
       self._distributed_apply(strategy, indices, clipped, learning_rate,
-                              flags)
+                              flags, step)
 
   def _distributed_apply(self, strategy, indices, grads, learning_rate,
-                         flags=None):
+                         flags=None, step=None):
     """Updates every copy of the variables and slots (cross-replica context).
 
     `grads` and `learning_rate` may be per-replica values (identical on every
@@ -377,46 +441,63 @@ class AdamWeightDecay(tf.Module):
     resolve to the component on the same device.
     """
     flags = flags or [None] * len(indices)
+    # The step only matters to the bias correction.
+    step = step if self.bias_correction else None
     for i, grad, flag in zip(indices, grads, flags):
       strategy.extended.update(
           self._variables[i],
-          self._make_update_fn(i),
-          args=(grad, learning_rate) + ((flag,) if flag is not None else ()),
+          self._make_update_fn(i, flag is not None, step is not None),
+          args=((grad, learning_rate) + ((flag,) if flag is not None else ())
+                + ((step,) if step is not None else ())),
           group=False)
 
-  def _make_update_fn(self, index):
-    def update_fn(variable, grad, learning_rate, flag=None):
-      return self._apply_one(index, variable, grad, learning_rate, flag)
+  def _make_update_fn(self, index, has_flag, has_step):
+    def update_fn(variable, grad, learning_rate, *rest):
+      rest = list(rest)
+      flag = rest.pop(0) if has_flag else None
+      step = rest.pop(0) if has_step else None
+      return self._apply_one(index, variable, grad, learning_rate, flag, step)
     return update_fn
 
-  def _apply_one(self, index, variable, grad, learning_rate, present=None):
+  def _apply_one(self, index, variable, grad, learning_rate, present=None,
+                 step=None):
     m = self._m[index]
     v = self._v[index]
     next_param, next_m, next_v = self.update(
         variable.read_value(), grad, m.read_value(), v.read_value(),
-        learning_rate, self._decay_rates[index], present)
+        learning_rate, self._decay_rates[index], present, step)
     return tf.group(
         variable.assign(tf.cast(next_param, variable.dtype)),
         m.assign(next_m),
         v.assign(next_v))
 
   def update(self, param, grad, m, v, learning_rate, decay_rate,
-             present=None):
-    """The reference update of one variable and its two slots (after
-    clipping): Adam without bias correction, decoupled weight decay at
-    `decay_rate`. What both this optimizer and its Keras face
+             present=None, step=None):
+    """The update of one variable and its two slots (after clipping): Adam
+    (bias-corrected or not, see `bias_correction`), decoupled weight decay
+    at `decay_rate`. What both this optimizer and its Keras face
     (KerasAdamWeightDecay) apply.
 
     Args:
       present: None, or a bool scalar: where False (AdapterDrop did not
         reach the variable this step), everything keeps its value.
+      step: the number of updates applied before this one (int scalar);
+        read only with bias correction, where it is required.
 
     Returns:
       float32 (next param, next m, next v).
+
+    Raises:
+      ValueError: bias correction without a step.
     """
+    corrections = None
+    if self.bias_correction:
+      if step is None:
+        raise ValueError("a bias-corrected update needs the step")
+      corrections = bias_corrections(step, self.beta_1, self.beta_2)
     next_param, next_m, next_v = adam_weight_decay_update(
         param, grad, m, v, learning_rate, self.beta_1, self.beta_2,
-        self.epsilon, decay_rate)
+        self.epsilon, decay_rate, corrections)
     if present is not None:
       next_param, next_m, next_v = keep_unless(
           present, (next_param, next_m, next_v),
@@ -431,10 +512,22 @@ def keep_unless(present, new, old):
                for n, o in zip(new, old))
 
 
+def bias_corrections(step, beta_1, beta_2):
+  """(1 - beta_1^t, 1 - beta_2^t) for the t-th update, t = step + 1, as
+  float32 scalars."""
+  t = tf.cast(step, tf.float32) + 1.0
+  return (1.0 - tf.pow(tf.constant(beta_1, tf.float32), t),
+          1.0 - tf.pow(tf.constant(beta_2, tf.float32), t))
+
+
 def adam_weight_decay_update(param, grad, m, v, learning_rate, beta_1,
-                             beta_2, epsilon, decay_rate):
-  """The reference update of one variable: Adam without bias correction,
-  decoupled weight decay added to the update.
+                             beta_2, epsilon, decay_rate, corrections=None):
+  """The update of one variable: Adam, decoupled weight decay added to the
+  update.
+
+  Without `corrections` it is the reference's (no bias correction). With
+  `corrections` = (1 - beta_1^t, 1 - beta_2^t) it is torch's AdamW:
+  param -= lr * (m / c1) / (sqrt(v / c2) + epsilon) + lr * decay * param.
 
   Returns:
     float32 (next param, next m, next v).
@@ -442,7 +535,12 @@ def adam_weight_decay_update(param, grad, m, v, learning_rate, beta_1,
   grad = tf.cast(grad, tf.float32)
   next_m = tf.multiply(beta_1, m) + tf.multiply(1.0 - beta_1, grad)
   next_v = tf.multiply(beta_2, v) + tf.multiply(1.0 - beta_2, tf.square(grad))
-  update = next_m / (tf.sqrt(next_v) + epsilon)
+  if corrections is None:
+    update = next_m / (tf.sqrt(next_v) + epsilon)
+  else:
+    correction_1, correction_2 = corrections
+    update = (next_m / correction_1) / (
+        tf.sqrt(next_v) / tf.sqrt(correction_2) + epsilon)
   if decay_rate:
     update += decay_rate * tf.cast(param, tf.float32)
   update_with_lr = learning_rate * update
@@ -466,7 +564,8 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
                adapter_weight_decay_rate=0.01, beta_1=0.9, beta_2=0.999,
                epsilon=1e-6,
                exclude_from_weight_decay=("LayerNorm", "layer_norm", "bias"),
-               clip_norm=1.0, name="AdamWeightDecay", **kwargs):
+               clip_norm=1.0, name="AdamWeightDecay", bias_correction=False,
+               **kwargs):
     super().__init__(learning_rate=learning_rate, global_clipnorm=clip_norm,
                      name=name, **kwargs)
     self._rule = AdamWeightDecay(
@@ -474,7 +573,7 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
         adapter_weight_decay_rate=adapter_weight_decay_rate, beta_1=beta_1,
         beta_2=beta_2, epsilon=epsilon,
         exclude_from_weight_decay=exclude_from_weight_decay,
-        clip_norm=clip_norm)
+        clip_norm=clip_norm, bias_correction=bias_correction)
     self._checkpoint_names = {}
     self._adapter_ids = None
     self._decay_rates = {}
@@ -515,9 +614,11 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
     m, v = self._m[index], self._v[index]
     present = (getattr(self, "_present", None) or {}).get(
         self._var_key(variable))
+    # Keras counts the updates applied so far in `iterations`.
     next_param, next_m, next_v = self._rule.update(
         variable, gradient, m, v, tf.cast(learning_rate, tf.float32),
-        self._decay_rates[self._var_key(variable)], present)
+        self._decay_rates[self._var_key(variable)], present,
+        step=self.iterations)
     self.assign(m, next_m)
     self.assign(v, next_v)
     self.assign(variable, tf.cast(next_param, variable.dtype))
@@ -531,7 +632,8 @@ class KerasAdamWeightDecay(keras.optimizers.Optimizer):
                   epsilon=rule.epsilon,
                   exclude_from_weight_decay=list(
                       rule.exclude_from_weight_decay),
-                  clip_norm=rule.clip_norm)
+                  clip_norm=rule.clip_norm,
+                  bias_correction=rule.bias_correction)
     config.pop("global_clipnorm", None)
     return config
 
@@ -549,18 +651,35 @@ def as_keras_optimizer(optimizer):
         optimizer.learning_rate, optimizer.weight_decay_rate,
         optimizer.adapter_weight_decay_rate, optimizer.beta_1,
         optimizer.beta_2, optimizer.epsilon,
-        optimizer.exclude_from_weight_decay, optimizer.clip_norm)
+        optimizer.exclude_from_weight_decay, optimizer.clip_norm,
+        bias_correction=optimizer.bias_correction)
   if optimizer == "adam_weight_decay":
     return KerasAdamWeightDecay(2e-5)
   return keras.optimizers.get(optimizer)
+
+
+# The updates `create_optimizer` knows, by name: the schedule, whether the
+# moments are bias-corrected, and Adam's epsilon.
+OPTIMIZERS = {
+    # The reference (BERT's and adapter-BERT's optimization.py).
+    "adam_weight_decay": (WarmupLinearDecay, False, 1e-6),
+    # torch's AdamW (epsilon 1e-8) with Hugging Face's linear schedule: what
+    # AdapterHub's and the Hugging Face Trainer's runs use.
+    "adamw": (LinearWarmupThenDecay, True, 1e-8),
+}
 
 
 def create_optimizer(init_lr,
                      num_train_steps,
                      num_warmup_steps,
                      weight_decay_rate=0.01,
-                     adapter_weight_decay_rate=0.01):
-  """Returns the adapter-BERT fine-tuning optimizer (not yet built).
+                     adapter_weight_decay_rate=0.01,
+                     optimizer="adam_weight_decay"):
+  """Returns a fine-tuning optimizer (not yet built).
+
+  Both updates clip gradients to a global norm of 1.0, use betas (0.9,
+  0.999) and decoupled weight decay, with no decay for LayerNorm variables
+  and biases.
 
   Args:
     init_lr: float, the peak learning rate.
@@ -568,17 +687,28 @@ def create_optimizer(init_lr,
     num_warmup_steps: int, number of linear warmup steps.
     weight_decay_rate: float, decay of the non-adapter variables.
     adapter_weight_decay_rate: float, decay of the adapter variables.
+    optimizer: "adam_weight_decay" (the reference: no bias correction,
+      epsilon 1e-6, decay measured from step 0) or "adamw" (AdapterHub's and
+      the Hugging Face Trainer's: bias correction, epsilon 1e-8, decay from
+      the end of the warmup).
 
   Returns:
-    An `AdamWeightDecay` with a `WarmupLinearDecay` learning rate.
+    An `AdamWeightDecay` with its learning rate schedule.
+
+  Raises:
+    errors.UserError: an unknown optimizer or step counts out of range.
   """
+  if optimizer not in OPTIMIZERS:
+    raise errors.UserError("optimizer %r is not one of %s" % (
+        optimizer, ", ".join(OPTIMIZERS)))
+  schedule, bias_correction, epsilon = OPTIMIZERS[optimizer]
   return AdamWeightDecay(
-      learning_rate=WarmupLinearDecay(init_lr, num_train_steps,
-                                      num_warmup_steps),
+      learning_rate=schedule(init_lr, num_train_steps, num_warmup_steps),
       weight_decay_rate=weight_decay_rate,
       adapter_weight_decay_rate=adapter_weight_decay_rate,
       beta_1=0.9,
       beta_2=0.999,
-      epsilon=1e-6,
+      epsilon=epsilon,
       exclude_from_weight_decay=("LayerNorm", "layer_norm", "bias"),
-      clip_norm=1.0)
+      clip_norm=1.0,
+      bias_correction=bias_correction)

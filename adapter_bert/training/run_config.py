@@ -25,6 +25,9 @@ ACTIVATION_BUDGET_MIB = 1024
 MAX_SEED = 2**31 - 1
 # The original casts the global step to int32.
 MAX_TRAIN_STEPS = 2**31 - 1
+# --optimizer: the reference's update, or AdapterHub's / Hugging Face's
+# (compute.optimization.OPTIMIZERS).
+OPTIMIZERS = ("adam_weight_decay", "adamw")
 FLOAT_FLAGS = ("learning_rate", "num_train_epochs", "warmup_proportion",
                "adapter_init_scale", "weight_decay_rate",
                "adapter_weight_decay_rate")
@@ -69,6 +72,7 @@ class RunConfig:
   train_mode: str = "adapters"
   weight_decay_rate: float = 0.01
   adapter_weight_decay_rate: float = 0.01
+  optimizer: str = "adam_weight_decay"
   seed: int = 12345
   mixed_precision: str = "none"
   jit_compile: bool = True
@@ -141,6 +145,9 @@ class RunConfig:
     if not 0 <= self.warmup_proportion <= 1:
       raise UserError("--warmup_proportion must be in [0, 1], got %r"
                       % self.warmup_proportion)
+    if self.optimizer not in OPTIMIZERS:
+      raise UserError("--optimizer=%s is not one of %s"
+                      % (self.optimizer, ", ".join(OPTIMIZERS)))
     for name in ("weight_decay_rate", "adapter_weight_decay_rate"):
       if getattr(self, name) < 0:
         raise UserError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
@@ -216,7 +223,7 @@ class RunConfig:
                      "adapter_drop")
   # Changed on resume only with --allow_hyperparameter_change.
   HYPERPARAMETER_FIELDS = ("learning_rate", "weight_decay_rate",
-                           "adapter_weight_decay_rate")
+                           "adapter_weight_decay_rate", "optimizer")
 
   def identity(self):
     return {k: getattr(self, k) for k in self.IDENTITY_FIELDS}

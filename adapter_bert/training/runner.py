@@ -248,6 +248,8 @@ def check_output_dir(cfg, identity):
           "or use a new --output_dir" % (where, "; ".join(differences)))
   hyperparameters = previous.get("hyperparameters")
   if isinstance(hyperparameters, dict):
+    # Records older than --optimizer trained with the reference's.
+    hyperparameters.setdefault("optimizer", "adam_weight_decay")
     differences = _differences(hyperparameters, cfg.hyperparameters())
     if differences and not cfg.allow_hyperparameter_change:
       raise UserError(
@@ -339,6 +341,7 @@ def write_run_files(cfg, bert_config, adapter_config, identity,
   hyperparameters = previous.get("hyperparameters")
   if cfg.do_train:
     if isinstance(hyperparameters, dict):
+      hyperparameters.setdefault("optimizer", "adam_weight_decay")
       differences = _differences(hyperparameters, cfg.hyperparameters())
       if differences:
         changes.append({"step": int(step), "changes": differences})
@@ -544,7 +547,8 @@ def build_trainer(cfg, bert_config, model, trainable, strategy, num_labels,
   optimizer = optimization.create_optimizer(
       cfg.learning_rate, max(num_train_steps, 1), num_warmup_steps,
       weight_decay_rate=cfg.weight_decay_rate,
-      adapter_weight_decay_rate=cfg.adapter_weight_decay_rate)
+      adapter_weight_decay_rate=cfg.adapter_weight_decay_rate,
+      optimizer=cfg.optimizer)
   trainer = trainer_lib.Trainer(
       model, optimizer, trainable, strategy, cfg.output_dir,
       num_labels=num_labels, is_regression=is_regression,
