@@ -1,5 +1,5 @@
 """The AdapterHub (PyTorch) side of scripts/lab/side_by_side.py: trains one
-AdapterHub method on one task (MRPC, RTE or CoNLL-2003 NER) and scores the
+AdapterHub method on one task (MRPC, RTE or CoNLL-2003 NER) and predicts the
 dev set.
 
 Runs in AdapterHub's own Python environment (torch, transformers, adapters),
@@ -10,8 +10,9 @@ drops the repository root and '' from sys.path before `import adapters`):
   cd /tmp && python /path/to/scripts/lab/adapterhub_train.py '<json args>'
 
 It prints one JSON line on stdout (versions, the arguments, the trainable
-parameter count, every step's loss, the training time, the dev predictions
-and scores); progress goes to stderr.
+parameter count, every step's loss, the training time, the dev predictions;
+GLUE scores too: side_by_side.py scores CoNLL with this toolkit's conlleval);
+progress goes to stderr.
 
 Arguments (JSON keys): task ("MRPC", "RTE" or "CoNLL"), data_dir (the task's
 folder: GLUE train.tsv/dev.tsv, or CoNLL train.txt/valid.txt), model_dir (a
@@ -50,8 +51,7 @@ conventions):
   longer than max_seq_length - 2 pieces are truncated, and dev words beyond
   the window are predicted "O" (counted in `dev_words_cut`). The labels are
   train.txt's tags plus B- and I- of every entity type seen; the IOB1 tags
-  are trained and predicted as they are. Entity-level scores are computed
-  as conlleval does.
+  are trained and predicted as they are.
 """
 
 import json
@@ -156,94 +156,6 @@ def conll_labels(sentences):
     if tag != "O":
       tags.update(("B-" + tag[2:], "I-" + tag[2:]))
   return sorted(tags)
-
-
-def split_tag(tag):
-  """(prefix, type) of a tag: ("O", "") for O, ("B", "PER") for B-PER."""
-  if tag == "O" or "-" not in tag:
-    return tag, ""
-  prefix, kind = tag.split("-", 1)
-  return prefix, kind
-
-
-_ENDS = {("B", "B"), ("B", "O"), ("I", "B"), ("I", "O"), ("E", "E"),
-         ("E", "I"), ("E", "O")}
-_STARTS = {("B", "B"), ("I", "B"), ("O", "B"), ("O", "I"), ("E", "E"),
-           ("E", "I"), ("O", "E")}
-
-
-def chunk_ends(prev_tag, tag, prev_kind, kind):
-  """conlleval's endOfChunk: whether a chunk ended at the previous token."""
-  if (prev_tag, tag) in _ENDS or prev_tag in ("[", "]"):
-    return True
-  return prev_tag not in ("O", ".") and prev_kind != kind
-
-
-def chunk_starts(prev_tag, tag, prev_kind, kind):
-  """conlleval's startOfChunk: whether a chunk starts at this token."""
-  if (prev_tag, tag) in _STARTS or tag in ("[", "]"):
-    return True
-  return tag not in ("O", ".") and prev_kind != kind
-
-
-def chunks(tags):
-  """The set of (start, end, type) chunks of one sentence's tags, as
-  conlleval reads them (IOB1 and IOB2 alike)."""
-  found = set()
-  prev_tag, prev_kind, start = "O", "", None
-  for i, full in enumerate(list(tags) + ["O"]):
-    tag, kind = split_tag(full)
-    if start is not None and chunk_ends(prev_tag, tag, prev_kind, kind):
-      found.add((start, i, prev_kind))
-      start = None
-    if chunk_starts(prev_tag, tag, prev_kind, kind):
-      start = i
-    prev_tag, prev_kind = tag, kind
-  return found
-
-
-def conll_scores(gold, predicted):
-  """Entity-level precision, recall and F1 (fractions, overall and per
-  type) and token accuracy, as conlleval computes them.
-
-  Args:
-    gold: a list (per sentence) of lists of tags.
-    predicted: likewise, the same shape.
-  """
-  counts = {}
-
-  def count(kind, key):
-    counts.setdefault(kind, [0, 0, 0])[key] += 1
-
-  tokens = correct_tokens = 0
-  for gold_tags, predicted_tags in zip(gold, predicted):
-    gold_chunks, predicted_chunks = chunks(gold_tags), chunks(predicted_tags)
-    for chunk in gold_chunks:
-      count(chunk[2], 0)
-      count(None, 0)
-    for chunk in predicted_chunks:
-      count(chunk[2], 1)
-      count(None, 1)
-    for chunk in gold_chunks & predicted_chunks:
-      count(chunk[2], 2)
-      count(None, 2)
-    tokens += len(gold_tags)
-    correct_tokens += sum(g == p for g, p in zip(gold_tags, predicted_tags))
-
-  def prf(gold_count, predicted_count, correct):
-    precision = correct / predicted_count if predicted_count else 0.0
-    recall = correct / gold_count if gold_count else 0.0
-    f1 = (2 * precision * recall / (precision + recall)
-          if precision + recall else 0.0)
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "gold": gold_count, "predicted": predicted_count,
-            "correct": correct}
-
-  overall = prf(*counts.get(None, [0, 0, 0]))
-  overall["per_type"] = {kind: prf(*c) for kind, c in sorted(
-      counts.items(), key=lambda item: str(item[0])) if kind is not None}
-  overall["token_accuracy"] = correct_tokens / tokens if tokens else 0.0
-  return overall
 
 
 def encode_glue(tokenizer, rows, max_seq_length):
@@ -561,12 +473,9 @@ def run(args):
           predicted.append(labels[best[position]])
       predictions.append(predicted)
       gold.append(list(tags))
-    scores = conll_scores(gold, predictions)
+    # Scored by side_by_side.py with this toolkit's conlleval.
     result.update(dev_predictions=predictions, dev_gold=gold,
-                  dev_words_cut=cut, eval_precision=scores["precision"],
-                  eval_recall=scores["recall"], eval_f1=scores["f1"],
-                  eval_token_accuracy=scores["token_accuracy"],
-                  eval_entities=scores)
+                  dev_words_cut=cut)
   else:
     predictions = [int(row.argmax()) for row in logits]
     gold = [f["label"] for f in dev_features]
