@@ -428,7 +428,7 @@ def _run_fusion_script(adapter_fusion_glue, fx, tmp_path):
   results = adapter_fusion_glue.run(
       "MRPC", flags["data_dir"], bert_dir, dirs, out, num_train_epochs=1,
       train_batch_size=8, eval_batch_size=8, max_seq_length=24,
-      learning_rate=1e-2)
+      learning_rate=1e-2, optimizer="adamw")  # AdapterHub's update in fit
   assert 0.0 <= results["eval_accuracy"] <= 1.0
   assert results["global_step"] == 64 // 8
   written = fx.read_eval_results(out)

@@ -57,6 +57,10 @@ flags.DEFINE_integer("eval_batch_size", 32, "Eval batch size.")
 flags.DEFINE_integer("max_seq_length", 128, "Word pieces per example.")
 flags.DEFINE_bool("do_lower_case", True, "Lower-case the text.")
 flags.DEFINE_integer("seed", 12345, "Dropout and shuffling seed.")
+flags.DEFINE_enum("optimizer", "adam_weight_decay",
+                  ["adam_weight_decay", "adamw"],
+                  "The update, as run_classifier.py's --optimizer (adamw: "
+                  "AdapterHub's and the Hugging Face Trainer's).")
 flags.DEFINE_string("output_dir", None, "Where results and the fusion go.")
 flags.DEFINE_bool("verbose", False, "Show Python tracebacks for errors.")
 
@@ -74,7 +78,8 @@ class _Flags:
 def run(task_name, data_dir, bert_dir, adapter_dirs, output_dir,
         fusion_config="dynamic", learning_rate=5e-5, num_train_epochs=5.0,
         warmup_proportion=0.1, train_batch_size=32, eval_batch_size=32,
-        max_seq_length=128, do_lower_case=True, seed=12345):
+        max_seq_length=128, do_lower_case=True, seed=12345,
+        optimizer="adam_weight_decay"):
   """Trains a fusion of `adapter_dirs` for a task; returns the eval results.
 
   Raises:
@@ -118,7 +123,8 @@ def run(task_name, data_dir, bert_dir, adapter_dirs, output_dir,
     raise UserError("--num_train_epochs=%g gives no training step"
                     % num_train_epochs)
   model.compile(optimizer=optimization.create_optimizer(
-      learning_rate, steps, int(steps * warmup_proportion)), seed=seed)
+      learning_rate, steps, int(steps * warmup_proportion),
+      optimizer=optimizer), seed=seed)
   logging.info("Fusing %s for %s: %d steps of %d", ", ".join(names),
                task_name, steps, train_batch_size)
   t0 = time.time()
@@ -159,7 +165,7 @@ def main(argv):
       FLAGS.output_dir, FLAGS.fusion_config, FLAGS.learning_rate,
       FLAGS.num_train_epochs, FLAGS.warmup_proportion,
       FLAGS.train_batch_size, FLAGS.eval_batch_size, FLAGS.max_seq_length,
-      FLAGS.do_lower_case, FLAGS.seed)
+      FLAGS.do_lower_case, FLAGS.seed, FLAGS.optimizer)
 
 
 def run_main():
