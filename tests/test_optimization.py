@@ -99,6 +99,21 @@ def build(params, optimizer):
   return variables
 
 
+def run_steps(optimizer, grads_per_step, mode, learning_rate_at):
+  """Applies the gradients step by step (eagerly, in a tf.function or under
+  XLA), checking each step's learning rate against `learning_rate_at`."""
+  step_fn = optimizer.apply_gradients
+  if mode == "function":
+    step_fn = tf.function(step_fn)
+  elif mode == "jit":
+    step_fn = tf.function(step_fn, jit_compile=True)
+  for step, grads in enumerate(grads_per_step):
+    lr = step_fn([tf.constant(g) for g in grads], tf.constant(step, tf.int64))
+    np.testing.assert_allclose(
+        float(lr), learning_rate_at(step, INIT_LR, NUM_TRAIN_STEPS,
+                                    NUM_WARMUP_STEPS), rtol=1e-6, atol=1e-9)
+
+
 # ----------------------------------------------------------------------------
 # Update rule.
 
@@ -114,21 +129,7 @@ def test_matches_numpy_reference(mode):
 
   optimizer = make_optimizer()
   variables = build(params, optimizer)
-
-  def step_fn(grads, step):
-    return optimizer.apply_gradients(grads, step)
-
-  if mode == "function":
-    step_fn = tf.function(step_fn)
-  elif mode == "jit":
-    step_fn = tf.function(step_fn, jit_compile=True)
-
-  for step, grads in enumerate(grads_per_step):
-    lr = step_fn([tf.constant(g) for g in grads], tf.constant(step, tf.int64))
-    np.testing.assert_allclose(
-        float(lr), reference_learning_rate(step, INIT_LR, NUM_TRAIN_STEPS,
-                                           NUM_WARMUP_STEPS),
-        rtol=1e-6, atol=1e-9)
+  run_steps(optimizer, grads_per_step, mode, reference_learning_rate)
 
   slots = optimizer.slot_variables()
   max_param_change = 0.0
@@ -557,14 +558,7 @@ def test_adamw_matches_torch_adamw_written_out(mode):
       adapter_weight_decay_rate=ADAPTER_WEIGHT_DECAY, optimizer="adamw")
   assert optimizer.bias_correction and optimizer.epsilon == 1e-8
   variables = build(params, optimizer)
-  step_fn = optimizer.apply_gradients
-  if mode == "jit":
-    step_fn = tf.function(step_fn, jit_compile=True)
-  for step, grads in enumerate(grads_per_step):
-    lr = step_fn([tf.constant(g) for g in grads], tf.constant(step, tf.int64))
-    np.testing.assert_allclose(
-        float(lr), hf_learning_rate(step, INIT_LR, NUM_TRAIN_STEPS,
-                                    NUM_WARMUP_STEPS), rtol=1e-6, atol=1e-9)
+  run_steps(optimizer, grads_per_step, mode, hf_learning_rate)
   slots = optimizer.slot_variables()
   for i, name in enumerate(names):
     np.testing.assert_allclose(variables[i].numpy(), want_params[i],
