@@ -20,7 +20,7 @@ AdapterHub's and the Hugging Face Trainer's runs use (torch's `AdamW` with
 1e-8, and a decay that starts from the end of the warmup. The weight decay
 (decoupled, the same exclusions) and the clipping are the same. Without bias
 correction the first updates are about 3x larger (0.1 / sqrt(0.001)) and
-are still 1.5x larger after 500 steps, so a rate tuned for one is too large
+are still 1.6x larger after 500 steps, so a rate tuned for one is too large
 or too small for the other.
 
 The training loop's optimizer (`AdamWeightDecay`) is a `tf.Module` rather

@@ -81,9 +81,13 @@ def epochs(args, task):
   return args.num_train_epochs or EPOCHS[task]
 
 
-def run_key(side, task, method, learning_rate, optimizer, seed):
-  return "%s/%s/%s/%s/%g/%d" % (side, task, method, optimizer, learning_rate,
-                                seed)
+def run_key(side, task, method, learning_rate, optimizer, seed, extra=""):
+  key = "%s/%s/%s/%s/%g/%d" % (side, task, method, optimizer, learning_rate,
+                               seed)
+  if extra and side == "ours":
+    key += "/" + "".join(c if c.isalnum() or c in "=_.-" else "_"
+                         for c in extra.replace("--", ""))
+  return key
 
 
 def ours(args, task, method, learning_rate, seed, run_dir):
@@ -104,6 +108,7 @@ def ours(args, task, method, learning_rate, seed, run_dir):
     cmd.append("--task_name=" + task)
   if method != "adapter-bert":
     cmd.append("--adapter_config=" + method)
+  cmd += args.extra_flags.split()
   start = time.time()
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                         check=False)
@@ -199,7 +204,9 @@ def summary(records):
   mean loss curves of both sides."""
   groups = {}
   for r in records:
-    key = (r["task"], r["method"], r["learning_rate"], r["optimizer"])
+    key = (r["task"], r["method"] + (" " + r["extra_flags"]
+                                     if r.get("extra_flags") else ""),
+           r["learning_rate"], r["optimizer"])
     groups.setdefault(key, {}).setdefault(r["side"], []).append(r)
   lines = ["| task | method | learning rate | our optimizer | seeds | ours: "
            "dev accuracy | ours: dev F1 | AdapterHub: dev accuracy | "
@@ -248,6 +255,9 @@ def main():
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--num_train_epochs", type=float, default=None,
                       help="default: 5 for GLUE, 3 for CoNLL")
+  parser.add_argument("--extra_flags", default="",
+                      help="more flags of this toolkit's command line (our "
+                      "side only), e.g. --group_by_length=false")
   parser.add_argument("--output_dir", required=True)
   args = parser.parse_args()
   if args.adapterhub_model_dir is None and "adapterhub" in args.sides:
@@ -268,7 +278,8 @@ def main():
       for seed in [int(x) for x in args.seeds.split(",")]:
         for side in args.sides.split(","):
           optimizer = args.optimizer if side == "ours" else "adamw"
-          key = run_key(side, args.task, method, lr, args.optimizer, seed)
+          key = run_key(side, args.task, method, lr, args.optimizer, seed,
+                        args.extra_flags)
           if key in done:
             continue
           run_dir = os.path.join(args.output_dir, key.replace("/", "_"))
@@ -278,6 +289,8 @@ def main():
           record.update(key=key, side=side, task=args.task, method=method,
                         learning_rate=lr, optimizer=args.optimizer,
                         side_optimizer=optimizer, seed=seed,
+                        extra_flags=args.extra_flags if side == "ours"
+                        else "",
                         load_average=os.getloadavg(),
                         date=time.strftime("%Y-%m-%d %H:%M"))
           progress("%s: %s, %.0f s" % (key, record["figures"],
