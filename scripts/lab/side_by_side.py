@@ -231,8 +231,27 @@ def summary(records):
             for p in points)))
     curves.append("- %s %s lr %g (%s): %s" % (task, method, lr, opt,
                                              "; ".join(curve_line)))
-  return "\n".join(lines) + "\n\nTraining loss, mean over seeds and 50-step " \
-      "windows:\n\n" + "\n".join(curves) + "\n"
+  return ("\n".join(lines) + "\n\n" + best_rates(groups)
+          + "\nTraining loss, mean over seeds and 50-step windows:\n\n"
+          + "\n".join(curves) + "\n")
+
+
+def best_rates(groups):
+  """Per task, method and side: the learning rate with the best mean dev
+  figure (accuracy; F1 for CoNLL) among those run, as Markdown lines."""
+  best = {}
+  for (task, method, lr, _), sides in groups.items():
+    for side, runs in sides.items():
+      metric = "f1" if task == "CoNLL" else "accuracy"
+      value = statistics.mean(x["figures"][metric] for x in runs)
+      key = (task, method, side)
+      if key not in best or value > best[key][0]:
+        best[key] = (value, lr, len(runs))
+  lines = ["Best learning rate on dev, per side:", ""]
+  for (task, method, side), (value, lr, n) in sorted(best.items()):
+    lines.append("- %s %s, %s: %g (%.2f, %d seed%s)" % (
+        task, method, side, lr, value, n, "" if n == 1 else "s"))
+  return "\n".join(lines) + "\n"
 
 
 def main():
