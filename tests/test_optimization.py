@@ -644,3 +644,9 @@ def test_keras_face_applies_the_bias_corrected_update():
   for name, variable, want in zip(names, variables, want_params):
     np.testing.assert_allclose(variable.numpy(), want, atol=2e-6,
                                err_msg=name)
+
+
+def test_the_command_lines_know_every_optimizer():
+  # run_config is read before TensorFlow loads, so it keeps its own list.
+  from adapter_bert.training import run_config  # pylint: disable=g-import-not-at-top
+  assert run_config.OPTIMIZERS == tuple(optimization.OPTIMIZERS)

@@ -58,7 +58,7 @@ flags.DEFINE_integer("max_seq_length", 128, "Word pieces per example.")
 flags.DEFINE_bool("do_lower_case", True, "Lower-case the text.")
 flags.DEFINE_integer("seed", 12345, "Dropout and shuffling seed.")
 flags.DEFINE_enum("optimizer", "adam_weight_decay",
-                  ["adam_weight_decay", "adamw"],
+                  list(run_config.OPTIMIZERS),
                   "The update, as run_classifier.py's --optimizer (adamw: "
                   "AdapterHub's and the Hugging Face Trainer's).")
 flags.DEFINE_string("output_dir", None, "Where results and the fusion go.")

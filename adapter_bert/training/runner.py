@@ -246,10 +246,8 @@ def check_output_dir(cfg, identity):
           "%s trained with other flags (%s): a resumed run must take the "
           "steps and batches it would have taken; rerun with the same flags "
           "or use a new --output_dir" % (where, "; ".join(differences)))
-  hyperparameters = previous.get("hyperparameters")
+  hyperparameters = _recorded_hyperparameters(previous)
   if isinstance(hyperparameters, dict):
-    # Records older than --optimizer trained with the reference's.
-    hyperparameters.setdefault("optimizer", "adam_weight_decay")
     differences = _differences(hyperparameters, cfg.hyperparameters())
     if differences and not cfg.allow_hyperparameter_change:
       raise UserError(
@@ -260,6 +258,16 @@ def check_output_dir(cfg, identity):
       logging.warning("Resuming %s with changed hyperparameters: %s", out,
                       "; ".join(differences))
   return previous
+
+
+def _recorded_hyperparameters(previous):
+  """run_config.json's hyperparameters (None in records older than them);
+  records older than --optimizer trained with the reference's."""
+  hyperparameters = previous.get("hyperparameters")
+  if isinstance(hyperparameters, dict):
+    hyperparameters = dict(hyperparameters)
+    hyperparameters.setdefault("optimizer", "adam_weight_decay")
+  return hyperparameters
 
 
 def _differences(recorded, mine, where=""):
@@ -338,10 +346,9 @@ def write_run_files(cfg, bert_config, adapter_config, identity,
                     registry.config_to_json(adapter_config))
   changes = list(previous.get("hyperparameter_changes") or [])
   training_flags = previous.get("training")
-  hyperparameters = previous.get("hyperparameters")
+  hyperparameters = _recorded_hyperparameters(previous)
   if cfg.do_train:
     if isinstance(hyperparameters, dict):
-      hyperparameters.setdefault("optimizer", "adam_weight_decay")
       differences = _differences(hyperparameters, cfg.hyperparameters())
       if differences:
         changes.append({"step": int(step), "changes": differences})
