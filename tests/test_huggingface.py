@@ -264,14 +264,16 @@ NO_ADAPTERHUB = ("AdapterHub is not installed (pip install torch adapters; "
 
 
 def _adapterhub_logits(args, tmp_path):
-  """AdapterHub's logits on the tiny inputs, computed by AdapterHub itself
-  in this process (scripts/lab/adapterhub_interop.py's `main`)."""
+  """AdapterHub's logits on the tiny inputs (or args' "inputs"), computed
+  by AdapterHub itself in this process (scripts/lab/adapterhub_interop.py's
+  `main`)."""
   path = os.path.join(fx.REPO_ROOT, "scripts", "lab", "adapterhub_interop.py")
   spec = importlib.util.spec_from_file_location("adapterhub_interop", path)
   side = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(side)
   out = str(tmp_path / "logits.npy")
-  side.main(dict(args, inputs=os.path.join(TINY, "inputs.npz"), out=out))
+  side.main(dict({"inputs": os.path.join(TINY, "inputs.npz")}, **args,
+                 out=out))
   return np.load(out)
 
 

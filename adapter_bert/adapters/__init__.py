@@ -24,6 +24,7 @@ from adapter_bert.adapters.bottleneck import BnConfig
 from adapter_bert.adapters.lora import IA3Config
 from adapter_bert.adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapter_bert.adapters.lora import LoRALayer
+from adapter_bert.adapters.vera import VeraConfig  # Registers "vera".
 from adapter_bert.adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
 from adapter_bert.adapters.layer_attention import LayerAttentionConfig  # Basirat's.
 from adapter_bert.adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
@@ -43,7 +44,7 @@ __all__ = [
     "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
     "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",
     "Fuse", "MultiTask", "Parallel",
-    "Stack", "composition",
+    "Stack", "VeraConfig", "composition",
     "config_from_dict", "config_from_json_file", "get_method", "get_preset", "register_method",
     "register_preset",
 ]

@@ -56,8 +56,8 @@ class LoRAConfig(MethodConfig):
       "ia3" (ones).
     use_gating: a per-example gate on the LoRA branch, in place of
       alpha / r (UniPELT; adapters.gating); such an adapter cannot merge.
-    use_dora, vera_d, vera_b, dtype: AdapterHub's; DoRA and VeRA are
-      refused until they exist here.
+    use_dora, vera_d, vera_b, dtype: AdapterHub's; DoRA is refused until it
+      exists here, and vera_d / vera_b belong to another method's config.
   """
   selfattn_lora: bool = True
   intermediate_lora: bool = False
@@ -110,11 +110,14 @@ class LoRAConfig(MethodConfig):
     if self.use_gating and self.composition_mode == "scale":
       raise UserError("ia3 adapter config: use_gating=True is not supported "
                       "with composition_mode 'scale'")
-    for field in ("use_dora", "vera_d", "vera_b"):
-      if getattr(self, field):
-        raise UserError("%s adapter config: %s=%r is not supported by this "
-                        "toolkit yet" % (self.kind, field,
-                                         getattr(self, field)))
+    if self.use_dora:
+      raise UserError("%s adapter config: use_dora=True is not supported by "
+                      "this toolkit yet" % self.kind)
+    for field in ("vera_d", "vera_b"):
+      if getattr(self, field) is not None:
+        raise UserError("%s adapter config: %s=%r makes it another method's "
+                        "config (AdapterHub's config map names it)"
+                        % (self.kind, field, getattr(self, field)))
     if not (self.selfattn_lora and self.attn_matrices
             or self.intermediate_lora or self.output_lora):
       raise UserError("%s adapter config: no projection is chosen "

@@ -122,8 +122,9 @@ class AdapterMethod:
       adapters' {checkpoint name: float64 array}, `linear` their weighted
       sum; names the strategy leaves out take the linear value.
     recognizes: None, or callable(config dict) -> whether a dict without
-      `kind` or `architecture` is this method's (AdapterHub's bottleneck
-      configs carry neither).
+      `kind` is this method's: one without `architecture` (AdapterHub's
+      bottleneck configs carry neither), or one whose `architecture` other
+      methods share (AdapterHub's VeRA config is a "lora" one).
     default: dicts no method recognizes are this method's (one method).
   """
   kind: str
@@ -224,19 +225,29 @@ def config_from_json_file(path):
 
 
 def kind_of_dict(d):
-  """The method `kind` a config dict is for: its `kind`, else the first
-  method whose config class has AdapterHub's `architecture` (its config's
-  from_dict then tells its kinds apart), else the method that recognizes
+  """The method `kind` a config dict is for: its `kind`; else, among the
+  methods whose config class has AdapterHub's `architecture`, the first
+  that recognizes it, else the first without `recognizes` (its config's
+  from_dict then tells its kinds apart); else the method that recognizes
   it, else the default method."""
   if "kind" in d:
     return d["kind"]
   architecture = d.get("architecture")
   if architecture is not None:
-    for kind, method in METHODS.items():
-      cls = method.config_cls
-      if architecture in ((getattr(cls, "architecture", None),)
-                          + tuple(getattr(cls, "architecture_aliases", ()))):
+    # AdapterHub names several methods' configs by one architecture (VeRA's
+    # is a "lora" config holding vera_d / vera_b): a method that recognizes
+    # the dict wins, else the one that recognizes none.
+    same = [kind for kind, method in METHODS.items() if architecture in (
+        (getattr(method.config_cls, "architecture", None),)
+        + tuple(getattr(method.config_cls, "architecture_aliases", ())))]
+    for kind in same:
+      if METHODS[kind].recognizes is not None and METHODS[kind].recognizes(d):
         return kind
+    for kind in same:
+      if METHODS[kind].recognizes is None:
+        return kind
+    if same:
+      return same[0]
     return architecture  # Refused by get_method, naming the known ones.
   for kind, method in METHODS.items():
     if method.recognizes is not None and method.recognizes(d):

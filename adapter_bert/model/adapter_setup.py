@@ -212,7 +212,7 @@ class AdaptersMixin:
     if not self.can_merge(name):
       raise UserError("adapter %r (%s) cannot be merged: only adapters whose "
                       "layers all fold into the projections they sit on (lora, "
-                      "ia3) merge into the base weights"
+                      "ia3, vera) merge into the base weights"
                       % (name, self.adapter_configs[name].kind))
     pairs = self._mergeable_layers(name)
     others = [n for n in self.merged_adapters if n != name]
@@ -414,7 +414,7 @@ class AdaptersMixin:
       trainable = []
       for key, (variable, tag) in self.view().checkpoint_variables().items():
         variable.trainable = tag.kind == "head" or (
-            tag.kind != "base" and tag.owner == names[0])
+            tag.kind != "base" and tag.owner == names[0] and not tag.frozen)
         if variable.trainable:
           trainable.append((key, variable))
       return trainable
@@ -423,7 +423,7 @@ class AdaptersMixin:
       for key, (variable, tag) in self.adapter_view(
           name).checkpoint_variables().items():
         if tag.kind not in ("base", "head") and tag.owner == name and (
-            id(variable) not in seen):
+            not tag.frozen and id(variable) not in seen):
           trainable.append((key, variable))
           seen.add(id(variable))
     for branch in setup.branches:

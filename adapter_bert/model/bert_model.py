@@ -18,6 +18,7 @@ from adapter_bert.model.hooks import NO_ADAPTERS
 from adapter_bert.model.hooks import Tag
 from adapter_bert.model.hooks import adapter_items
 from adapter_bert.model.hooks import dense_variables
+from adapter_bert.model.hooks import frozen_names
 from adapter_bert.model.hooks import scoped
 from adapter_bert.model.hooks import unlocked
 from adapter_bert.model.hooks import weight_initializer
@@ -128,7 +129,9 @@ class BertModel(keras.layers.Layer):
       listed = (layer.serving_checkpoint_variables() if serving and hasattr(
           layer, "serving_checkpoint_variables")
                 else layer.checkpoint_variables())
-      items += [("bert/" + rel, v, Tag("adapter", name)) for rel, v in listed]
+      frozen = frozen_names(layer)
+      items += [("bert/" + rel, v, Tag("adapter", name, frozen=rel in frozen))
+                for rel, v in listed]
     return items
 
   def call(self, input_ids, input_mask, segment_ids, setup=None,

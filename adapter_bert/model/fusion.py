@@ -146,7 +146,8 @@ class FusionMixin:
         for n in self.fusions[name][0]:
           trained += [v for key, (v, tag) in self.adapter_view(
               n).checkpoint_variables().items()
-                      if tag.kind != "base" and tag.owner == n]
+                      if tag.kind != "base" and tag.owner == n
+                      and not tag.frozen]
     for branch in self.active_setup().branches:
       if branch.head is not None:
         trained += [v for _, v, _ in self.heads[

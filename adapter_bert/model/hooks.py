@@ -26,10 +26,13 @@ class Tag(NamedTuple):
 
   kind: "base" (the pre-trained weights), "layer_norm" (a LayerNorm: the
   base's when owner is None, else the copy an adapter trains), "adapter" or
-  "head"; owner: the adapter's or head's name.
+  "head"; owner: the adapter's or head's name; frozen: see below.
   """
   kind: str
   owner: str = None
+  # Never trained, in any train mode: a variable its layer declares frozen
+  # (`frozen_variables()`, e.g. VeRA's shared random projections).
+  frozen: bool = False
 
   @property
   def of_adapter_method(self):
@@ -42,6 +45,13 @@ class Tag(NamedTuple):
 BASE = Tag("base")
 BASE_LAYER_NORM = Tag("layer_norm")
 NO_ADAPTERS = composition.ActiveSetup()
+
+
+def frozen_names(layer):
+  """The names (as its `checkpoint_variables` gives them) of the variables
+  `layer` declares frozen: its `frozen_variables()`, if it has one."""
+  declared = getattr(layer, "frozen_variables", None)
+  return set(declared()) if declared is not None else set()
 
 
 def weight_initializer(config):
@@ -217,7 +227,9 @@ class AdapterHook(keras.layers.Layer):
       if layer is not None:
         listed = (layer.serving_variables() if serving and hasattr(
             layer, "serving_variables") else layer.checkpoint_variables())
-        items += [(scope + "/" + rel, variable, Tag("adapter", name))
+        frozen = frozen_names(layer)
+        items += [(scope + "/" + rel, variable,
+                   Tag("adapter", name, frozen=rel in frozen))
                   for rel, variable in listed]
     return items
 

@@ -89,7 +89,8 @@ class ModelView:
     all (adapter size 0), the base's LayerNorms and the head, as the
     reference; methods that train no LayerNorm (AdapterHub's) leave them
     frozen. full: everything in the view (original BERT fine-tuning); head:
-    the head.
+    the head. A variable its layer declares frozen (`Tag.frozen`) is never
+    trained.
     """
     if train_mode not in TRAIN_MODES:
       raise UserError("unknown train_mode %r; expected one of %s"
@@ -97,6 +98,8 @@ class ModelView:
     names = []
     no_adapters = not self.branch.adapters
     for name, (_, tag) in self.checkpoint_variables().items():
+      if tag.frozen:
+        continue  # Declared frozen by its layer (VeRA's shared pair).
       if train_mode == "full" or tag.kind == "head":
         names.append(name)
       elif train_mode == "adapters" and tag.kind != "base" and (

@@ -13,6 +13,12 @@ start it from a working directory outside this repository.
 and its head on the Hugging Face BERT in `hf_dir`. With "fusion_dir",
 "adapter_dirs" and "head" instead of "adapter_dir": the adapters, their
 AdapterFusion active, and that head.
+
+With "make": an AdapterHub config name (and "save_dir", "seed"), it first
+adds that adapter and a classification head to the base, puts seeded noise
+(std 0.1) on every parameter AdapterHub trains, and saves both with
+`save_adapter` to save_dir/bin (torch's .bin) and save_dir/safetensors;
+the logits are then those of that adapter.
 """
 
 import json
@@ -24,7 +30,9 @@ def main(args):
   import torch
   from adapters import AutoAdapterModel
   model = AutoAdapterModel.from_pretrained(args["hf_dir"])
-  if "fusion_dir" in args:  # Adapters, then their fusion, then the head.
+  if "make" in args:
+    name = make_adapter(model, args)
+  elif "fusion_dir" in args:  # Adapters, then their fusion, then the head.
     from adapters.composition import Fuse
     names = [model.load_adapter(d) for d in args["adapter_dirs"]]
     name = model.load_adapter_fusion(args["fusion_dir"])
@@ -42,6 +50,27 @@ def main(args):
                                             dtype=torch.long))
   np.save(args["out"], out.logits.numpy())
   print(json.dumps({"name": name, "shape": list(out.logits.shape)}))
+
+
+def make_adapter(model, args):
+  """Adds, noises and saves an AdapterHub adapter (see the module doc)."""
+  import os
+  import torch
+  name = "made"
+  model.add_adapter(name, config=args["make"])
+  model.add_classification_head(name, num_labels=2)
+  model.train_adapter(name)
+  generator = torch.Generator().manual_seed(int(args.get("seed", 0)))
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.requires_grad:
+        p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+  model.set_active_adapters(name)
+  for form in ("bin", "safetensors"):
+    os.makedirs(os.path.join(args["save_dir"], form), exist_ok=True)
+    model.save_adapter(os.path.join(args["save_dir"], form), name,
+                       with_head=True, use_safetensors=form == "safetensors")
+  return name
 
 
 if __name__ == "__main__":

@@ -5,15 +5,16 @@ Runs in AdapterHub's own Python environment (torch, transformers, adapters
 outside this repository:
 
   cd /tmp && /path/to/ah-venv/bin/python /path/to/repo/scripts/lab/make_adapterhub_fixtures.py \
-      /path/to/repo/tests/data/adapterhub_tiny
+      /path/to/repo/tests/data/adapterhub_tiny [METHOD,...]
 
 It writes the tiny base in Hugging Face layout (`hf/`: config.json,
 model.safetensors, vocab.txt), `inputs.npz` (input_ids, input_mask,
 segment_ids [4, 12]), and for each AdapterHub method name M: `M/` (its
-save_adapter with the head; torch's .bin, and for seq_bn also safetensors
-in `M_safetensors/`) and `M_logits.npy`, AdapterHub's eval-mode logits with
-M and its head active. Every trainable parameter gets seeded noise (std
-0.1) so that adapters and heads matter.
+save_adapter with the head; torch's .bin, and for seq_bn and vera also
+safetensors in `M_safetensors/`) and `M_logits.npy`, AdapterHub's eval-mode
+logits with M and its head active. Every trainable parameter gets seeded
+noise (std 0.1) so that adapters and heads matter. With a list of methods,
+only those are (re)written, beside the base and inputs already there.
 """
 
 import json
@@ -23,17 +24,20 @@ import sys
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
-           "unipelt")
+           "unipelt", "vera")
+SAFETENSORS_TOO = ("seq_bn", "vera")
 
 
-def main(out):
+def main(out, only=None):
   import numpy as np
   import torch
-  import adapters
   from adapters import BertAdapterModel
   from transformers import BertConfig
   torch.manual_seed(0)
   os.makedirs(out, exist_ok=True)
+  if only:
+    update(out, only)
+    return
   config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
                       num_attention_heads=2, intermediate_size=32,
                       max_position_embeddings=32, hidden_act="gelu")
@@ -56,7 +60,29 @@ def main(out):
   np.savez(os.path.join(out, "inputs.npz"), input_ids=ids, input_mask=mask,
            segment_ids=segs)
   summary = {}
-  for method in METHODS:
+  write_methods(out, METHODS, ids, mask, segs, summary)
+  write_fusion(out, ids, mask, segs, summary)
+  write_summary(out, summary)
+
+
+def update(out, methods):
+  """Rewrites `methods` only, on the base and inputs in `out`."""
+  import numpy as np
+  inputs = np.load(os.path.join(out, "inputs.npz"))
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)["methods"]
+  write_methods(out, methods, inputs["input_ids"], inputs["input_mask"],
+                inputs["segment_ids"], summary)
+  write_summary(out, summary)
+
+
+def write_methods(out, methods, ids, mask, segs, summary):
+  import numpy as np
+  import torch
+  import adapters
+  from adapters import BertAdapterModel
+  hf = os.path.join(out, "hf")
+  for method in methods:
     model = BertAdapterModel.from_pretrained(hf)
     name = method.replace("+", "p")
     config_arg = method
@@ -75,7 +101,7 @@ def main(out):
     model.eval()
     model.set_active_adapters(name)
     model.save_adapter(os.path.join(out, name), name, with_head=True)
-    if method == "seq_bn":
+    if method in SAFETENSORS_TOO:
       model.save_adapter(os.path.join(out, name + "_safetensors"), name,
                          with_head=True, use_safetensors=True)
     print("computing", name, file=sys.stderr, flush=True)
@@ -85,8 +111,16 @@ def main(out):
                      token_type_ids=torch.tensor(segs)).logits.numpy()
     np.save(os.path.join(out, name + "_logits.npy"), logits)
     summary[name] = method
-  # AdapterFusion (dynamic) of two seq_bn adapters, the head of the second.
+
+
+def write_fusion(out, ids, mask, segs, summary):
+  """AdapterFusion (dynamic) of two seq_bn adapters, the head of the
+  second."""
+  import numpy as np
+  import torch
+  from adapters import BertAdapterModel
   from adapters.composition import Fuse
+  hf = os.path.join(out, "hf")
   model = BertAdapterModel.from_pretrained(hf)
   for name in ("f1", "f2"):
     model.add_adapter(name, config="seq_bn")
@@ -110,6 +144,11 @@ def main(out):
                    token_type_ids=torch.tensor(segs)).logits.numpy()
   np.save(os.path.join(out, "fusion_logits.npy"), logits)
   summary["fusion"] = "Fuse(f1, f2), dynamic"
+
+
+def write_summary(out, summary):
+  import torch
+  import adapters
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump({"adapters": adapters.__version__, "torch": torch.__version__,
                "methods": summary}, f, indent=2, sort_keys=True)
@@ -117,4 +156,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else None)
