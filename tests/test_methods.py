@@ -837,8 +837,8 @@ def test_bad_method_configs_are_one_line():
     assert "x" not in model.adapters
   with pytest.raises(UserError, match="unknown adapter preset 'pfeifer'"):
     model.add_adapter("x", "pfeifer")
-  with pytest.raises(UserError, match="'dora' is AdapterHub's DoRA"):
-    model.add_adapter("x", "dora")
+  with pytest.raises(UserError, match="'loreft' is AdapterHub's LoReFT"):
+    model.add_adapter("x", "loreft")
 
 
 def test_adapterhub_config_dicts_load(tmp_path):

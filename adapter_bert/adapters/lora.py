@@ -56,8 +56,8 @@ class LoRAConfig(MethodConfig):
       "ia3" (ones).
     use_gating: a per-example gate on the LoRA branch, in place of
       alpha / r (UniPELT; adapters.gating); such an adapter cannot merge.
-    use_dora, vera_d, vera_b, dtype: AdapterHub's; DoRA is refused until it
-      exists here, and vera_d / vera_b belong to another method's config.
+    use_dora, vera_d, vera_b, dtype: AdapterHub's; use_dora, vera_d and
+      vera_b make the config another method's (DoRA, VeRA).
   """
   selfattn_lora: bool = True
   intermediate_lora: bool = False
@@ -110,11 +110,8 @@ class LoRAConfig(MethodConfig):
     if self.use_gating and self.composition_mode == "scale":
       raise UserError("ia3 adapter config: use_gating=True is not supported "
                       "with composition_mode 'scale'")
-    if self.use_dora:
-      raise UserError("%s adapter config: use_dora=True is not supported by "
-                      "this toolkit yet" % self.kind)
-    for field in ("vera_d", "vera_b"):
-      if getattr(self, field) is not None:
+    for field in ("use_dora", "vera_d", "vera_b"):
+      if getattr(self, field) not in (None, False):
         raise UserError("%s adapter config: %s=%r makes it another method's "
                         "config (AdapterHub's config map names it)"
                         % (self.kind, field, getattr(self, field)))
@@ -152,6 +149,20 @@ def IA3Config(**overrides):  # pylint: disable=invalid-name
   return LoRAConfig(**fields)
 
 
+def pair_initializers(init_weights, in_features, seed):
+  """Initializers of a LoRA pair A [in, r], B [r, out] (AdapterHub's):
+  "lora": A ~ U(+-1/sqrt(in)) (torch's Linear default), B = 0; "bert":
+  both normal 0.02; "ia3": both ones."""
+  if init_weights == "lora":
+    bound = 1.0 / math.sqrt(in_features)
+    return keras.initializers.RandomUniform(-bound, bound, seed=seed), "zeros"
+  if init_weights == "bert":
+    return (keras.initializers.RandomNormal(stddev=0.02, seed=seed),
+            keras.initializers.RandomNormal(
+                stddev=0.02, seed=None if seed is None else seed + 1))
+  return "ones", "ones"  # ia3 init on an "add" LoRA: ones, as AdapterHub.
+
+
 @keras.saving.register_keras_serializable(package="adapter_bert")
 class LoRALayer(keras.layers.Layer):
   """LoRA or (IA)^3 on one dense projection (a projection hook point).
@@ -186,16 +197,8 @@ class LoRALayer(keras.layers.Layer):
       self.lora_B = self.add_weight(name="lora_B", shape=(self.out_features,),
                                     initializer=init[c.init_weights])
     else:
-      if c.init_weights == "lora":
-        bound = 1.0 / math.sqrt(self.in_features)
-        a_init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
-        b_init = "zeros"
-      elif c.init_weights == "bert":
-        a_init = keras.initializers.RandomNormal(stddev=0.02, seed=seed)
-        b_init = keras.initializers.RandomNormal(
-            stddev=0.02, seed=None if seed is None else seed + 1)
-      else:  # ia3 init on an "add" LoRA: ones, as AdapterHub.
-        a_init = b_init = "ones"
+      a_init, b_init = pair_initializers(c.init_weights, self.in_features,
+                                         seed)
       self.lora_A = self.add_weight(name="lora_A",
                                     shape=(self.in_features, c.r),
                                     initializer=a_init)
@@ -285,7 +288,8 @@ class LoRALayer(keras.layers.Layer):
     return base
 
 
-def _features(point, bert_config):
+def projection_shape(point, bert_config):
+  """(in, out) of the projection at hook point `point`."""
   h, i = bert_config.hidden_size, bert_config.intermediate_size
   return {"intermediate_projection": (h, i),
           "output_projection": (i, h)}.get(point, (h, h))
@@ -296,21 +300,27 @@ def _layers_for(config, bert_config, where):
     return {}
   layers = {}
   for point in config.hook_points():
-    layer = LoRALayer(config, *_features(point, bert_config),
+    layer = LoRALayer(config, *projection_shape(point, bert_config),
                       name=point + "_lora")
     layer.build()
     layers[point] = layer
   return layers
 
 
+# The projections' scopes here and in AdapterHub's state dicts (its LoRA
+# modules, and those of the methods built on them, sit in `loras`).
+HUB_PLACES = {"place": {p: p.replace("/", ".") for p in (
+    "attention/self/query", "attention/self/key", "attention/self/value",
+    "intermediate/dense", "output/dense")}}
+OURS_SCOPE = "bert/encoder/layer_{layer}/{place}/"
+HUB_SCOPE = "bert.encoder.layer.{layer}.{place}.loras.{adapter}."
+
+
 def _adapterhub_layout(scale):
   """AdapterHub's names of LoRA's (or, `scale`, (IA)^3's) variables: its
   LoRA modules hold A [r, in] and B [out, r]; (IA)^3's vector is B [out, 1]."""
-  places = {"place": {p: p.replace("/", ".") for p in (
-      "attention/self/query", "attention/self/key", "attention/self/value",
-      "intermediate/dense", "output/dense")}}
-  ours = "bert/encoder/layer_{layer}/{place}/"
-  theirs = "bert.encoder.layer.{layer}.{place}.loras.{adapter}."
+  places = HUB_PLACES
+  ours, theirs = OURS_SCOPE, HUB_SCOPE
   if scale:
     return AdapterHubLayout((HubTensor(
         ours + "lora_B", theirs + "lora_B", theirs_shape="column",

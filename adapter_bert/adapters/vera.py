@@ -29,7 +29,6 @@ VeRA folds into the weights (`merge_adapter`): W + A·D·B·V·alpha/r.
 """
 
 import dataclasses
-import math
 from typing import Optional, Tuple
 
 import keras
@@ -45,6 +44,11 @@ from adapter_bert.adapters.config import register_preset
 from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.lora import ATTN_MATRICES
+from adapter_bert.adapters.lora import HUB_PLACES
+from adapter_bert.adapters.lora import HUB_SCOPE
+from adapter_bert.adapters.lora import OURS_SCOPE
+from adapter_bert.adapters.lora import pair_initializers
+from adapter_bert.adapters.lora import projection_shape
 from adapter_bert.errors import UserError
 
 # The shared pair's checkpoint names, relative to `bert/`.
@@ -131,19 +135,13 @@ def _recognizes(d):
       d.get("vera_b"), float)
 
 
-def _features(point, bert_config):
-  h, i = bert_config.hidden_size, bert_config.intermediate_size
-  return {"intermediate_projection": (h, i),
-          "output_projection": (i, h)}.get(point, (h, h))
-
-
 def _pair_shape(config, bert_config):
   """(in, out) of the projections the adapter sits on: one for all.
 
   Raises:
     UserError: if the chosen projections differ in shape.
   """
-  shapes = {p: _features(p, bert_config) for p in config.hook_points()}
+  shapes = {p: projection_shape(p, bert_config) for p in config.hook_points()}
   if len(set(shapes.values())) > 1:
     raise UserError(
         "vera adapter config: its shared A and B serve every projection, but "
@@ -154,17 +152,11 @@ def _pair_shape(config, bert_config):
 
 def _pair_initializers(init_weights, fan_in_a, seed):
   """Initializers of the shared A [in, r] and B [r, out]."""
-  other = None if seed is None else seed + 1
   if init_weights == "vera":  # torch's kaiming_uniform_: sqrt(6 / fan_in).
     return (keras.initializers.HeUniform(seed=seed),
-            keras.initializers.HeUniform(seed=other))
-  if init_weights == "lora":
-    bound = 1.0 / math.sqrt(fan_in_a)
-    return keras.initializers.RandomUniform(-bound, bound, seed=seed), "zeros"
-  if init_weights == "bert":
-    return (keras.initializers.RandomNormal(stddev=0.02, seed=seed),
-            keras.initializers.RandomNormal(stddev=0.02, seed=other))
-  return "ones", "ones"
+            keras.initializers.HeUniform(
+                seed=None if seed is None else seed + 1))
+  return pair_initializers(init_weights, fan_in_a, seed)
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")
@@ -322,12 +314,8 @@ def _adapterhub_layout():
   """AdapterHub's names: per projection `loras.{adapter}.vera_D` [r, r] and
   `vera_B` [out, out] (torch's orientation: transposed here), the pair at
   `shared_parameters.{adapter}.lora_A` [r, in] and `lora_B` [out, r]."""
-  places = {"place": {p: p.replace("/", ".") for p in (
-      "attention/self/query", "attention/self/key", "attention/self/value",
-      "intermediate/dense", "output/dense")}}
-  ours = "bert/encoder/layer_{layer}/{place}/"
-  theirs = "bert.encoder.layer.{layer}.{place}.loras.{adapter}."
-  tensors = [HubTensor(ours + o, theirs + t, transpose, choices=places)
+  tensors = [HubTensor(OURS_SCOPE + o, HUB_SCOPE + t, transpose,
+                       choices=HUB_PLACES)
              for o, t, transpose in (("vera_D", "vera_D", True),
                                      ("vera_B", "vera_B", True),
                                      ("lora_gate/kernel", "gate.weight", True),

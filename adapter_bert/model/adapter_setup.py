@@ -55,6 +55,7 @@ class AdaptersMixin:
     try:
       with unlocked(self):
         self.bert.add_adapter(name, config)
+      self.start_from_base(name)
     except BaseException:
       # A config that does not fit this model (a size, a layer index) fails
       # while the layers are built: take out what was added.
@@ -166,6 +167,16 @@ class AdaptersMixin:
     if self._active is not None and name in self._active.flatten():
       self._active = None
 
+  def start_from_base(self, name):
+    """Lets adapter `name`'s layers that read the projection they sit on
+    (`start_from_base(dense)`, e.g. DoRA's magnitudes) take its current
+    weights: when the adapter is added, and again when the base is loaded.
+    """
+    for layer, dense in self._mergeable_layers(name):
+      start = getattr(layer, "start_from_base", None)
+      if start is not None:
+        start(dense)
+
   def _mergeable_layers(self, name):
     """[(layer, base Dense)] of adapter `name` on the projections."""
     pairs = []
@@ -212,7 +223,7 @@ class AdaptersMixin:
     if not self.can_merge(name):
       raise UserError("adapter %r (%s) cannot be merged: only adapters whose "
                       "layers all fold into the projections they sit on (lora, "
-                      "ia3, vera) merge into the base weights"
+                      "ia3, vera, dora) merge into the base weights"
                       % (name, self.adapter_configs[name].kind))
     pairs = self._mergeable_layers(name)
     others = [n for n in self.merged_adapters if n != name]

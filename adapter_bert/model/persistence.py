@@ -125,7 +125,8 @@ class PersistenceMixin:
     """Restores the base from a BERT checkpoint (original names).
 
     The base's variables and LayerNorms come from the checkpoint; each
-    adapter's LayerNorm copies start again from them; adapters and the head
+    adapter's LayerNorm copies (and what its layers read from the base,
+    `start_from_base`) start again from them; adapters and the head
     of the active view are restored too when the checkpoint has them (one
     written by google-research/adapter-bert), else keep their values.
     """
@@ -133,6 +134,7 @@ class PersistenceMixin:
                                   flag_name=flag_name)
     for name in self.adapter_configs:
       self.reset_layer_norms(name)
+      self.start_from_base(name)
     view = self.view()
     own = [n for n, (_, tag) in view.checkpoint_variables().items()
            if tag.kind != "base" and tag.owner is not None]

