@@ -154,7 +154,7 @@ def test_merged_predicts_what_unmerged_does():
   np.testing.assert_allclose(model.predict(feats, verbose=0), unmerged,
                              atol=1e-5)
   gated = model_with(CASES["intermediate_gated"])
-  with pytest.raises(UserError, match="gated DoRA"):
+  with pytest.raises(UserError, match="gated dora adapter"):
     gated.merge_adapter("a")
 
 

@@ -26,6 +26,7 @@ from adapter_bert.adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapter_bert.adapters.lora import LoRALayer
 from adapter_bert.adapters.vera import VeraConfig  # Registers "vera".
 from adapter_bert.adapters.dora import DoRAConfig  # Registers "dora".
+from adapter_bert.adapters.dvora import DvoRAConfig  # Registers "dvora".
 from adapter_bert.adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
 from adapter_bert.adapters.layer_attention import LayerAttentionConfig  # Basirat's.
 from adapter_bert.adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
@@ -41,7 +42,7 @@ from adapter_bert.adapters.composition import Stack
 
 __all__ = [
     "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
-    "ConfigUnion", "DoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
+    "ConfigUnion", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
     "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",
     "Fuse", "MultiTask", "Parallel",

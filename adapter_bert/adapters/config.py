@@ -39,7 +39,6 @@ def get_preset(name):
 # AdapterHub 1.3's preset names of methods not built here.
 ADAPTERHUB_NOT_BUILT = {
     "mtl_lora": "multi-task LoRA (MTLLoRAConfig)",
-    "dvora": "DVoRA (DvoRAConfig)",
     "loreft": "LoReFT (LoReftConfig)",
     "noreft": "NoReFT (NoReftConfig)",
     "direft": "DiReFT (DiReftConfig)",

@@ -125,8 +125,68 @@ def _recognizes(d):
       isinstance(d.get(f), float) for f in ("vera_d", "vera_b"))
 
 
+class DoRAMagnitude:
+  """DoRA's part of a low-rank projection layer: the magnitude m [out], the
+  scale m / ||W + P|| and the merge, for a layer that has `product(dtype)`
+  (its unscaled P [in, out], LoRA's A·B), `scaling`, `gate` and
+  `out_features` (DoRALayer here; DVoRA puts it on VeRA's layer). Call
+  `add_magnitude()` in the layer's __init__."""
+
+  def add_magnitude(self):
+    self.m = self.add_weight(name="m", shape=(self.out_features,),
+                             initializer="ones")
+    self._base = None  # registry.LayerRef of the base Dense.
+    self._merged_scale = None  # s while merged (reset_from divides by it).
+    self.merged = False
+
+  def start_from_base(self, dense):
+    """Binds the base projection and sets m to its columns' norms."""
+    self._base = registry.LayerRef(dense)
+    if not self.merged:
+      self.m.assign(tf.norm(tf.convert_to_tensor(dense.kernel), axis=0))
+
+  def magnitude_scale(self, dtype):
+    """m / ||W + P|| [out] (P unscaled, as AdapterHub)."""
+    if self._base is None:
+      raise ValueError("%s: start_from_base was never called" % self.name)
+    direction = tf.cast(self._base.layer.kernel, dtype) + self.product(dtype)
+    return tf.cast(self.m, dtype) / tf.norm(direction, axis=0)
+
+  def merge_into(self, dense):
+    """Folds this layer into `dense` (the projection it sits on), once:
+    kernel (W + P·alpha/r)·s and bias b·s.
+
+    Raises:
+      UserError: for a gated layer (its scale depends on the input).
+    """
+    if self.gate is not None:
+      raise UserError("a gated %s adapter (use_gating=True) cannot be "
+                      "merged: its scale depends on the input"
+                      % self.config.kind)
+    if self.merged:
+      return
+    scale = self.magnitude_scale(tf.float32)
+    kernel = tf.convert_to_tensor(dense.kernel)
+    dense.kernel.assign((kernel + self.product(tf.float32) * self.scaling)
+                        * scale)
+    dense.bias.assign(tf.convert_to_tensor(dense.bias) * scale)
+    self._merged_scale = scale
+    self.merged = True
+
+  def reset_from(self, dense):
+    """Takes this layer back out of `dense` (undoes merge_into)."""
+    if not self.merged:
+      return
+    scale = self._merged_scale
+    added = self.product(tf.float32) * self.scaling
+    dense.kernel.assign(tf.convert_to_tensor(dense.kernel) / scale - added)
+    dense.bias.assign(tf.convert_to_tensor(dense.bias) / scale)
+    self._merged_scale = None
+    self.merged = False
+
+
 @keras.saving.register_keras_serializable(package="adapter_bert")
-class DoRALayer(keras.layers.Layer):
+class DoRALayer(DoRAMagnitude, keras.layers.Layer):
   """DoRA on one dense projection (a projection hook point).
 
   Variables (checkpoint names under the projection's scope, e.g.
@@ -151,17 +211,10 @@ class DoRALayer(keras.layers.Layer):
     self.lora_B = self.add_weight(name="lora_B",
                                   shape=(c.r, self.out_features),
                                   initializer=b_init)
-    self.m = self.add_weight(name="m", shape=(self.out_features,),
-                             initializer="ones")
+    self.add_magnitude()
     self.gate = (gating.Gate(self.in_features, 1, torch_bias=True,
                              name="lora_gate") if c.use_gating else None)
-    self._base = None  # registry.LayerRef of the base Dense.
-    self._merged_scale = None  # s while merged (reset_from divides by it).
     self.built = True
-
-  @property
-  def merged(self):
-    return self._merged_scale is not None
 
   @property
   def scaling(self):
@@ -174,24 +227,9 @@ class DoRALayer(keras.layers.Layer):
       items += self.gate.checkpoint_variables("lora_gate")
     return items
 
-  def start_from_base(self, dense):
-    """Binds the base projection and sets m to its columns' norms."""
-    self._base = registry.LayerRef(dense)
-    if not self.merged:
-      self.m.assign(tf.norm(tf.convert_to_tensor(dense.kernel), axis=0))
-
-  def _kernel(self):
-    if self._base is None:
-      raise ValueError("DoRALayer %s: start_from_base was never called"
-                       % self.name)
-    return self._base.layer.kernel
-
-  def _scale(self, dtype):
-    """m / ||W + A·B|| [out] (A·B without alpha / r, as AdapterHub)."""
-    direction = (tf.cast(self._kernel(), dtype)
-                 + tf.matmul(tf.cast(self.lora_A, dtype),
-                             tf.cast(self.lora_B, dtype)))
-    return tf.cast(self.m, dtype) / tf.norm(direction, axis=0)
+  def product(self, dtype):
+    """A·B [in, out]."""
+    return tf.matmul(tf.cast(self.lora_A, dtype), tf.cast(self.lora_B, dtype))
 
   def call(self, x, projected, training=False, policy=None, tokens=None):
     """x: the projection's input [rows, in]; projected: x·W + b [rows, out];
@@ -210,35 +248,7 @@ class DoRALayer(keras.layers.Layer):
       delta *= gating.per_row(self.gate(x, tokens), tokens, dtype)
     else:
       delta *= self.scaling
-    return (projected + delta) * self._scale(dtype)
-
-  def merge_into(self, dense):
-    """Folds this layer into `dense` (the projection it sits on), once.
-
-    Raises:
-      UserError: for a gated DoRA (its scale depends on the input).
-    """
-    if self.gate is not None:
-      raise UserError("a gated DoRA adapter (use_gating=True) cannot be "
-                      "merged: its scale depends on the input")
-    if self.merged:
-      return
-    scale = self._scale(tf.float32)
-    kernel = tf.convert_to_tensor(dense.kernel)
-    added = tf.matmul(self.lora_A, self.lora_B) * self.scaling
-    dense.kernel.assign((kernel + added) * scale)
-    dense.bias.assign(tf.convert_to_tensor(dense.bias) * scale)
-    self._merged_scale = scale
-
-  def reset_from(self, dense):
-    """Takes this layer back out of `dense` (undoes merge_into)."""
-    if not self.merged:
-      return
-    scale = self._merged_scale
-    added = tf.matmul(self.lora_A, self.lora_B) * self.scaling
-    dense.kernel.assign(tf.convert_to_tensor(dense.kernel) / scale - added)
-    dense.bias.assign(tf.convert_to_tensor(dense.bias) / scale)
-    self._merged_scale = None
+    return (projected + delta) * self.magnitude_scale(dtype)
 
   def get_config(self):
     base = super().get_config()

@@ -71,7 +71,8 @@ class VeraConfig(MethodConfig):
     vera_d: D's diagonal at the start.
     vera_b: V's diagonal at the start (0: the adapter starts as the
       identity).
-    use_dora, dtype: AdapterHub's; DoRA on VeRA is refused here.
+    use_dora: False (True makes it AdapterHub's DVoRA, another method).
+    dtype: AdapterHub's.
   """
   selfattn_lora: bool = True
   intermediate_lora: bool = False
@@ -92,30 +93,33 @@ class VeraConfig(MethodConfig):
   kind: str = "vera"
 
   architecture = "lora"
+  dora = False  # The use_dora value of this class's configs.
 
   def __post_init__(self):
     check_field_types(self)
     object.__setattr__(self, "leave_out", tuple(self.leave_out))
     object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
-    check_choice(self, "kind", ("vera",))
+    check_choice(self, "kind", (self.kind_name(),))
     check_choice(self, "composition_mode", ("add",))
     check_choice(self, "init_weights", ("vera", "lora", "bert", "ia3"))
     if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-      raise UserError("vera adapter config: r=%r must be an integer >= 1"
-                      % (self.r,))
+      raise UserError("%s adapter config: r=%r must be an integer >= 1"
+                      % (self.kind, self.r))
     check_range(self, "alpha", 0.0, low_open=True)
     check_range(self, "dropout", 0.0, 1.0)
     unknown = [m for m in self.attn_matrices if m not in ATTN_MATRICES]
     if unknown:
-      raise UserError("vera adapter config: attn_matrices %s; expected a "
-                      "subset of q, k, v" % ", ".join(map(repr, unknown)))
-    if self.use_dora:
-      raise UserError("vera adapter config: use_dora=True is not supported "
-                      "by this toolkit yet")
+      raise UserError("%s adapter config: attn_matrices %s; expected a "
+                      "subset of q, k, v" % (self.kind, ", ".join(
+                          map(repr, unknown))))
+    if self.use_dora != type(self).dora:
+      raise UserError("%s adapter config: use_dora=%r makes it another "
+                      "method's config (AdapterHub's config map names it)"
+                      % (self.kind, self.use_dora))
     if not self.hook_points():
-      raise UserError("vera adapter config: no projection is chosen "
+      raise UserError("%s adapter config: no projection is chosen "
                       "(selfattn_lora with attn_matrices, intermediate_lora "
-                      "or output_lora)")
+                      "or output_lora)" % self.kind)
 
   def hook_points(self):
     points = []
@@ -130,9 +134,11 @@ class VeraConfig(MethodConfig):
 
 
 def _recognizes(d):
-  """AdapterHub's test: a "lora" config with a float vera_d or vera_b."""
-  return isinstance(d.get("vera_d"), float) or isinstance(
-      d.get("vera_b"), float)
+  """AdapterHub's test: a "lora" config with a float vera_d or vera_b (and
+  here without use_dora, which makes it another method's)."""
+  return d.get("use_dora") is not True and (
+      isinstance(d.get("vera_d"), float)
+      or isinstance(d.get("vera_b"), float))
 
 
 def _pair_shape(config, bert_config):
@@ -144,9 +150,9 @@ def _pair_shape(config, bert_config):
   shapes = {p: projection_shape(p, bert_config) for p in config.hook_points()}
   if len(set(shapes.values())) > 1:
     raise UserError(
-        "vera adapter config: its shared A and B serve every projection, but "
-        "%s" % ", ".join("%s is [%d -> %d]" % (p, a, b)
-                          for p, (a, b) in shapes.items()))
+        "%s adapter config: its shared A and B serve every projection, but "
+        "%s" % (config.kind, ", ".join("%s is [%d -> %d]" % (p, a, b)
+                          for p, (a, b) in shapes.items())))
   return next(iter(shapes.values()))
 
 
@@ -236,21 +242,15 @@ class VeraLayer(keras.layers.Layer):
       items += self.gate.checkpoint_variables("lora_gate")
     return items
 
-  def _delta(self, dtype):
-    """A·D·B·V [in, out]."""
+  def product(self, dtype):
+    """A·D·B·V [in, out] (unscaled)."""
     pair = self._pair.layer
     a = tf.matmul(tf.cast(pair.lora_A, dtype), tf.cast(self.vera_D, dtype))
     b = tf.matmul(tf.cast(pair.lora_B, dtype), tf.cast(self.vera_B, dtype))
     return tf.matmul(a, b)
 
-  def call(self, x, projected, training=False, policy=None, tokens=None):
-    """x: the projection's input [rows, in]; projected: x·W + b [rows, out];
-    tokens: the batch's TokenLayout (gates)."""
-    del policy
-    if self.merged:
-      return projected
-    dtype = projected.dtype
-    x = tf.cast(x, dtype)
+  def branch(self, x, dtype, training, tokens):
+    """dropout(x)·A·D·B·V, times alpha / r or the gate [rows, out]."""
     branch_input = x
     if training and self.config.dropout > 0:
       branch_input = tf.nn.dropout(x, rate=self.config.dropout)
@@ -261,9 +261,17 @@ class VeraLayer(keras.layers.Layer):
     delta = tf.matmul(low, tf.matmul(tf.cast(pair.lora_B, dtype),
                                      tf.cast(self.vera_B, dtype)))
     if self.gate is not None:  # The gate replaces alpha / r (AdapterHub).
-      return projected + delta * gating.per_row(self.gate(x, tokens), tokens,
-                                                dtype)
-    return projected + delta * self.scaling
+      return delta * gating.per_row(self.gate(x, tokens), tokens, dtype)
+    return delta * self.scaling
+
+  def call(self, x, projected, training=False, policy=None, tokens=None):
+    """x: the projection's input [rows, in]; projected: x·W + b [rows, out];
+    tokens: the batch's TokenLayout (gates)."""
+    del policy
+    if self.merged:
+      return projected
+    dtype = projected.dtype
+    return projected + self.branch(tf.cast(x, dtype), dtype, training, tokens)
 
   def merge_into(self, dense):
     """Folds this layer into `dense` (the projection it sits on), once.
@@ -288,7 +296,7 @@ class VeraLayer(keras.layers.Layer):
 
   def _fold(self, dense, sign):
     kernel = tf.convert_to_tensor(dense.kernel)
-    delta = tf.cast(self._delta(tf.float32) * self.scaling, kernel.dtype)
+    delta = tf.cast(self.product(tf.float32) * self.scaling, kernel.dtype)
     dense.kernel.assign(kernel + sign * delta)
 
   def get_config(self):
@@ -297,7 +305,8 @@ class VeraLayer(keras.layers.Layer):
     return base
 
 
-def _shared_for(config, bert_config):
+def shared_pair(config, bert_config):
+  """The adapter's VeraPair (its model-level layer)."""
   in_features, out_features = _pair_shape(config, bert_config)
   return VeraPair(config, in_features, out_features, name="vera_pair")
 
@@ -326,9 +335,10 @@ def _adapterhub_layout():
   return AdapterHubLayout(tuple(tensors))
 
 
+ADAPTERHUB_LAYOUT = _adapterhub_layout()
 registry.register_method("vera", VeraConfig, _layers_for,
-                         shared_for=_shared_for, recognizes=_recognizes,
-                         adapterhub=_adapterhub_layout())
+                         shared_for=shared_pair, recognizes=_recognizes,
+                         adapterhub=ADAPTERHUB_LAYOUT)
 
 VERA = VeraConfig()
 register_preset("vera", VERA)

