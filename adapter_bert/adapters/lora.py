@@ -91,22 +91,13 @@ class LoRAConfig(MethodConfig):
                          "ia3" if self.composition_mode == "scale"
                          else "lora"))
     check_choice(self, "init_weights", ("lora", "bert", "ia3"))
-    if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-      raise UserError("%s adapter config: r=%r must be an integer >= 1"
-                      % (self.kind, self.r))
+    check_low_rank(self)
     if self.composition_mode == "scale" and self.r != 1:
       raise UserError("ia3 adapter config: r=%r; composition_mode 'scale' "
                       "needs r=1" % (self.r,))
-    check_range(self, "alpha", 0.0, low_open=True)
-    check_range(self, "dropout", 0.0, 1.0)
     if self.composition_mode == "scale" and self.dropout:
       raise UserError("ia3 adapter config: dropout=%r; (IA)^3 has no dropout"
                       % (self.dropout,))
-    unknown = [m for m in self.attn_matrices if m not in ATTN_MATRICES]
-    if unknown:
-      raise UserError("%s adapter config: attn_matrices %s; expected a "
-                      "subset of q, k, v" % (self.kind, ", ".join(
-                          map(repr, unknown))))
     if self.use_gating and self.composition_mode == "scale":
       raise UserError("ia3 adapter config: use_gating=True is not supported "
                       "with composition_mode 'scale'")
@@ -115,11 +106,6 @@ class LoRAConfig(MethodConfig):
         raise UserError("%s adapter config: %s=%r makes it another method's "
                         "config (AdapterHub's config map names it)"
                         % (self.kind, field, getattr(self, field)))
-    if not (self.selfattn_lora and self.attn_matrices
-            or self.intermediate_lora or self.output_lora):
-      raise UserError("%s adapter config: no projection is chosen "
-                      "(selfattn_lora with attn_matrices, intermediate_lora "
-                      "or output_lora)" % self.kind)
 
   @classmethod
   def from_dict(cls, d):
@@ -129,15 +115,45 @@ class LoRAConfig(MethodConfig):
     return super().from_dict(d)
 
   def hook_points(self):
-    points = []
-    if self.selfattn_lora:
-      points += [ATTN_MATRICES[m] for m in ("q", "k", "v")
-                 if m in self.attn_matrices]
-    if self.intermediate_lora:
-      points.append("intermediate_projection")
-    if self.output_lora:
-      points.append("output_projection")
-    return points
+    return hook_points_of(self)
+
+
+def hook_points_of(config):
+  """The projection hook points a LoRA-family config chooses (its
+  selfattn_lora with attn_matrices, intermediate_lora, output_lora)."""
+  points = []
+  if config.selfattn_lora:
+    points += [ATTN_MATRICES[m] for m in ("q", "k", "v")
+               if m in config.attn_matrices]
+  if config.intermediate_lora:
+    points.append("intermediate_projection")
+  if config.output_lora:
+    points.append("output_projection")
+  return points
+
+
+def check_low_rank(config):
+  """The checks a LoRA-family config (LoRA, VeRA, DoRA, ...) shares: r,
+  alpha, dropout, attn_matrices and some projection chosen.
+
+  Raises:
+    UserError: naming the config's kind and the field.
+  """
+  if not isinstance(config.r, int) or isinstance(config.r, bool) or (
+      config.r < 1):
+    raise UserError("%s adapter config: r=%r must be an integer >= 1"
+                    % (config.kind, config.r))
+  check_range(config, "alpha", 0.0, low_open=True)
+  check_range(config, "dropout", 0.0, 1.0)
+  unknown = [m for m in config.attn_matrices if m not in ATTN_MATRICES]
+  if unknown:
+    raise UserError("%s adapter config: attn_matrices %s; expected a subset "
+                    "of q, k, v" % (config.kind, ", ".join(map(repr,
+                                                               unknown))))
+  if not hook_points_of(config):
+    raise UserError("%s adapter config: no projection is chosen "
+                    "(selfattn_lora with attn_matrices, intermediate_lora "
+                    "or output_lora)" % config.kind)
 
 
 def IA3Config(**overrides):  # pylint: disable=invalid-name
