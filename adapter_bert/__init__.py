@@ -20,4 +20,9 @@ below it; `tests/test_layering.py` checks it):
               scripts/export_saved_model.py)
 """
 
+# First, before any module here loads TensorFlow or Keras: picks TensorFlow's
+# oneDNN kernels on x86-64 hosts where TensorFlow would not on its own (AVX2
+# AMD hosts; see compute.tf_startup), whichever module a user imports first.
+from adapter_bert.compute import tf_startup  # noqa: F401  pylint: disable=unused-import
+
 __version__ = "0.1.0"
