@@ -222,8 +222,9 @@ class AdaptersMixin:
     """
     if not self.can_merge(name):
       raise UserError("adapter %r (%s) cannot be merged: only adapters whose "
-                      "layers all fold into the projections they sit on (lora, "
-                      "ia3, vera, dora, dvora) merge into the base weights"
+                      "layers all fold into the projections they sit on (their "
+                      "method owns merge_into and reset_from) merge into the "
+                      "base weights"
                       % (name, self.adapter_configs[name].kind))
     pairs = self._mergeable_layers(name)
     others = [n for n in self.merged_adapters if n != name]
