@@ -281,17 +281,23 @@ def np_bert(w, cfg, ids, mask, segs, config, bn_fn=None, projection_fn=None):
       return np_ln(t, w[p + "output/LayerNorm/gamma"],
                    w[p + "output/LayerNorm/beta"])
 
+    def closes(bn, prefix):
+      # original_ln_after=False: the adapter's output is the block's.
+      return (bn is not None and not bn.original_ln_after
+              and any(k.startswith(prefix + "/") for k in w))
+
     if bn_attention is not None:
       a = bn_fn(bn_attention, p + "attention/output/adapters", a, x, ln_att,
                 mask)
-    a = ln_att(a + x)
+    if not closes(bn_attention, p + "attention/output/adapters"):
+      a = ln_att(a + x)
     inter = ACTS["gelu_new"](projection_fn(c, p + "intermediate/dense", a,
                                            "intermediate_projection", mask))
     o = projection_fn(c, p + "output/dense", inter, "output_projection",
                       mask)
     if bn_ffn is not None:
       o = bn_fn(bn_ffn, p + "output/adapters", o, a, ln_out, mask)
-    x = ln_out(o + a)
+    x = o if closes(bn_ffn, p + "output/adapters") else ln_out(o + a)
     states.append(x)
   if config.kind == "layer_attention":
     return np_layer_attention(config, w, states, mask)
@@ -393,6 +399,14 @@ BN_CASES = {
         reduction_factor=2, phm_layer=True, phm_dim=2,
         factorized_phm_W=False, shared_phm_rule=False,
         factorized_phm_rule=True, phm_bias=False),
+    # The block's LayerNorm before the adapters only (Adapter+'s place),
+    # and none at all around a parallel one.
+    "ln_before_only_leave_out": adapters.BnConfig(
+        mh_adapter=True, original_ln_after=False, residual_before_ln=False,
+        reduction_factor=4, scaling="channel", leave_out=[0]),
+    "parallel_no_block_ln": adapters.BnConfig(
+        reduction_factor=4, original_ln_before=False, original_ln_after=False,
+        is_parallel=True, scaling=2.0),
     "gated_parallel": adapters.BnConfig(
         reduction_factor=4, original_ln_before=False, is_parallel=True,
         use_gating=True, scaling=2.0),
@@ -782,7 +796,8 @@ def test_bad_method_configs_are_one_line():
   cases = [
       ({"reduction_factor": 0}, "reduction_factor=0"),
       ({"non_linearity": "mish"}, "non_linearity='mish'"),
-      ({"stochastic_depth": 0.1}, "stochastic_depth=0.1"),
+      ({"stochastic_depth": -0.1}, "stochastic_depth=-0.1"),
+      ({"cross_adapter": True}, "cross_adapter=True"),
       ({"inv_adapter": "glow"}, "inv_adapter='glow'"),
       ({"inv_adapter": "nice"}, "inv_adapter_reduction_factor=None"),
       ({"mh_adapter": False, "output_adapter": False}, "nowhere"),

@@ -21,6 +21,7 @@ from adapter_bert.adapters.bottleneck import AdapterConfig  # adapter-bert's.
 from adapter_bert.adapters.bottleneck import BottleneckAdapter  # Registers "bottleneck".
 from adapter_bert.adapters.bottleneck import BnAdapter  # Registers "bn" and its presets.
 from adapter_bert.adapters.bottleneck import BnConfig
+from adapter_bert.adapters.adapter_plus import AdapterPlusConfig  # "adapter_plus".
 from adapter_bert.adapters.lora import IA3Config
 from adapter_bert.adapters.lora import LoRAConfig  # Registers "lora", "ia3".
 from adapter_bert.adapters.lora import LoRALayer
@@ -41,7 +42,7 @@ from adapter_bert.adapters.composition import Parallel
 from adapter_bert.adapters.composition import Stack
 
 __all__ = [
-    "AdapterConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
+    "AdapterConfig", "AdapterPlusConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
     "ConfigUnion", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
     "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",

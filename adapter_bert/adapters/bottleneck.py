@@ -24,8 +24,12 @@ LayerNorm (frozen: these adapters train no LayerNorm):
                      (or LN_after(up + residual) if adapter_residual_before_ln)
   parallel:    out = h + [LN_after](s·W_up·act(W_down·r))
   then, as without adapters: LN(out + r)   (original_ln_after=True)
+  or out is the block's output itself      (original_ln_after=False; the
+                                            last adapter of a stack decides)
 
-s is `scaling` (a number, or a learned scalar or per-channel vector).
+s is `scaling` (a number, or a learned scalar or per-channel vector); a
+sequential adapter's up output may be dropped per example while training
+(`stochastic_depth`, before s).
 """
 
 import dataclasses
@@ -282,8 +286,12 @@ class BnConfig(MethodConfig):
       (adapters.compacter).
     use_gating: a per-example gate on the adapter's output (UniPELT;
       adapters.gating).
-    inv_adapter, cross_adapter, stochastic_depth are AdapterHub's; the
-    values that need a decoder or stochastic depth are refused.
+    stochastic_depth: while training, the up projection's output of a
+      sequential adapter is dropped for a whole example with this
+      probability (and kept ones scaled by 1 / (1 - p)): torchvision's
+      StochasticDepth(mode="row"), as AdapterHub applies it (Adapter+).
+    inv_adapter, cross_adapter are AdapterHub's; cross_adapter (it needs a
+      decoder) is refused.
   """
   mh_adapter: bool = False
   output_adapter: bool = True
@@ -362,16 +370,10 @@ class BnConfig(MethodConfig):
                         % (self.inv_adapter_reduction_factor,))
     if self.phm_layer:
       compacter.check_phm_config(self)
-    for field, why in (("cross_adapter", "cross-attention adapters (no "
-                        "decoder here)"),
-                       ("stochastic_depth", "stochastic depth")):
-      if getattr(self, field):
-        raise UserError("bn adapter config: %s=%r (%s) is not supported by "
-                        "this toolkit yet" % (field, getattr(self, field),
-                                              why))
-    if not self.original_ln_after:
-      raise UserError("bn adapter config: original_ln_after=False is not "
-                      "supported (the block's LayerNorm always follows)")
+    if self.cross_adapter:
+      raise UserError("bn adapter config: cross_adapter=True (cross-"
+                      "attention adapters) needs a decoder; BERT has none")
+    check_range(self, "stochastic_depth", 0.0, 1.0, high_open=True)
 
   def bottleneck_size(self, hidden_size, layer_index):
     factor = self.reduction_factor
@@ -395,7 +397,13 @@ class BnAdapter(keras.layers.Layer):
   """
 
   uses_block_residual = True  # Called with residual= and layer_norm=.
-  uses_tokens = True  # Called with tokens= (the gate's token mean).
+  uses_tokens = True  # Called with tokens= (gates, stochastic depth).
+
+  @property
+  def returns_block_output(self):
+    """Whether the output is the block's output itself (no LN(. + r)
+    after it): AdapterHub's original_ln_after=False."""
+    return not self.config.original_ln_after
 
   def __init__(self, config, bottleneck_size, shared_rule=None, **kwargs):
     super().__init__(**kwargs)
@@ -491,9 +499,9 @@ class BnAdapter(keras.layers.Layer):
     return x * tf.cast(gamma, x.dtype) + tf.cast(beta, x.dtype)
 
   def bottleneck(self, x, training, tokens=None):
-    """s·W_up·act(W_down·[LN_before](x) + b1) + b2 (dropout when training),
-    times the gate of x when gated."""
-    dtype = x.dtype
+    """s·W_up·act(W_down·[LN_before](x) + b1) + b2 (dropout and stochastic
+    depth when training), times the gate of x when gated."""
+    dtype, c = x.dtype, self.config
     gate_input = x
     if "ln_before" in self.norms:
       x = self._norm("ln_before", x)
@@ -505,12 +513,14 @@ class BnAdapter(keras.layers.Layer):
                     + tf.cast(self.biases1, dtype))  # [rows, m]
       up = tf.matmul(h, tf.cast(self.weights2, dtype)) + tf.cast(
           self.biases2, dtype)  # [rows, H]
+    if training and c.stochastic_depth > 0 and not c.is_parallel:
+      up = _drop_examples(up, c.stochastic_depth, tokens)
     if self.scaling is not None:
       up = up * tf.cast(self.scaling, dtype)
     elif self.config.scaling != 1.0:
       up = up * tf.cast(self.config.scaling, dtype)
-    if training and self.config.dropout > 0:
-      up = tf.nn.dropout(up, rate=self.config.dropout)
+    if training and c.dropout > 0:
+      up = tf.nn.dropout(up, rate=c.dropout)
     if self.gate is not None:
       up = up * gating.per_row(self.gate(gate_input, tokens), tokens, dtype)
     return up
@@ -559,6 +569,20 @@ class BnAdapter(keras.layers.Layer):
     base.update(config=self.config.to_dict(),
                 bottleneck_size=self.bottleneck_size)
     return base
+
+
+def _drop_examples(x, rate, tokens):
+  """Stochastic depth over examples: x [rows, H] with each example's rows
+  together (tokens: adapters.gating.TokenLayout) is zeroed for a whole
+  example with probability `rate`, and the rest scaled by 1 / (1 - rate)."""
+  if tokens is None:
+    raise ValueError("stochastic depth needs the batch's token layout")
+  keep = 1.0 - rate
+  per_example = tf.cast(
+      tf.random.uniform([tokens.batch]) < keep, x.dtype) / tf.cast(
+          keep, x.dtype)  # [batch]
+  rows_each = tf.shape(x)[0] // tokens.batch  # seq, or output_range's k.
+  return x * tf.repeat(per_example, rows_each)[:, tf.newaxis]
 
 
 @keras.saving.register_keras_serializable(package="adapter_bert")

@@ -96,17 +96,20 @@ def check_choice(config, field, choices):
         ", ".join(repr(c) for c in choices)))
 
 
-def check_range(config, field, low, high=None, low_open=False):
+def check_range(config, field, low, high=None, low_open=False,
+                high_open=False):
   value = getattr(config, field)
   ok = isinstance(value, (int, float)) and not isinstance(value, bool)
   if ok:
     ok = value > low if low_open else value >= low
-    ok = ok and (high is None or value <= high)
+    ok = ok and (high is None or (value < high if high_open
+                                  else value <= high))
   if not ok:
     raise UserError("%s adapter config: %s=%s is out of range (%s %s%s)" % (
         config.kind, field, clip_value(repr(value)),
         ">" if low_open else ">=", low,
-        "" if high is None else ", <= %s" % high))
+        "" if high is None else ", %s %s" % ("<" if high_open else "<=",
+                                              high)))
 
 
 def _matches(value, annotation):

@@ -150,12 +150,17 @@ class LayerNormCopies:
     return getattr(self.owner, self.copies)[name]
 
 
-def apply_layer_norm(norms, x, residual, setup, training, policy, dtype):
+def apply_layer_norm(norms, x, residual, setup, training, policy, dtype,
+                     done=()):
   """LayerNorm(x + residual) with each branch's LayerNorms.
 
   x and residual are [n * rows, H] (branch-major) when the setup runs n
-  branches side by side.
+  branches side by side. `done` (per branch; AdapterHook.
+  returns_block_output) marks the branches whose x is already the block's
+  output: they pass through.
   """
+  if done and all(done):
+    return tf.cast(x, dtype)
   if not setup.parallel:
     out = norms.of(setup.branches[0].layer_norms)(
         x, residual=residual, training=training, policy=policy)
@@ -163,10 +168,14 @@ def apply_layer_norm(norms, x, residual, setup, training, policy, dtype):
   n = len(setup.branches)
   hidden = tf.shape(x)[-1]
   layers = [norms.of(b.layer_norms) for b in setup.branches]
+  parts = tf.reshape(x, [n, -1, hidden])
   out = stacked_layer_norm(
-      layers, tf.reshape(x, [n, -1, hidden]),
+      layers, parts,
       None if residual is None else tf.reshape(residual, [n, -1, hidden]),
-      policy)
+      policy)  # [n, rows, H]
+  if any(done):
+    out = tf.stack([tf.cast(parts[i], out.dtype) if done[i] else out[i]
+                    for i in range(n)])
   return tf.cast(tf.reshape(out, [-1, hidden]), dtype)
 
 
@@ -232,6 +241,15 @@ class AdapterHook(keras.layers.Layer):
                    Tag("adapter", name, frozen=rel in frozen))
                   for rel, variable in listed]
     return items
+
+  def returns_block_output(self, setup):
+    """Per branch of `setup`: whether what this hook returns is the block's
+    output itself, no LN(. + r) after it. The last adapter that runs here
+    decides (its layer's `returns_block_output`), as in AdapterHub, where
+    the last adapter's original_ln_after does."""
+    return tuple(bool(getattr(_last_layer(self._branch_steps(branch)),
+                              "returns_block_output", False))
+                 for branch in setup.branches)
 
   def branch_layers(self, branch):
     """The layers of a branch's adapters here, in order (at the
@@ -408,6 +426,18 @@ class AdapterHook(keras.layers.Layer):
     base = super().get_config()
     base["point"] = self.point
     return base
+
+
+def _last_layer(steps):
+  """The layer that runs last among a branch's steps (None if none)."""
+  if not steps:
+    return None
+  step = steps[-1]
+  if isinstance(step, _Fused):
+    return step.layers[-1]
+  if isinstance(step, _Averaged):
+    return _last_layer(step.paths[-1])
+  return step
 
 
 class _Averaged(NamedTuple):

@@ -189,8 +189,9 @@ class TransformerBlock(keras.layers.Layer):
                                      batch, rows)
     attention = self.attention_output(attention, residual=residual,
                                       norms=self._attention_norms, **hooks)
-    attention = apply_layer_norm(self._attention_norms, attention, residual,
-                                  setup, training, policy, self.compute_dtype)
+    attention = apply_layer_norm(
+        self._attention_norms, attention, residual, setup, training, policy,
+        self.compute_dtype, self.attention_output.returns_block_output(setup))
 
     intermediate = self.intermediate(attention, **hooks)
     output = _dense(self.output_dense, intermediate)
@@ -199,8 +200,9 @@ class TransformerBlock(keras.layers.Layer):
                                   kernels.fold_seed(seed, 2), batch, rows)
     output = self.ffn_output(output, residual=attention,
                              norms=self._output_norms, **hooks)
-    return apply_layer_norm(self._output_norms, output, attention, setup,
-                             training, policy, self.compute_dtype)
+    return apply_layer_norm(
+        self._output_norms, output, attention, setup, training, policy,
+        self.compute_dtype, self.ffn_output.returns_block_output(setup))
 
   def get_config(self):
     base = super().get_config()

@@ -14,7 +14,8 @@ and its head on the Hugging Face BERT in `hf_dir`. With "fusion_dir",
 "adapter_dirs" and "head" instead of "adapter_dir": the adapters, their
 AdapterFusion active, and that head.
 
-With "make": an AdapterHub config name (and "save_dir", "seed"), it first
+With "make": an AdapterHub config name, or {"class": the name of one of
+its config classes, and that class's fields} (and "save_dir", "seed"), it first
 adds that adapter and a classification head to the base, puts seeded noise
 (std 0.1) on every parameter AdapterHub trains, and saves both with
 `save_adapter` to save_dir/bin (torch's .bin) and save_dir/safetensors;
@@ -26,8 +27,12 @@ import sys
 
 
 def main(args):
+  import os
   import numpy as np
   import torch
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import adapterhub_env
+  adapterhub_env.provide_stochastic_depth()
   from adapters import AutoAdapterModel
   model = AutoAdapterModel.from_pretrained(args["hf_dir"])
   if "make" in args:
@@ -56,8 +61,13 @@ def make_adapter(model, args):
   """Adds, noises and saves an AdapterHub adapter (see the module doc)."""
   import os
   import torch
+  import adapters
   name = "made"
-  model.add_adapter(name, config=args["make"])
+  config = args["make"]
+  if isinstance(config, dict):  # {"class": an AdapterHub config class, ...}
+    fields = dict(config)
+    config = getattr(adapters, fields.pop("class"))(**fields)
+  model.add_adapter(name, config=config)
   model.add_classification_head(name, num_labels=2)
   model.train_adapter(name)
   generator = torch.Generator().manual_seed(int(args.get("seed", 0)))

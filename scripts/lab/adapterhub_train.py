@@ -288,6 +288,9 @@ def build_model(args, num_labels, tagging):
   """
   import transformers
   import adapters
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import adapterhub_env  # pylint: disable=g-import-not-at-top
+  adapterhub_env.provide_stochastic_depth()
   config = transformers.AutoConfig.from_pretrained(args["model_dir"])
   if args["hidden_act"]:
     config.hidden_act = args["hidden_act"]

@@ -10,8 +10,8 @@ outside this repository:
 It writes the tiny base in Hugging Face layout (`hf/`: config.json,
 model.safetensors, vocab.txt), `inputs.npz` (input_ids, input_mask,
 segment_ids [4, 12]), and for each AdapterHub method name M: `M/` (its
-save_adapter with the head; torch's .bin, and for seq_bn and vera also
-safetensors in `M_safetensors/`) and `M_logits.npy`, AdapterHub's eval-mode
+save_adapter with the head; torch's .bin, and for those in SAFETENSORS_TOO
+also safetensors in `M_safetensors/`) and `M_logits.npy`, AdapterHub's eval-mode
 logits with M and its head active. Every trainable parameter gets seeded
 noise (std 0.1) so that adapters and heads matter. With a list of methods,
 only those are (re)written, beside the base and inputs already there.
@@ -24,8 +24,8 @@ import sys
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
-           "unipelt", "vera", "dora", "dvora")
-SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora")
+           "unipelt", "vera", "dora", "dvora", "adapter_plus")
+SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora", "adapter_plus")
 # Configs other than the method's default: DoRA with alpha / r = 4, where
 # AdapterHub's norm (A·B unscaled) and its output (scaled) differ.
 CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]",
@@ -83,6 +83,9 @@ def update(out, methods):
 def write_methods(out, methods, ids, mask, segs, summary):
   import numpy as np
   import torch
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import adapterhub_env  # pylint: disable=g-import-not-at-top
+  adapterhub_env.provide_stochastic_depth()
   import adapters
   from adapters import BertAdapterModel
   hf = os.path.join(out, "hf")
@@ -90,6 +93,10 @@ def write_methods(out, methods, ids, mask, segs, summary):
     model = BertAdapterModel.from_pretrained(hf)
     name = method.replace("+", "p")
     config_arg = CONFIG_STRINGS.get(method, method)
+    if method == "adapter_plus":  # A class, no name in AdapterHub's map;
+      # bottleneck 4 on the tiny base, its LayerNorm before the adapter.
+      config_arg = adapters.AdapterPlusConfig(reduction_factor=4,
+                                              mh_adapter=True)
     if method.startswith("compacter"):  # Its PHM needs bottleneck % 4 == 0.
       config_arg = (adapters.CompacterPlusPlusConfig(reduction_factor=2)
                     if method.endswith("++") else

@@ -60,6 +60,14 @@ ADAPTERHUB_NAMES = {
     "compacter": "compacter", "compacter++": "compacter++",
     "lora": "lora", "ia3": "ia3", "prefix_tuning": "prefix_tuning",
     "prompt_tuning": "prompt_tuning", "mam": "mam", "unipelt": "unipelt",
+    "vera": "vera", "dora": "dora", "dvora": "dvora",
+    # AdapterPlusConfig has no name in AdapterHub's map: its fields, as
+    # AdapterHub saves it (a bottleneck config).
+    "adapter_plus": {"mh_adapter": False, "output_adapter": True,
+                     "original_ln_after": False,
+                     "residual_before_ln": False, "stochastic_depth": 0.1,
+                     "init_weights": "houlsby", "scaling": "channel",
+                     "reduction_factor": 96, "non_linearity": "gelu"},
 }
 
 
