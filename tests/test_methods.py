@@ -186,10 +186,12 @@ def np_prefixes(c, w, cfg, layer):
   return out[:, 2 * i], out[:, 2 * i + 1]
 
 
-def np_bert(w, cfg, ids, mask, segs, config, bn_fn=None, projection_fn=None):
+def np_bert(w, cfg, ids, mask, segs, config, bn_fn=None, projection_fn=None,
+            block_output_fn=None):
   """The NumPy BERT with `config`'s adapter; `bn_fn(c, prefix, h, r, ln,
   mask)` and `projection_fn(c, scope, x, point, mask)`, where given, stand
-  for np_bn and np_projection (the composition tests' averages)."""
+  for np_bn and np_projection (the composition tests' averages);
+  `block_output_fn(layer, x, mask)` edits each block's output."""
   bn_fn = bn_fn or (lambda c, *args: np_bn(c, w, *args))
   projection_fn = projection_fn or (lambda c, *args: np_projection(
       c, w, *args))
@@ -298,6 +300,8 @@ def np_bert(w, cfg, ids, mask, segs, config, bn_fn=None, projection_fn=None):
     if bn_ffn is not None:
       o = bn_fn(bn_ffn, p + "output/adapters", o, a, ln_out, mask)
     x = o if closes(bn_ffn, p + "output/adapters") else ln_out(o + a)
+    if block_output_fn is not None:
+      x = block_output_fn(layer, x, mask)
     states.append(x)
   if config.kind == "layer_attention":
     return np_layer_attention(config, w, states, mask)
@@ -852,8 +856,8 @@ def test_bad_method_configs_are_one_line():
     assert "x" not in model.adapters
   with pytest.raises(UserError, match="unknown adapter preset 'pfeifer'"):
     model.add_adapter("x", "pfeifer")
-  with pytest.raises(UserError, match="'loreft' is AdapterHub's LoReFT"):
-    model.add_adapter("x", "loreft")
+  with pytest.raises(UserError, match="'mtl_lora' is AdapterHub's multi-"):
+    model.add_adapter("x", "mtl_lora")
 
 
 def test_adapterhub_config_dicts_load(tmp_path):

@@ -29,6 +29,10 @@ from adapter_bert.adapters.vera import VeraConfig  # Registers "vera".
 from adapter_bert.adapters.dora import DoRAConfig  # Registers "dora".
 from adapter_bert.adapters.dvora import DvoRAConfig  # Registers "dvora".
 from adapter_bert.adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
+from adapter_bert.adapters.reft import DiReftConfig
+from adapter_bert.adapters.reft import LoReftConfig
+from adapter_bert.adapters.reft import NoReftConfig
+from adapter_bert.adapters.reft import ReftConfig  # "reft": loreft, noreft, direft.
 from adapter_bert.adapters.layer_attention import LayerAttentionConfig  # Basirat's.
 from adapter_bert.adapters.prompt_tuning import PromptTuningConfig  # "prompt_tuning".
 from adapter_bert.adapters.union import ConfigUnion  # Registers "union" and "mam".
@@ -43,8 +47,9 @@ from adapter_bert.adapters.composition import Stack
 
 __all__ = [
     "AdapterConfig", "AdapterPlusConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
-    "ConfigUnion", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
-    "LayerAttentionConfig", "PrefixTuningConfig", "PromptTuningConfig",
+    "ConfigUnion", "DiReftConfig", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
+    "LayerAttentionConfig", "LoReftConfig", "NoReftConfig",
+    "PrefixTuningConfig", "PromptTuningConfig", "ReftConfig",
     "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",
     "Fuse", "MultiTask", "Parallel",
     "Stack", "VeraConfig", "composition",

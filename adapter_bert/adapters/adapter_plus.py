@@ -23,11 +23,12 @@ import dataclasses
 from typing import Any, Union
 
 from adapter_bert.adapters.bottleneck import BnConfig
+from adapter_bert.adapters.config import OtherDefaults
 from adapter_bert.adapters.config import register_preset
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class AdapterPlusConfig(BnConfig):
+class AdapterPlusConfig(OtherDefaults, BnConfig):
   """AdapterHub's AdapterPlusConfig: BnConfig with Adapter+'s defaults.
 
   It equals the BnConfig with the same fields (what a saved Adapter+
@@ -43,13 +44,6 @@ class AdapterPlusConfig(BnConfig):
   output_adapter: bool = True
   reduction_factor: Any = 96
   non_linearity: str = "gelu"
-
-  def __eq__(self, other):
-    if not isinstance(other, BnConfig):
-      return NotImplemented
-    return self.to_dict() == other.to_dict()
-
-  __hash__ = BnConfig.__hash__
 
 
 register_preset("adapter_plus", AdapterPlusConfig())

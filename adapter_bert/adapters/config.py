@@ -39,9 +39,6 @@ def get_preset(name):
 # AdapterHub 1.3's preset names of methods not built here.
 ADAPTERHUB_NOT_BUILT = {
     "mtl_lora": "multi-task LoRA (MTLLoRAConfig)",
-    "loreft": "LoReFT (LoReftConfig)",
-    "noreft": "NoReFT (NoReftConfig)",
-    "direft": "DiReFT (DiReftConfig)",
 }
 
 
@@ -86,6 +83,21 @@ class MethodConfig:
   @classmethod
   def kind_name(cls):
     return next(f.default for f in dataclasses.fields(cls) if f.name == "kind")
+
+
+class OtherDefaults:
+  """Mixin of a config class that is another method config class with
+  other defaults (AdapterHub's AdapterPlusConfig, LoReftConfig, ...): its
+  configs equal the base class's config with the same fields, which is
+  what they read back as. Declare the dataclass with eq=False."""
+
+  def __eq__(self, other):
+    if not isinstance(other, MethodConfig) or other.kind != self.kind:
+      return NotImplemented
+    return self.to_dict() == other.to_dict()
+
+  def __hash__(self):
+    return super().__hash__()
 
 
 def check_choice(config, field, choices):

@@ -27,6 +27,10 @@ Hook points, and what a layer placed there is called with:
                      dropout: layer(x [rows, I], projected [rows, H]) -> [rows, H]
   ffn_output         after the feed-forward output projection and its
                      dropout, before the residual LayerNorm: layer(x) -> x
+  block_output       the block's output (after its last LayerNorm):
+                     layer(x [rows, H]) -> [rows, H], rows example-major
+                     (seq per example, or output_range's first k); the
+                     first adapter of a Stack only, as in AdapterHub
   encoder_output     the encoder's output, from all its hidden states
                      (methods registered with `encoder_level=True`; the
                      encoder then runs frozen, in inference mode):
@@ -71,18 +75,21 @@ HOOK_SCOPES = {
     "intermediate_projection": "intermediate/dense",
     "output_projection": "output/dense",
     "ffn_output": "output",
+    "block_output": "output",
     "encoder_output": "encoder",
 }
 BLOCK_HOOKS = ("query", "key", "value", "attention_keys_values",
                "attention_output", "intermediate_projection",
-               "output_projection", "ffn_output")
+               "output_projection", "ffn_output", "block_output")
 MODEL_HOOKS = ("embedding_output", "prompts")
 ENCODER_HOOKS = ("encoder_output",)
 # Hook points on the residual stream: layer(x) -> x.
-RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output")
+RESIDUAL_HOOKS = ("embedding_output", "attention_output", "ffn_output",
+                  "block_output")
 # Hook points where only the first adapter of a Stack acts (AdapterHub's
-# invertible adapters and prompts: MAD-X's language adapter is the first).
-FIRST_ADAPTER_HOOKS = ("embedding_output", "prompts")
+# invertible adapters and prompts: MAD-X's language adapter is the first;
+# its ReFT interventions).
+FIRST_ADAPTER_HOOKS = ("embedding_output", "prompts", "block_output")
 PROJECTION_HOOKS = ("query", "key", "value", "intermediate_projection",
                     "output_projection")
 

@@ -32,7 +32,8 @@ class TransformerBlock(keras.layers.Layer):
 
   attention -> output dense -> dropout -> [hook "attention_output"] ->
   LayerNorm(+input) -> intermediate dense (act) -> output dense -> dropout ->
-  [hook "ffn_output"] -> LayerNorm(+attention output).
+  [hook "ffn_output"] -> LayerNorm(+attention output) -> [hook
+  "block_output"].
 
   The attention part is pluggable through `attention_cls` (any layer with
   BertSelfAttention's call signature). An adapter that trains LayerNorms
@@ -64,7 +65,7 @@ class TransformerBlock(keras.layers.Layer):
     # "gelu" (the tanh form) gets the fast kernels.
     self._fast_gelu = str(c.hidden_act).lower() == "gelu"
     add_hooks(self, ("attention_output", "intermediate_projection",
-                      "output_projection", "ffn_output"))
+                      "output_projection", "ffn_output", "block_output"))
     # Each adapter's LayerNorm copies, by adapter name.
     self.attention_layer_norms = {}
     self.output_layer_norms = {}
@@ -117,7 +118,8 @@ class TransformerBlock(keras.layers.Layer):
       self.output_layer_norms.pop(name, None)
       for hook in (list(self.attention.hooks.values())
                    + [self.attention_output, self.intermediate_projection,
-                      self.output_projection, self.ffn_output]):
+                      self.output_projection, self.ffn_output,
+                      self.block_output]):
         hook.remove(name)
 
   def checkpoint_variables(self, branch, serving=False):
@@ -144,6 +146,8 @@ class TransformerBlock(keras.layers.Layer):
         registry.HOOK_SCOPES["ffn_output"], branch.adapters, serving, fusions)
     items += self._output_norms.of(owner).checkpoint_variables(
         "output/LayerNorm", ln_tag)
+    items += self.block_output.checkpoint_variables(
+        registry.HOOK_SCOPES["block_output"], branch.adapters, serving)
     return items
 
   def intermediate(self, x, setup=None, training=False, policy=None,
@@ -200,9 +204,10 @@ class TransformerBlock(keras.layers.Layer):
                                   kernels.fold_seed(seed, 2), batch, rows)
     output = self.ffn_output(output, residual=attention,
                              norms=self._output_norms, **hooks)
-    return apply_layer_norm(
+    output = apply_layer_norm(
         self._output_norms, output, attention, setup, training, policy,
         self.compute_dtype, self.ffn_output.returns_block_output(setup))
+    return self.block_output(output, **hooks)
 
   def get_config(self):
     base = super().get_config()

@@ -75,6 +75,11 @@ def make_adapter(model, args):
     for p in model.parameters():
       if p.requires_grad:
         p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    # LoReFT's orthogonal map truncates original's diagonal (never trained
+    # there) to an integer: keep it +-1 (adapters/reft.py).
+    for n, p in model.named_parameters():
+      if n.endswith("parametrizations.weight.original"):
+        p.diagonal().copy_(torch.sign(p.diagonal()))
   model.set_active_adapters(name)
   for form in ("bin", "safetensors"):
     os.makedirs(os.path.join(args["save_dir"], form), exist_ok=True)

@@ -24,12 +24,17 @@ import sys
 METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
-           "unipelt", "vera", "dora", "dvora", "adapter_plus")
-SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora", "adapter_plus")
+           "unipelt", "vera", "dora", "dvora", "adapter_plus", "loreft",
+           "noreft", "direft")
+SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora", "adapter_plus",
+                   "loreft")
 # Configs other than the method's default: DoRA with alpha / r = 4, where
 # AdapterHub's norm (A·B unscaled) and its output (scaled) differ.
 CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]",
-                  "dvora": "dvora[alpha=16,r=4]"}
+                  "dvora": "dvora[alpha=16,r=4]",
+                  "loreft": "loreft[suffix_positions=2,r=2]",
+                  "noreft": "noreft[suffix_positions=2,r=2]",
+                  "direft": "direft[suffix_positions=2,r=2]"}
 
 
 def main(out, only=None):
@@ -109,6 +114,7 @@ def write_methods(out, methods, ids, mask, segs, summary):
       for p in model.parameters():
         if p.requires_grad:
           p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    keep_orthogonal_signs(model)
     model.eval()
     model.set_active_adapters(name)
     model.save_adapter(os.path.join(out, name), name, with_head=True)
@@ -116,12 +122,30 @@ def write_methods(out, methods, ids, mask, segs, summary):
       model.save_adapter(os.path.join(out, name + "_safetensors"), name,
                          with_head=True, use_safetensors=True)
     print("computing", name, file=sys.stderr, flush=True)
+    if method == "direft":
+      # AdapterHub saves no subtract_projection: its DiReFT comes back as
+      # NoReFT. The logits are those of the adapter as it loads.
+      model = BertAdapterModel.from_pretrained(hf)
+      model.load_adapter(os.path.join(out, name), set_active=True)
+      model.eval()
     with torch.no_grad():
       logits = model(input_ids=torch.tensor(ids),
                      attention_mask=torch.tensor(mask),
                      token_type_ids=torch.tensor(segs)).logits.numpy()
     np.save(os.path.join(out, name + "_logits.npy"), logits)
     summary[name] = config_arg if isinstance(config_arg, str) else method
+
+
+def keep_orthogonal_signs(model):
+  """Puts the diagonal of each orthogonal parametrization's `original`
+  (LoReFT's projection) back to its sign: torch never trains it, and
+  truncates it to an integer (noise of -1 + 0.05 would zero a column)."""
+  import torch
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if n.endswith("parametrizations.weight.original"):
+        d = p.diagonal()
+        d.copy_(torch.sign(d))
 
 
 def write_fusion(out, ids, mask, segs, summary):
