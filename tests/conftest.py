@@ -50,3 +50,16 @@ def minilm_dir():
 def glue_dir():
   """Directory of the real GLUE MRPC/SST-2/RTE files."""
   return _require(GLUE_DIR)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub():
+  """(the tiny BERT of tests/data/adapterhub_tiny in Hugging Face form,
+  its inputs as int32 features): where AdapterHub's own adapters sit."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from adapter_bert.model import modeling  # pylint: disable=g-import-not-at-top
+  tiny = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                      "adapterhub_tiny")
+  model = modeling.BertAdapterModel.from_pretrained(os.path.join(tiny, "hf"))
+  inputs = np.load(os.path.join(tiny, "inputs.npz"))
+  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}

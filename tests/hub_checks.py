@@ -85,3 +85,22 @@ def ours_read_adapterhubs_on_the_minilm(config_string, tmp_path):
     model.delete_adapter(name)
     model.delete_head(name)
   return diffs
+
+
+def bert_base_counts(config):
+  """{"trained": n, "frozen": m}: the values of an adapter of `config` on
+  the BERT-base config that `train_adapter` trains and that it leaves
+  frozen (AdapterHub counts its requires-grad parameters the first way)."""
+  from test_methods import BERT_BASE  # pylint: disable=g-import-not-at-top
+  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+  model.add_adapter("counted", config)
+  model.add_classification_head("counted", num_labels=2)
+  model.train_adapter("counted")
+  view = model.adapter_view("counted")
+  trainable = set(view.trainable_names("adapters"))
+  counts = {"trained": 0, "frozen": 0}
+  for n, (v, tag) in view.checkpoint_variables().items():
+    if tag.kind == "adapter":
+      counts["trained" if n in trainable else "frozen"] += int(
+          np.prod(v.shape))
+  return counts

@@ -10,11 +10,11 @@ import tensorflow as tf
 from adapter_bert import adapters
 from adapter_bert.adapters import bottleneck
 from adapter_bert.adapters import gating
-from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from hub_checks import adapterhub_reads_ours
+from hub_checks import bert_base_counts
 from hub_checks import needs_adapterhub
 from hub_checks import needs_adapterhub_and_minilm
 from hub_checks import ours_read_adapterhubs_on_the_minilm
@@ -22,6 +22,7 @@ import tiny_fixtures as fx
 from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
+from test_methods import changed_by_fit
 from test_methods import check_against_numpy
 from test_methods import model_with
 
@@ -119,14 +120,7 @@ def test_fit_trains_the_bottlenecks_and_scalings_only():
       "output_weights", "output_bias"}
   assert {n.rsplit("/", 1)[1] for n in trained if "/adapters/" in n} == {
       "weights1", "biases1", "weights2", "biases2", "scaling"}
-  before = {n: v.numpy().copy() for n, v in names.items()}
-  ids, mask, segs = batch(model.config)
-  labels = np.array([0, 1, 2, 1], np.int32)
-  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
-  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
-  model.fit(data, epochs=3, verbose=0)
-  changed = {n for n, v in names.items()
-             if not np.array_equal(v.numpy(), before[n])}
+  changed = changed_by_fit(model)
   assert changed == trained
 
 
@@ -142,13 +136,6 @@ def test_houlsby_initialisation():
   assert not names[scope + "biases2"].numpy().any()
   np.testing.assert_array_equal(names[scope + "scaling"].numpy(),
                                 np.ones(768))
-
-
-@pytest.fixture(scope="module")
-def tiny_hub():
-  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
 
 
 @pytest.mark.parametrize("form", ["adapter_plus", "adapter_plus_safetensors"])
@@ -187,15 +174,7 @@ def test_bert_base_count_equals_adapterhubs():
   # AdapterHub 1.3.0, BERT-base config, AdapterPlusConfig(), train_adapter:
   # 165,984 parameters require grad outside the head:
   # 12 x (768*8 + 8 + 8*768 + 768 + 768 scaling).
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
-  model.add_adapter("p", "adapter_plus")
-  model.add_classification_head("p", num_labels=2)
-  model.train_adapter("p")
-  view = model.adapter_view("p")
-  trainable = set(view.trainable_names("adapters"))
-  assert sum(int(np.prod(v.shape)) for n, (v, tag)
-             in view.checkpoint_variables().items()
-             if tag.kind == "adapter" and n in trainable) == 165_984
+  assert bert_base_counts("adapter_plus")["trained"] == 165_984
 
 
 def test_side_by_side_and_stacked_with_an_adapter_the_layernorm_follows():

@@ -5,22 +5,21 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from adapter_bert import adapters
 from adapter_bert.adapters import registry
-from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from hub_checks import adapterhub_reads_ours
+from hub_checks import bert_base_counts
 from hub_checks import needs_adapterhub
 from hub_checks import needs_adapterhub_and_minilm
 from hub_checks import ours_read_adapterhubs_on_the_minilm
 import tiny_fixtures as fx
-from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
+from test_methods import changed_by_fit
 from test_methods import model_with
 from test_methods import np_bert
 from test_methods import np_gate
@@ -112,15 +111,8 @@ def test_fit_trains_a_b_and_m(tmp_path):
   assert trained == {n for n in checkpoint_io.checkpoint_name_map(model)
                      if n.endswith(("/lora_A", "/lora_B", "/m"))} | {
                          "output_weights", "output_bias"}
-  names = checkpoint_io.checkpoint_name_map(model)
-  before = {n: v.numpy().copy() for n, v in names.items()}
+  changed = changed_by_fit(model)
   ids, mask, segs = batch(model.config)
-  labels = np.array([0, 1, 2, 1], np.int32)
-  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
-  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
-  model.fit(data, epochs=3, verbose=0)
-  changed = {n for n, v in names.items()
-             if not np.array_equal(v.numpy(), before[n])}
   assert changed == trained
   out = str(tmp_path / "adapter")
   model.save_adapter(out, "a")
@@ -156,13 +148,6 @@ def test_merged_predicts_what_unmerged_does():
   gated = model_with(CASES["intermediate_gated"])
   with pytest.raises(UserError, match="gated dora adapter"):
     gated.merge_adapter("a")
-
-
-@pytest.fixture(scope="module")
-def tiny_hub():
-  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
 
 
 @pytest.mark.parametrize("form", ["dora", "dora_safetensors"])
@@ -208,15 +193,7 @@ def test_bert_base_count_equals_adapterhubs():
   # AdapterHub 1.3.0, BERT-base config, train_adapter with config "dora":
   # 313,344 parameters require grad outside the head (LoRA's 294,912 and
   # m, 12 x 2 x 768).
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
-  model.add_adapter("d", "dora")
-  model.add_classification_head("d", num_labels=2)
-  model.train_adapter("d")
-  view = model.adapter_view("d")
-  trainable = set(view.trainable_names("adapters"))
-  assert sum(int(np.prod(v.shape)) for n, (v, tag)
-             in view.checkpoint_variables().items()
-             if tag.kind == "adapter" and n in trainable) == 313_344
+  assert bert_base_counts("dora")["trained"] == 313_344
 
 
 def test_configs_as_adapterhub_writes_them():

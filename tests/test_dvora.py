@@ -12,11 +12,11 @@ from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from hub_checks import adapterhub_reads_ours
+from hub_checks import bert_base_counts
 from hub_checks import needs_adapterhub
 from hub_checks import needs_adapterhub_and_minilm
 from hub_checks import ours_read_adapterhubs_on_the_minilm
 import tiny_fixtures as fx
-from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
 from test_methods import model_with
@@ -128,16 +128,8 @@ def test_bert_base_counts_equal_adapterhubs():
   # AdapterHub 1.3.0, BERT-base config, train_adapter with "dvora":
   # 14,175,744 parameters require grad outside the head (VeRA's
   # 14,157,312 and m, 12 x 2 x 768); the shared pair (12,288) is frozen.
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
-  model.add_adapter("v", "dvora")
-  model.train_adapter("v")
-  view = model.adapter_view("v")
-  trainable = set(view.trainable_names("adapters"))
-  counts = {True: 0, False: 0}
-  for n, (v, tag) in view.checkpoint_variables().items():
-    if tag.kind == "adapter":
-      counts[n in trainable] += int(np.prod(v.shape))
-  assert counts == {True: 14_175_744, False: 12_288}
+  assert bert_base_counts("dvora") == {"trained": 14_175_744,
+                                       "frozen": 12_288}
 
 
 def test_configs_as_adapterhub_writes_them():

@@ -316,13 +316,6 @@ TINY_METHODS = ["seq_bn", "seq_bn_safetensors", "double_seq_bn", "par_bn",
                 "prompt_tuning", "mam", "unipelt"]
 
 
-@pytest.fixture(scope="module")
-def tiny_hub():
-  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
-
-
 @pytest.mark.parametrize("method", TINY_METHODS)
 def test_every_adapterhub_method_reproduces_its_logits(tiny_hub, method):
   # Made by AdapterHub 1.3.0 itself (scripts/lab/make_adapterhub_fixtures.py):

@@ -11,19 +11,19 @@ import tensorflow as tf
 
 from adapter_bert import adapters
 from adapter_bert.adapters import reft
-from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from hub_checks import adapterhub_reads_ours
+from hub_checks import bert_base_counts
 from hub_checks import needs_adapterhub
 from hub_checks import needs_adapterhub_and_minilm
 from hub_checks import ours_read_adapterhubs_on_the_minilm
 import tiny_fixtures as fx
 from test_methods import ACTS
-from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
+from test_methods import changed_by_fit
 from test_methods import model_with
 from test_methods import np_bert
 from test_methods import weights
@@ -159,14 +159,7 @@ def test_fit_trains_the_units_not_the_base_matrix():
   assert reft_names and trained == {
       n for n in reft_names if not n.endswith("/base")} | {
           "output_weights", "output_bias"}
-  before = {n: v.numpy().copy() for n, v in names.items()}
-  ids, mask, segs = batch(model.config)
-  labels = np.array([0, 1, 2, 1], np.int32)
-  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
-  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
-  model.fit(data, epochs=3, verbose=0)
-  changed = {n for n, v in names.items()
-             if not np.array_equal(v.numpy(), before[n])}
+  changed = changed_by_fit(model)
   # Every unit trains (prefix and suffix positions both exist here).
   assert changed == trained
 
@@ -192,13 +185,6 @@ def test_configs_as_adapterhub_writes_them():
       adapters.ReftConfig(**fields)
   with pytest.raises(UserError, match="needs r < the hidden size"):
     model_with(adapters.LoReftConfig(r=32))
-
-
-@pytest.fixture(scope="module")
-def tiny_hub():
-  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
 
 
 @pytest.mark.parametrize("form", ["loreft", "loreft_safetensors", "noreft",
@@ -275,12 +261,4 @@ def test_bert_base_count_equals_adapterhubs(name, count):
   # AdapterHub 1.3.0, BERT-base config, train_adapter: the requires-grad
   # parameters outside the head: 12 blocks x 2 units x (768 + 1 + 768);
   # LoReFT's frozen base (768 x 768 per unit) is a buffer there.
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
-  model.add_adapter("p", name)
-  model.add_classification_head("p", num_labels=2)
-  model.train_adapter("p")
-  view = model.adapter_view("p")
-  trainable = set(view.trainable_names("adapters"))
-  assert sum(int(np.prod(v.shape)) for n, (v, tag)
-             in view.checkpoint_variables().items()
-             if tag.kind == "adapter" and n in trainable) == count
+  assert bert_base_counts(name)["trained"] == count

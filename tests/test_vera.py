@@ -5,22 +5,21 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from adapter_bert import adapters
 from adapter_bert.adapters import registry
-from adapter_bert.compute import optimization
 from adapter_bert.errors import UserError
 from adapter_bert.model import modeling
 from adapter_bert.storage import checkpoint_io
 from hub_checks import adapterhub_reads_ours
+from hub_checks import bert_base_counts
 from hub_checks import needs_adapterhub
 from hub_checks import needs_adapterhub_and_minilm
 from hub_checks import ours_read_adapterhubs_on_the_minilm
 import tiny_fixtures as fx
-from test_methods import BERT_BASE
 from test_methods import as_features
 from test_methods import batch
+from test_methods import changed_by_fit
 from test_methods import model_with
 from test_methods import np_bert
 from test_methods import np_gate
@@ -110,15 +109,8 @@ def test_fit_trains_the_scalings_and_never_the_pair(tmp_path):
   trained = {n for n, _ in model.train_adapter("a")}
   assert trained == {n for n in checkpoint_io.checkpoint_name_map(model)
                      if "/vera_" in n} | {"output_weights", "output_bias"}
-  names = checkpoint_io.checkpoint_name_map(model)
-  before = {n: v.numpy().copy() for n, v in names.items()}
+  changed = changed_by_fit(model)
   ids, mask, segs = batch(model.config)
-  labels = np.array([0, 1, 2, 1], np.int32)
-  model.compile(optimizer=optimization.create_optimizer(1e-2, 3, 1), seed=1)
-  data = tf.data.Dataset.from_tensors((as_features(ids, mask, segs), labels))
-  model.fit(data, epochs=3, verbose=0)
-  changed = {n for n, v in names.items()
-             if not np.array_equal(v.numpy(), before[n])}
   assert changed == trained
   # Saved and loaded back, the pair comes with the adapter.
   out = str(tmp_path / "adapter")
@@ -151,13 +143,6 @@ def test_merged_predicts_what_unmerged_does():
   gated = model_with(CASES["intermediate_gated"])
   with pytest.raises(UserError, match="gated VeRA"):
     gated.merge_adapter("a")
-
-
-@pytest.fixture(scope="module")
-def tiny_hub():
-  model = modeling.BertAdapterModel.from_pretrained(os.path.join(TINY, "hf"))
-  inputs = np.load(os.path.join(TINY, "inputs.npz"))
-  return model, {k: inputs[k].astype(np.int32) for k in inputs.files}
 
 
 @pytest.mark.parametrize("form", ["vera", "vera_safetensors"])
@@ -199,18 +184,8 @@ def test_bert_base_counts_equal_adapterhubs():
   # config "vera": 14,157,312 parameters require grad outside the head
   # (12 x 2 x (8*8 + 768*768)); its adapter_summary also counts the frozen
   # shared pair, 8*768 + 768*8 = 12,288 more.
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
-  model.add_adapter("v", "vera")
-  model.add_classification_head("v", num_labels=2)
-  model.train_adapter("v")
-  view = model.adapter_view("v")
-  trainable = set(view.trainable_names("adapters"))
-  counts = {"trained": 0, "frozen": 0}
-  for n, (v, tag) in view.checkpoint_variables().items():
-    if tag.kind == "adapter":
-      counts["trained" if n in trainable else "frozen"] += int(
-          np.prod(v.shape))
-  assert counts == {"trained": 14_157_312, "frozen": 12_288}
+  assert bert_base_counts("vera") == {"trained": 14_157_312,
+                                      "frozen": 12_288}
 
 
 def test_configs_as_adapterhub_writes_them():
