@@ -297,8 +297,6 @@ class ReftLayer(keras.layers.Layer):
                         each)  # [rows]
     prefix = position < c.prefix_positions
     suffix = (position >= lengths - c.suffix_positions) & (position < lengths)
-    if c.suffix_positions == 0:
-      suffix = tf.zeros_like(prefix)
     if c.tied_weights:
       edited = self.units[0](x, training=training)
       return tf.where((prefix | suffix)[:, tf.newaxis], edited, x)
