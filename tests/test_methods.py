@@ -856,8 +856,6 @@ def test_bad_method_configs_are_one_line():
     assert "x" not in model.adapters
   with pytest.raises(UserError, match="unknown adapter preset 'pfeifer'"):
     model.add_adapter("x", "pfeifer")
-  with pytest.raises(UserError, match="'mtl_lora' is AdapterHub's multi-"):
-    model.add_adapter("x", "mtl_lora")
 
 
 def test_adapterhub_config_dicts_load(tmp_path):

@@ -28,6 +28,7 @@ from adapter_bert.adapters.lora import LoRALayer
 from adapter_bert.adapters.vera import VeraConfig  # Registers "vera".
 from adapter_bert.adapters.dora import DoRAConfig  # Registers "dora".
 from adapter_bert.adapters.dvora import DvoRAConfig  # Registers "dvora".
+from adapter_bert.adapters.mtl_lora import MTLLoRAConfig  # Registers "mtl_lora".
 from adapter_bert.adapters.prefix_tuning import PrefixTuningConfig  # "prefix_tuning".
 from adapter_bert.adapters.reft import DiReftConfig
 from adapter_bert.adapters.reft import LoReftConfig
@@ -47,7 +48,7 @@ from adapter_bert.adapters.composition import Stack
 
 __all__ = [
     "AdapterConfig", "AdapterPlusConfig", "BnAdapter", "BnConfig", "BottleneckAdapter",
-    "ConfigUnion", "DiReftConfig", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
+    "ConfigUnion", "DiReftConfig", "DoRAConfig", "DvoRAConfig", "IA3Config", "LoRAConfig", "MTLLoRAConfig", "LoRALayer", "HOOK_SCOPES", "LOCATIONS",
     "LayerAttentionConfig", "LoReftConfig", "NoReftConfig",
     "PrefixTuningConfig", "PromptTuningConfig", "ReftConfig",
     "METHODS", "PRESETS", "AdapterFusionConfig", "Average", "BatchSplit",

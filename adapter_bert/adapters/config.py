@@ -27,19 +27,8 @@ def get_preset(name):
   try:
     return PRESETS[name.lower()]
   except KeyError:
-    if name.lower() in ADAPTERHUB_NOT_BUILT:
-      raise UserError("adapter preset %r is AdapterHub's %s, which this "
-                      "toolkit does not build yet; known: %s"
-                      % (name, ADAPTERHUB_NOT_BUILT[name.lower()],
-                         ", ".join(sorted(PRESETS)))) from None
     raise UserError("unknown adapter preset %r; known: %s"
                     % (name, ", ".join(sorted(PRESETS)))) from None
-
-
-# AdapterHub 1.3's preset names of methods not built here.
-ADAPTERHUB_NOT_BUILT = {
-    "mtl_lora": "multi-task LoRA (MTLLoRAConfig)",
-}
 
 
 class MethodConfig:

@@ -53,7 +53,8 @@ class HubTensor:
   Attributes:
     ours: this model's checkpoint name template.
     theirs: AdapterHub's name template.
-    transpose: AdapterHub holds the value transposed (a Linear weight).
+    transpose: AdapterHub holds the value transposed (a Linear weight;
+      beyond two axes, the last two swapped).
     theirs_shape: None (the same shape); "vector": AdapterHub drops a
       leading 1 ([1, m] here, [m] there); "column": [n] here, [n, 1] there.
     choices: {placeholder: {our value: AdapterHub's value}}.
@@ -88,13 +89,19 @@ class HubTensor:
       value = value[0]
     elif self.theirs_shape == "column":
       value = value.reshape(-1, 1)
-    return value.T if self.transpose else value
+    return _swap_last_two(value) if self.transpose else value
 
   def value_to_ours(self, value):
     value = np.asarray(value)
     if self.theirs_shape == "column":
       value = value.reshape(-1)
-    return value.T if self.transpose else value
+    return _swap_last_two(value) if self.transpose else value
+
+
+def _swap_last_two(value):
+  """A Linear weight's transpose, or its last two axes swapped where there
+  are more (MTL-LoRA's up projections [n, out, r])."""
+  return np.swapaxes(value, -1, -2) if value.ndim >= 2 else value
 
 
 @dataclasses.dataclass(frozen=True)

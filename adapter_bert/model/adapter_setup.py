@@ -249,6 +249,75 @@ class AdaptersMixin:
         layer.reset_from(dense)
     self._forget_traced_steps()
 
+  def _sharing_layers(self, adapter_names):
+    """Each adapter's projection layers, checked for sharing: known, of
+    one method whose layers share (`share_from`), at the same places."""
+    if isinstance(adapter_names, composition.AdapterCompositionBlock):
+      adapter_names = adapter_names.flatten()
+    elif isinstance(adapter_names, str):
+      adapter_names = adapter_names.split(",")
+    names = list(adapter_names)
+    if not names:
+      raise UserError("share_parameters needs at least one adapter name")
+    layers = {}
+    for name in names:
+      self._check_adapter(name)
+      pairs = self._mergeable_layers(name)
+      if not pairs or not all(hasattr(l, "share_from") for l, _ in pairs):
+        raise UserError("adapter %r (%s) cannot share parameters: only "
+                        "multi-task methods' layers do (AdapterHub's "
+                        "MultiTaskConfig)" % (name,
+                                              self.adapter_configs[name].kind))
+      layers[name] = [l for l, _ in pairs]
+    kinds = {self.adapter_configs[n].kind for n in names}
+    if len(kinds) > 1 or len({len(l) for l in layers.values()}) > 1 or any(
+        self.hook_points(n) != self.hook_points(names[0]) for n in names):
+      raise UserError("adapters %s cannot share parameters: they are not of "
+                      "one method on the same projections"
+                      % ", ".join(map(repr, names)))
+    return names, layers
+
+  def share_parameters(self, adapter_names, name=None,
+                       reference_adapter_name=None):
+    """Ties the sharable variables of several adapters (AdapterHub's
+    `share_parameters`; MTL-LoRA: the tasks' A and B) to the reference's.
+
+    Args:
+      adapter_names: a MultiTask block, a list of names or "a,b".
+      name: AdapterHub's name of the shared set (accepted; unused here).
+      reference_adapter_name: whose values they all take (default: the
+        first adapter's).
+
+    Raises:
+      UserError: for an unknown adapter, a method whose layers do not
+        share, adapters of other methods or places, or a reference not
+        among them.
+    """
+    del name
+    names, layers = self._sharing_layers(adapter_names)
+    reference = reference_adapter_name or names[0]
+    if reference not in layers:
+      raise UserError("reference adapter %r is not among %s"
+                      % (reference, ", ".join(map(repr, names))))
+    for n in names:
+      for layer, source in zip(layers[n], layers[reference]):
+        layer.share_from(source)
+    self._forget_traced_steps()
+
+  def unshare_parameters(self, adapter_names, name=None):
+    """Gives each adapter its own copy of what it shared (starting from the
+    shared values; AdapterHub's `unshare_parameters`).
+
+    Raises:
+      UserError: as share_parameters.
+    """
+    del name
+    _, layers = self._sharing_layers(adapter_names)
+    for adapter_layers in layers.values():
+      for layer in adapter_layers:
+        layer.unshare()
+    self._forget_traced_steps()
+
   def hook_points(self, name):
     """The hook points where adapter `name` has layers (a set)."""
     self._check_adapter(name)

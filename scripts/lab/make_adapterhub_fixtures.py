@@ -25,16 +25,20 @@ METHODS = ("seq_bn", "double_seq_bn", "par_bn", "scaled_parallel",
            "seq_bn_inv", "compacter", "compacter++", "lora", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "mam",
            "unipelt", "vera", "dora", "dvora", "adapter_plus", "loreft",
-           "noreft", "direft")
+           "noreft", "direft", "mtl_lora")
 SAFETENSORS_TOO = ("seq_bn", "vera", "dora", "dvora", "adapter_plus",
-                   "loreft")
+                   "loreft", "mtl_lora")
 # Configs other than the method's default: DoRA with alpha / r = 4, where
 # AdapterHub's norm (A·B unscaled) and its output (scaled) differ.
 CONFIG_STRINGS = {"dora": "dora[alpha=16,r=4]",
                   "dvora": "dvora[alpha=16,r=4]",
                   "loreft": "loreft[suffix_positions=2,r=2]",
                   "noreft": "noreft[suffix_positions=2,r=2]",
-                  "direft": "direft[suffix_positions=2,r=2]"}
+                  "direft": "direft[suffix_positions=2,r=2]",
+                  "mtl_lora": "mtl_lora[alpha=16,r=4,n_up_projection=2,"
+                              "intermediate_lora=True]"}
+# Two MTL-LoRA tasks sharing A and B, run under MultiTask (write_multitask).
+MULTITASK = "mtl_multitask"
 
 
 def main(out, only=None):
@@ -71,6 +75,7 @@ def main(out, only=None):
   summary = {}
   write_methods(out, METHODS, ids, mask, segs, summary)
   write_fusion(out, ids, mask, segs, summary)
+  write_multitask(out, ids, mask, segs, summary)
   write_summary(out, summary)
 
 
@@ -80,8 +85,11 @@ def update(out, methods):
   inputs = np.load(os.path.join(out, "inputs.npz"))
   with open(os.path.join(out, "summary.json")) as f:
     summary = json.load(f)["methods"]
-  write_methods(out, methods, inputs["input_ids"], inputs["input_mask"],
-                inputs["segment_ids"], summary)
+  args = inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"]
+  write_methods(out, [m for m in methods if m != MULTITASK], *args,
+                summary=summary)
+  if MULTITASK in methods:
+    write_multitask(out, *args, summary=summary)
   write_summary(out, summary)
 
 
@@ -179,6 +187,45 @@ def write_fusion(out, ids, mask, segs, summary):
                    token_type_ids=torch.tensor(segs)).logits.numpy()
   np.save(os.path.join(out, "fusion_logits.npy"), logits)
   summary["fusion"] = "Fuse(f1, f2), dynamic"
+
+
+def write_multitask(out, ids, mask, segs, summary):
+  """Two MTL-LoRA adapters t0, t1 with A and B shared
+  (`share_parameters`), noised, saved (each with its copy of the shared
+  tensors); the encoder's output under MultiTask(t0, t1), examples routed
+  by task_ids 0, 1, 0, 1."""
+  import numpy as np
+  import torch
+  from adapters import BertAdapterModel
+  from adapters.composition import MultiTask
+  hf = os.path.join(out, "hf")
+  model = BertAdapterModel.from_pretrained(hf)
+  tasks = MultiTask("t0", "t1")
+  for name in tasks.children:
+    model.add_adapter(name, config=CONFIG_STRINGS["mtl_lora"])
+  model.share_parameters(tasks)
+  model.train_adapter(tasks)
+  generator = torch.Generator().manual_seed(4)
+  with torch.no_grad():
+    for p in model.parameters():  # Each shared tensor once.
+      if p.requires_grad:
+        p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+  model.eval()
+  model.set_active_adapters(tasks)
+  task_ids = np.arange(len(ids)) % 2
+  os.makedirs(os.path.join(out, MULTITASK), exist_ok=True)
+  for name in tasks.children:
+    model.save_adapter(os.path.join(out, MULTITASK, name), name,
+                       with_head=False)
+  with torch.no_grad():
+    hidden = model.bert(input_ids=torch.tensor(ids),
+                        attention_mask=torch.tensor(mask),
+                        token_type_ids=torch.tensor(segs),
+                        task_ids=torch.tensor(task_ids))[0].numpy()
+  np.save(os.path.join(out, MULTITASK, "hidden.npy"), hidden)
+  np.save(os.path.join(out, MULTITASK, "task_ids.npy"), task_ids)
+  summary[MULTITASK] = ("MultiTask(t0, t1), share_parameters, %s each"
+                        % CONFIG_STRINGS["mtl_lora"])
 
 
 def write_summary(out, summary):
