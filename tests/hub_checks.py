@@ -2,6 +2,7 @@
 1.3.0 reading an adapter written here, and an adapter AdapterHub makes on
 the MiniLM read here (both need AdapterHub installed; see the markers)."""
 
+import functools
 import os
 
 import numpy as np
@@ -87,20 +88,34 @@ def ours_read_adapterhubs_on_the_minilm(config_string, tmp_path):
   return diffs
 
 
-def bert_base_counts(config):
-  """{"trained": n, "frozen": m}: the values of an adapter of `config` on
-  the BERT-base config that `train_adapter` trains and that it leaves
-  frozen (AdapterHub counts its requires-grad parameters the first way)."""
+@functools.lru_cache(maxsize=None)
+def bert_base_model():
+  """One model of the BERT-base config per test process (building its
+  110M values takes seconds); callers add what they count and delete it."""
   from test_methods import BERT_BASE  # pylint: disable=g-import-not-at-top
-  model = modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+  return modeling.BertAdapterModel(modeling.BertConfig(**BERT_BASE))
+
+
+def bert_base_counts(config):
+  """{"trained": n, "frozen": m, "head": h}: the values of an adapter of
+  `config` on the BERT-base config that `train_adapter` trains and that it
+  leaves frozen (AdapterHub counts its requires-grad parameters the first
+  way), and those of its head trained with it."""
+  model = bert_base_model()
   model.add_adapter("counted", config)
   model.add_classification_head("counted", num_labels=2)
-  model.train_adapter("counted")
-  view = model.adapter_view("counted")
-  trainable = set(view.trainable_names("adapters"))
-  counts = {"trained": 0, "frozen": 0}
-  for n, (v, tag) in view.checkpoint_variables().items():
-    if tag.kind == "adapter":
-      counts["trained" if n in trainable else "frozen"] += int(
-          np.prod(v.shape))
-  return counts
+  try:
+    model.train_adapter("counted")
+    view = model.adapter_view("counted")
+    trainable = set(view.trainable_names("adapters"))
+    counts = {"trained": 0, "frozen": 0, "head": 0}
+    for n, (v, tag) in view.checkpoint_variables().items():
+      size = int(np.prod(v.shape))
+      if tag.kind == "adapter":
+        counts["trained" if n in trainable else "frozen"] += size
+      elif tag.kind == "head" and n in trainable:
+        counts["head"] += size
+    return counts
+  finally:
+    model.delete_adapter("counted")
+    model.delete_head("counted")
