@@ -61,7 +61,7 @@ ADAPTERHUB_NAMES = {
     "lora": "lora", "ia3": "ia3", "prefix_tuning": "prefix_tuning",
     "prompt_tuning": "prompt_tuning", "mam": "mam", "unipelt": "unipelt",
     "vera": "vera", "dora": "dora", "dvora": "dvora", "loreft": "loreft",
-    "noreft": "noreft", "direft": "direft",
+    "noreft": "noreft", "direft": "direft", "mtl_lora": "mtl_lora",
     # AdapterPlusConfig has no name in AdapterHub's map: its fields, as
     # AdapterHub saves it (a bottleneck config).
     "adapter_plus": {"mh_adapter": False, "output_adapter": True,
