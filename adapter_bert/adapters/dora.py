@@ -38,6 +38,7 @@ from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.lora import check_low_rank
 from adapter_bert.adapters.lora import hook_points_of
+from adapter_bert.adapters.lora import low_rank_delta
 from adapter_bert.adapters.lora import HUB_PLACES
 from adapter_bert.adapters.lora import HUB_SCOPE
 from adapter_bert.adapters.lora import OURS_SCOPE
@@ -218,16 +219,8 @@ class DoRALayer(DoRAMagnitude, keras.layers.Layer):
     if self.merged:
       return projected
     dtype = projected.dtype
-    x = tf.cast(x, dtype)
-    branch_input = x
-    if training and self.config.dropout > 0:
-      branch_input = tf.nn.dropout(x, rate=self.config.dropout)
-    delta = tf.matmul(tf.matmul(branch_input, tf.cast(self.lora_A, dtype)),
-                      tf.cast(self.lora_B, dtype))  # [rows, out]
-    if self.gate is not None:  # The gate replaces alpha / r (AdapterHub).
-      delta *= gating.per_row(self.gate(x, tokens), tokens, dtype)
-    else:
-      delta *= self.scaling
+    delta = low_rank_delta(self, tf.cast(x, dtype),
+                           tf.cast(self.lora_B, dtype), training, tokens)
     return (projected + delta) * self.magnitude_scale(dtype)
 
   def get_config(self):

@@ -248,16 +248,9 @@ class LoRALayer(keras.layers.Layer):
     dtype = projected.dtype
     if self.is_scale:
       return projected * (tf.cast(self.lora_B, dtype) * self.scaling)
-    x = tf.cast(x, dtype)
-    branch_input = x
-    if training and self.config.dropout > 0:
-      branch_input = tf.nn.dropout(x, rate=self.config.dropout)
-    delta = tf.matmul(tf.matmul(branch_input, tf.cast(self.lora_A, dtype)),
-                      tf.cast(self.lora_B, dtype))  # [rows, out]
-    if self.gate is not None:  # The gate replaces alpha / r (AdapterHub).
-      return projected + delta * gating.per_row(self.gate(x, tokens), tokens,
-                                                dtype)
-    return projected + delta * self.scaling
+    return projected + low_rank_delta(self, tf.cast(x, dtype),
+                                      tf.cast(self.lora_B, dtype), training,
+                                      tokens)
 
   def merge_into(self, dense):
     """Folds this layer into `dense` (the projection it sits on), once.
@@ -302,6 +295,28 @@ class LoRALayer(keras.layers.Layer):
     base.update(config=self.config.to_dict(), in_features=self.in_features,
                 out_features=self.out_features)
     return base
+
+
+def low_rank_delta(layer, x, up, training, tokens):
+  """The LoRA family's branch: dropout(x)·A·up [rows, out], times the
+  layer's gate where it has one (it replaces alpha / r, as AdapterHub's),
+  else alpha / r.
+
+  Args:
+    layer: has `config.dropout`, `lora_A` [in, r], `gate` and `scaling`.
+    x: the projection's input [rows, in], in the compute dtype.
+    up: what follows A, [r, out], in x's dtype.
+    training: dropout on.
+    tokens: the batch's TokenLayout (the gate's token mean).
+  """
+  branch_input = x
+  if training and layer.config.dropout > 0:
+    branch_input = tf.nn.dropout(x, rate=layer.config.dropout)
+  delta = tf.matmul(tf.matmul(branch_input, tf.cast(layer.lora_A, x.dtype)),
+                    up)
+  if layer.gate is not None:
+    return delta * gating.per_row(layer.gate(x, tokens), tokens, x.dtype)
+  return delta * layer.scaling
 
 
 def projection_shape(point, bert_config):

@@ -44,6 +44,7 @@ from adapter_bert.adapters.hub_layout import AdapterHubLayout
 from adapter_bert.adapters.hub_layout import HubTensor
 from adapter_bert.adapters.lora import LoRAConfig
 from adapter_bert.adapters.lora import check_low_rank
+from adapter_bert.adapters.lora import low_rank_delta
 from adapter_bert.adapters.lora import HUB_PLACES
 from adapter_bert.adapters.lora import HUB_SCOPE
 from adapter_bert.adapters.lora import OURS_SCOPE
@@ -214,16 +215,9 @@ class MTLLoRALayer(keras.layers.Layer):
     if self.merged:
       return projected
     dtype = projected.dtype
-    x = tf.cast(x, dtype)
-    branch_input = x
-    if training and self.config.dropout > 0:
-      branch_input = tf.nn.dropout(x, rate=self.config.dropout)
-    delta = tf.matmul(tf.matmul(branch_input, tf.cast(self.lora_A, dtype)),
-                      self.up_projection(dtype))  # [rows, out]
-    if self.gate is not None:  # The gate replaces alpha / r (AdapterHub).
-      return projected + delta * gating.per_row(self.gate(x, tokens), tokens,
-                                                dtype)
-    return projected + delta * self.scaling
+    return projected + low_rank_delta(self, tf.cast(x, dtype),
+                                      self.up_projection(dtype), training,
+                                      tokens)
 
   def merge_into(self, dense):
     """Folds this layer into `dense` (the projection it sits on), once.
